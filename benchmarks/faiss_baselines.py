@@ -1,0 +1,426 @@
+"""faiss baselines for ``bench_faiss.py``: index families, byte counting, budget matching.
+
+Every faiss index is measured by what it really stores: ``faiss.serialize_index`` gives the
+bytes of the whole index (per-vector codes plus the shared parts: codebooks, rotations, PCA
+matrices, trained ranges, header), and its bits per coordinate are
+``len(serialized) * 8 / (ntotal * dim)``.
+
+Matching a bit budget: each family has a ladder of settings ordered by code size (PQ's number
+of sub-quantizers M, LSH's number of bits, the PCA output dimension, RaBitQ's bits per
+coordinate, ...). For a budget ``b`` the benchmark takes the *largest* setting whose total
+size stays within ``b * (1 + slack)`` bits per coordinate. The total of a candidate is
+predicted before the real build from the size of the same index trained on a small
+calibration sample (shared parts do not depend on the number of training vectors once there
+are at least ``dim`` of them) plus ``n`` times its code size; the real build is then measured
+and stepped down if it still overshoots.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "FaissSetting",
+    "Family",
+    "BuiltIndex",
+    "default_families",
+    "serialized_nbytes",
+    "choose_setting",
+    "build_faiss",
+]
+
+
+def serialized_nbytes(index: faiss.Index) -> int:
+    """Return the number of bytes ``faiss.serialize_index`` writes for ``index``.
+
+    Parameters
+    ----------
+    index : faiss.Index
+        Any faiss CPU index.
+
+    Returns
+    -------
+    int
+        Size of the serialized index in bytes (codes, shared parts and header).
+    """
+    return int(faiss.serialize_index(index).size)
+
+
+@dataclass(frozen=True)
+class FaissSetting:
+    """One concrete configuration of a faiss index family.
+
+    Parameters
+    ----------
+    family : str
+        Display name of the family (``"PQ"``, ``"OPQ+PQ"``, ...).
+    param : str
+        Human readable parameter (``"M=48"``), unique within the family.
+    factory : str or None
+        ``faiss.index_factory`` string; None when ``maker`` builds the index.
+    maker : callable or None
+        ``maker(dim) -> faiss.Index`` for indexes the factory cannot express.
+    order : float
+        Sort key within the family (grows with the code size).
+    """
+
+    family: str
+    param: str
+    factory: str | None = None
+    maker: Callable[[int], faiss.Index] | None = field(default=None, compare=False)
+    order: float = 0.0
+
+    def make(self, dim: int, *, quick: bool = False, opq_niter: int | None = None) -> faiss.Index:
+        """Construct the untrained index.
+
+        Parameters
+        ----------
+        dim : int
+            Vector dimension.
+        quick : bool, default=False
+            Cut training iterations to one (used for size calibration only: the stored
+            size of an index does not depend on how long it was trained).
+        opq_niter : int or None, default=None
+            Number of OPQ iterations (faiss default 50 when None); ignored when ``quick``.
+
+        Returns
+        -------
+        faiss.Index
+        """
+        index = self.maker(dim) if self.maker is not None else faiss.index_factory(dim, self.factory)
+        _configure_training(index, quick=quick, opq_niter=opq_niter)
+        return index
+
+    def code_bytes(self, dim: int) -> int:
+        """Bytes of per-vector code (``sa_code_size``), before any block padding."""
+        return int(self.make(dim).sa_code_size())
+
+    @property
+    def label(self) -> str:
+        """``"family (param)"``."""
+        return f"{self.family} ({self.param})"
+
+
+def _configure_training(index: faiss.Index, *, quick: bool, opq_niter: int | None) -> None:
+    """Set training iteration counts on ``index`` and the transforms in front of it."""
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(vt, faiss.OPQMatrix):
+                if quick:
+                    vt.niter, vt.niter_pq, vt.niter_pq_0 = 1, 1, 1
+                elif opq_niter is not None:
+                    vt.niter = int(opq_niter)
+        inner = faiss.downcast_index(index.index)
+    else:
+        inner = index
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        # only silences the "please provide at least N training points" warning on small
+        # sets; it does not change the k-means result.
+        pq.cp.min_points_per_centroid = 1
+        if quick:
+            pq.cp.niter = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """A faiss index family with a ladder of settings.
+
+    Parameters
+    ----------
+    name : str
+        Display name.
+    ladder : callable
+        ``ladder(dim) -> list[FaissSetting]``, any order.
+    native_only : bool, default=False
+        The family has one fixed rate (e.g. SQ8 = 8 bits); it is reported once at that rate
+        instead of being matched to budgets.
+    reference : callable or None
+        ``reference(dim) -> FaissSetting``: a setting that must appear in the results even if
+        no budget selects it (reported at its native rate), e.g. 1-bit RaBitQ.
+    """
+
+    name: str
+    ladder: Callable[[int], list[FaissSetting]]
+    native_only: bool = False
+    reference: Callable[[int], FaissSetting] | None = None
+
+    def settings(self, dim: int) -> list[FaissSetting]:
+        """Settings sorted by increasing code size."""
+        return sorted(self.ladder(dim), key=lambda s: s.order)
+
+
+def _divisors(d: int) -> list[int]:
+    return [m for m in range(1, d + 1) if d % m == 0]
+
+
+def _pq(d: int) -> list[FaissSetting]:
+    return [FaissSetting("PQ", f"M={m}x8", f"PQ{m}x8", order=m) for m in _divisors(d)]
+
+
+def _pq_fastscan(d: int) -> list[FaissSetting]:
+    return [FaissSetting("PQfs4", f"M={m}x4", f"PQ{m}x4fs", order=m) for m in _divisors(d)]
+
+
+def _opq(d: int) -> list[FaissSetting]:
+    return [FaissSetting("OPQ+PQ", f"M={m}x8", f"OPQ{m},PQ{m}x8", order=m) for m in _divisors(d)]
+
+
+def _sq4(d: int) -> list[FaissSetting]:
+    return [FaissSetting("SQ4", "QT_4bit", "SQ4", order=4)]
+
+
+def _sq8(d: int) -> list[FaissSetting]:
+    return [FaissSetting("SQ8", "QT_8bit", "SQ8", order=8)]
+
+
+def _rabitq_factory(d: int, b: int) -> str:
+    return f"RR{d},RaBitQ" if b == 1 else f"RR{d},RaBitQ{b}"
+
+
+def _rabitq(d: int) -> list[FaissSetting]:
+    # multi-bit RaBitQ ("RaBitQ{b}") exists in faiss >= 1.12; 1.15 accepts b = 1..9
+    return [FaissSetting("RaBitQ", f"{b}bit", _rabitq_factory(d, b), order=b) for b in range(1, 10)]
+
+
+def _rabitq_ref(d: int) -> FaissSetting:
+    return FaissSetting("RaBitQ", "1bit", _rabitq_factory(d, 1), order=1)
+
+
+def _pca_sq8(d: int) -> list[FaissSetting]:
+    return [FaissSetting("PCA+SQ8", f"m={m}", f"PCA{m},SQ8", order=m) for m in range(1, d + 1)]
+
+
+def _lsh_maker(nbits: int) -> Callable[[int], faiss.Index]:
+    def make(d: int) -> faiss.Index:
+        # random rotation/projection to nbits dims, thresholds trained (per-dim medians)
+        return faiss.IndexLSH(d, nbits, True, True)
+
+    return make
+
+
+def _lsh(d: int) -> list[FaissSetting]:
+    # whole bytes of code only: nbits a multiple of 8, up to 4 bits per coordinate
+    return [FaissSetting("LSH", f"nbits={nb}", maker=_lsh_maker(nb), order=nb)
+            for nb in range(8, 4 * d + 1, 8)]
+
+
+def default_families() -> list[Family]:
+    """The faiss families compared in the benchmark (all L2, flat scans, no IVF).
+
+    Returns
+    -------
+    list of Family
+        PQ (8-bit sub-quantizers), PQ fast-scan (4-bit), OPQ + PQ, SQ4, SQ8 (native rate
+        only), RaBitQ behind a random rotation (1 to 9 bits; 1 bit always reported),
+        PCA + SQ8, and LSH (random rotation, trained thresholds).
+    """
+    return [
+        Family("PQ", _pq),
+        Family("PQfs4", _pq_fastscan),
+        Family("OPQ+PQ", _opq),
+        Family("SQ4", _sq4, reference=lambda d: _sq4(d)[0]),
+        Family("SQ8", _sq8, native_only=True),
+        Family("RaBitQ", _rabitq, reference=_rabitq_ref),
+        Family("PCA+SQ8", _pca_sq8),
+        Family("LSH", _lsh),
+    ]
+
+
+@dataclass
+class Choice:
+    """Outcome of matching one family to one budget."""
+
+    setting: FaissSetting | None
+    predicted_bits: float | None
+    reason: str = ""
+
+
+class SizeCalibrator:
+    """Predict the stored size of a faiss setting on ``n`` vectors without building it.
+
+    Parameters
+    ----------
+    sample : ndarray of shape (n_calib, dim), float32
+        Calibration vectors (at least ``dim`` and 256 rows where the data allows).
+    n : int
+        Number of database vectors the real index will hold.
+    """
+
+    def __init__(self, sample: NDArray[np.float32], n: int) -> None:
+        self.sample = np.ascontiguousarray(sample, dtype=np.float32)
+        self.n = int(n)
+        self.dim = int(sample.shape[1])
+        self._shared: dict[FaissSetting, int] = {}
+
+    def shared_bytes(self, setting: FaissSetting) -> int:
+        """Bytes of the trained index holding no vectors (header + shared parts)."""
+        if setting not in self._shared:
+            index = setting.make(self.dim, quick=True)
+            index.train(self.sample)
+            self._shared[setting] = serialized_nbytes(index)
+        return self._shared[setting]
+
+    def predicted_bits(self, setting: FaissSetting) -> float:
+        """Predicted bits per coordinate of ``setting`` holding ``n`` vectors."""
+        total = self.shared_bytes(setting) + self.n * setting.code_bytes(self.dim)
+        return total * 8.0 / (self.n * self.dim)
+
+
+def choose_setting(family: Family, budget: float, calib: SizeCalibrator, *,
+                   slack: float, below: FaissSetting | None = None) -> Choice:
+    """Largest setting of ``family`` whose predicted size fits ``budget * (1 + slack)``.
+
+    Parameters
+    ----------
+    family : Family
+    budget : float
+        Target bits per coordinate.
+    calib : SizeCalibrator
+    slack : float
+        Relative tolerance on the budget (headers and shared parts).
+    below : FaissSetting or None, default=None
+        Only consider settings strictly smaller than this one (used to step down after a
+        real build overshot its prediction).
+
+    Returns
+    -------
+    Choice
+        ``setting`` is None when no setting fits; ``reason`` then says why.
+    """
+    limit = budget * (1.0 + slack)
+    d = calib.dim
+    settings = family.settings(d)
+    if below is not None:
+        settings = [s for s in settings if s.order < below.order]
+    fits_code = [s for s in settings if s.code_bytes(d) * 8.0 / d <= limit]
+    if not fits_code:
+        smallest = family.settings(d)[0]
+        return Choice(None, None, f"smallest setting {smallest.param} stores "
+                                  f"{smallest.code_bytes(d) * 8.0 / d:.3g} bits/coord in codes alone")
+    # binary search: predicted size grows with the setting
+    lo, hi, best = 0, len(fits_code) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        try:
+            bits = calib.predicted_bits(fits_code[mid])
+        except RuntimeError as exc:  # e.g. fewer training vectors than centroids
+            return Choice(None, None, f"cannot train {fits_code[mid].param}: "
+                                      f"{str(exc).splitlines()[0][:120]}")
+        if bits <= limit:
+            best = (fits_code[mid], bits)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        s0 = fits_code[0]
+        return Choice(None, None, f"shared parts (codebooks/rotations/matrices) alone exceed the "
+                                  f"budget at n={calib.n}: smallest setting {s0.param} measures "
+                                  f"{calib.predicted_bits(s0):.3g} bits/coord")
+    return Choice(best[0], best[1])
+
+
+@dataclass
+class BuiltIndex:
+    """A trained and filled faiss index with its build time and stored size."""
+
+    setting: FaissSetting
+    index: faiss.Index
+    train_s: float
+    add_s: float
+    nbytes: int
+    bits_per_coordinate: float
+    code_bits_per_coordinate: float
+
+    @property
+    def build_s(self) -> float:
+        """Train + add seconds."""
+        return self.train_s + self.add_s
+
+
+def build_faiss(setting: FaissSetting, xb: NDArray[np.float32], xtrain: NDArray[np.float32], *,
+                opq_niter: int | None = None) -> BuiltIndex:
+    """Train ``setting`` on ``xtrain``, add ``xb``, and measure its serialized size.
+
+    Parameters
+    ----------
+    setting : FaissSetting
+    xb : ndarray of shape (n, dim), float32
+        Database vectors.
+    xtrain : ndarray of shape (n_train, dim), float32
+        Training vectors (a subset of ``xb``).
+    opq_niter : int or None, default=None
+        OPQ iterations (faiss default when None).
+
+    Returns
+    -------
+    BuiltIndex
+    """
+    n, d = xb.shape
+    index = setting.make(d, opq_niter=opq_niter)
+    t0 = time.perf_counter()
+    index.train(xtrain)
+    t1 = time.perf_counter()
+    index.add(xb)
+    t2 = time.perf_counter()
+    nbytes = serialized_nbytes(index)
+    return BuiltIndex(setting, index, t1 - t0, t2 - t1, nbytes, nbytes * 8.0 / (n * d),
+                      index.sa_code_size() * 8.0 / d)
+
+
+def build_flat(xb: NDArray[np.float32]) -> BuiltIndex:
+    """Exact float32 reference (``IndexFlatL2``), measured like the others."""
+    n, d = xb.shape
+    setting = FaissSetting("Flat", "float32", "Flat", order=32)
+    index = faiss.IndexFlatL2(d)
+    t0 = time.perf_counter()
+    index.add(xb)
+    t1 = time.perf_counter()
+    nbytes = serialized_nbytes(index)
+    return BuiltIndex(setting, index, 0.0, t1 - t0, nbytes, nbytes * 8.0 / (n * d), 32.0)
+
+
+def plan_family(family: Family, budgets: Sequence[float], calib: SizeCalibrator, *,
+                slack: float) -> tuple[dict[FaissSetting, list[float]], list[dict]]:
+    """Pick the settings of ``family`` to build for all budgets.
+
+    Parameters
+    ----------
+    family : Family
+    budgets : sequence of float
+    calib : SizeCalibrator
+    slack : float
+
+    Returns
+    -------
+    planned : dict
+        Setting -> budgets it was chosen for (empty list: native-rate row).
+    skipped : list of dict
+        One ``{"family", "budget", "reason"}`` per budget no setting fits.
+    """
+    planned: dict[FaissSetting, list[float]] = {}
+    skipped: list[dict] = []
+    if family.native_only:
+        for s in family.settings(calib.dim):
+            planned[s] = []
+        for b in budgets:
+            skipped.append({"family": family.name, "budget": b,
+                            "reason": "fixed rate; reported at its native rate only"})
+        return planned, skipped
+    for b in budgets:
+        choice = choose_setting(family, b, calib, slack=slack)
+        if choice.setting is None:
+            skipped.append({"family": family.name, "budget": b, "reason": choice.reason})
+        else:
+            planned.setdefault(choice.setting, []).append(b)
+    if family.reference is not None:
+        ref = family.reference(calib.dim)
+        if ref not in planned:
+            planned[ref] = []
+    return planned, skipped

@@ -1,0 +1,105 @@
+"""Argument checks shared by the public functions.
+
+Every error names the argument, what is allowed and what was given. Public
+functions validate here, then call private unvalidated kernels.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_BITS = 8
+
+
+def check_matrix(
+    X: Any,
+    name: str = "X",
+    *,
+    dim: int | None = None,
+    dim_what: str = "this index holds",
+    dtype: type = np.float32,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """Return ``X`` as a C-contiguous 2-D finite floating array of ``dtype``.
+
+    float64, integer and non-contiguous inputs are converted; complex, object,
+    string and boolean inputs, wrong shapes and NaN/inf are rejected.
+    """
+    if isinstance(X, np.ndarray):
+        arr = X
+    else:
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} must be a 2-D array of numbers, got {type(X).__name__} "
+                f"that numpy cannot convert ({exc})"
+            ) from None
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{name} must hold real numbers (float or integer dtype), got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D array of shape (n_vectors, n_dimensions), "
+            f"got an array with {arr.ndim} dimension(s) of shape {arr.shape}"
+        )
+    if not allow_empty and (arr.shape[0] == 0 or arr.shape[1] == 0):
+        raise ValueError(f"{name} must hold at least one row and one column, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} dimensions, but {dim_what} {dim}-dimensional vectors"
+        )
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(
+            f"{name} must be finite, got a non-finite value ({out[tuple(bad)]}) at row {bad[0]}, "
+            f"column {bad[1]}"
+        )
+    return out
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """Return ``value`` as int if it is an integer in ``[low, high]``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_bits(value: Any, name: str) -> int:
+    """Bit widths of codes: integers 1..8."""
+    return check_int(value, name, low=1, high=MAX_BITS)
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    """Return ``value`` as a finite float > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """Seeds are None or non-negative integers."""
+    if seed is None:
+        return None
+    return check_int(seed, name, low=0)

@@ -1,0 +1,224 @@
+"""Evaluation helpers: exact ground truth, recall, neighbour overlap, k-NN voting.
+
+Tests, pipelines, benchmarks and the command line all call these, so every
+number in the project is computed one way.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import accuracy_score, f1_score
+
+from ._validation import check_choice, check_int, check_matrix
+
+__all__ = [
+    "METRICS",
+    "exact_knn",
+    "recall_at_k",
+    "neighbour_overlap",
+    "knn_vote",
+    "accuracy",
+    "weighted_f1",
+]
+
+METRICS = ("l2", "ip", "cosine")
+
+
+def _normalize_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
+
+
+def exact_knn(xb, xq, k: int, metric: str = "l2"):
+    """Exact k nearest neighbours by brute force (faiss flat index).
+
+    Parameters
+    ----------
+    xb : array-like of shape (n, d)
+        Database vectors.
+    xq : array-like of shape (n_queries, d)
+        Queries.
+    k : int
+        Neighbours per query, >= 1. Columns past ``n`` are padded.
+    metric : {"l2", "ip", "cosine"}, default="l2"
+        ``"l2"`` returns squared Euclidean distances, ascending; ``"ip"`` inner
+        products and ``"cosine"`` cosine similarities, descending.
+
+    Returns
+    -------
+    distances : ndarray of shape (n_queries, k), float32
+        Padded with ``inf`` (``"l2"``) or ``-inf`` (similarities).
+    indices : ndarray of shape (n_queries, k), int64
+        Padded with -1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> D, I = exact_knn(np.eye(3), np.array([[0.9, 0.1, 0.0]]), k=2)
+    >>> I
+    array([[0, 1]])
+    """
+    metric = check_choice(metric, "metric", METRICS)
+    xb = check_matrix(xb, "xb")
+    xq = check_matrix(xq, "xq", dim=xb.shape[1], dim_what="the database xb holds")
+    k = check_int(k, "k", low=1)
+    if metric == "cosine":
+        xb, xq = _normalize_rows(xb), _normalize_rows(xq)
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    D, I = faiss.knn(xq, xb, min(k, xb.shape[0]), metric=faiss_metric)
+    return _pad(D, I, k, metric)
+
+
+def _pad(D: np.ndarray, I: np.ndarray, k: int, metric: str):
+    """Pad (D, I) to k columns with the worst distance and -1."""
+    nq, have = I.shape
+    D = np.ascontiguousarray(D, np.float32)
+    I = np.ascontiguousarray(I, np.int64)
+    if have < k:
+        fill = np.inf if metric == "l2" else -np.inf
+        D = np.hstack([D, np.full((nq, k - have), fill, np.float32)])
+        I = np.hstack([I, np.full((nq, k - have), -1, np.int64)])
+    return D, I
+
+
+def _check_ids(I, name):
+    I = np.asarray(I)
+    if I.ndim != 2 or I.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must be a 2-D integer array of neighbour ids (n_queries, k), "
+            f"got shape {I.shape} and dtype {I.dtype}"
+        )
+    return I
+
+
+def recall_at_k(I, I_true, k: int | None = None, k_true: int | None = None) -> float:
+    """Recall ``k_true@k``: share of the true ``k_true`` nearest neighbours found in the top ``k``.
+
+    ``recall_at_k(I, gt, 10)`` is 10@10 (the neighbour-set recall); ``k_true=1``
+    gives faiss's 1-recall@k. Ids of -1 (padding) never count.
+
+    Parameters
+    ----------
+    I : array-like of shape (n_queries, >= k), int
+        Retrieved ids, best first.
+    I_true : array-like of shape (n_queries, >= k_true), int
+        Exact neighbour ids, best first.
+    k : int, default=None
+        Retrieved columns used; all when None.
+    k_true : int, default=None
+        True neighbours that count; ``k`` when None.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Examples
+    --------
+    >>> recall_at_k([[1, 2, 3]], [[3, 4, 1]], k=3)
+    0.6666666666666666
+    """
+    I = _check_ids(I, "I")
+    I_true = _check_ids(I_true, "I_true")
+    if I.shape[0] != I_true.shape[0]:
+        raise ValueError(f"I has {I.shape[0]} queries, but I_true has {I_true.shape[0]}")
+    k = I.shape[1] if k is None else check_int(k, "k", low=1, high=I.shape[1])
+    k_true = k if k_true is None else k_true
+    k_true = check_int(k_true, "k_true", low=1, high=I_true.shape[1])
+    found = _hits(I[:, :k], I_true[:, :k_true])
+    return float(found.sum() / (I.shape[0] * k_true))
+
+
+def _hits(I: np.ndarray, J: np.ndarray) -> np.ndarray:
+    """Per query, how many ids of J (ignoring -1) appear in I."""
+    match = (J[:, :, None] == I[:, None, :]) & (J[:, :, None] >= 0)
+    return match.any(axis=2).sum(axis=1)
+
+
+def neighbour_overlap(I, I_true) -> float:
+    """Mean Jaccard similarity of retrieved and exact neighbour sets.
+
+    Parameters
+    ----------
+    I, I_true : array-like of shape (n_queries, k), int
+        -1 entries (padding) are ignored.
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    I = _check_ids(I, "I")
+    I_true = _check_ids(I_true, "I_true")
+    if I.shape[0] != I_true.shape[0]:
+        raise ValueError(f"I has {I.shape[0]} queries, but I_true has {I_true.shape[0]}")
+    inter = _hits(I, I_true)
+    size_a = (I >= 0).sum(axis=1)
+    size_b = (I_true >= 0).sum(axis=1)
+    union = size_a + size_b - inter
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
+def knn_vote(I, y_train, tie_break: str = "nearest") -> NDArray:
+    """Majority vote of the neighbours' labels (k-NN classification).
+
+    Parameters
+    ----------
+    I : array-like of shape (n_queries, k), int
+        Neighbour ids, best first; -1 (padding) casts no vote.
+    y_train : array-like of shape (n_train,)
+        Labels of the database vectors.
+    tie_break : {"nearest", "lowest"}, default="nearest"
+        Among labels with the most votes, ``"nearest"`` picks the one whose
+        voter ranks first (for k=3 with three different labels: the nearest
+        neighbour's); ``"lowest"`` picks the smallest label, as the paper's code
+        (``scipy.stats.mode``) does.
+
+    Returns
+    -------
+    y_pred : ndarray of shape (n_queries,)
+        Same dtype as ``y_train``.
+
+    Examples
+    --------
+    >>> knn_vote([[0, 1, 2], [2, 1, 0]], [5, 7, 9])
+    array([5, 9])
+    >>> knn_vote([[2, 1, 0]], [5, 7, 9], tie_break="lowest")
+    array([5])
+    """
+    I = _check_ids(I, "I")
+    tie_break = check_choice(tie_break, "tie_break", ("nearest", "lowest"))
+    y_train = np.asarray(y_train)
+    if y_train.ndim != 1:
+        raise ValueError(f"y_train must be 1-D, got shape {y_train.shape}")
+    if I.size and I.max() >= len(y_train):
+        raise ValueError(f"I holds id {int(I.max())}, but y_train has only {len(y_train)} labels")
+    if I.shape[1] == 0 or (I < 0).all(axis=1).any():
+        raise ValueError("every query needs at least one neighbour id >= 0 to vote")
+    classes, codes = np.unique(y_train, return_inverse=True)
+    votes = np.where(I >= 0, codes[np.maximum(I, 0)], -1)
+    n_cls = len(classes)
+    counts = np.zeros((I.shape[0], n_cls), np.int64)
+    rows = np.repeat(np.arange(I.shape[0]), I.shape[1])
+    valid = votes.ravel() >= 0
+    np.add.at(counts, (rows[valid], votes.ravel()[valid]), 1)
+    if tie_break == "lowest":
+        return classes[np.argmax(counts, axis=1)]
+    top = counts.max(axis=1, keepdims=True)
+    # rank of the first voter of each class; the best-ranked tied class wins
+    first = np.full((I.shape[0], n_cls), I.shape[1], np.int64)
+    for j in range(I.shape[1] - 1, -1, -1):
+        ok = votes[:, j] >= 0
+        first[np.flatnonzero(ok), votes[ok, j]] = j
+    first = np.where(counts == top, first, I.shape[1] + 1)
+    return classes[np.argmin(first, axis=1)]
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Share of correct predictions (scikit-learn's ``accuracy_score``)."""
+    return float(accuracy_score(y_true, y_pred))
+
+
+def weighted_f1(y_true, y_pred) -> float:
+    """F1 averaged over classes weighted by support (scikit-learn's ``f1_score``)."""
+    return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
