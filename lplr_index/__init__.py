@@ -26,6 +26,7 @@ from .factorize import (
     rank_for_budget,
     relative_error,
 )
+from .classifier import LPLRKNeighborsClassifier
 from .fileformat import IndexFileError
 from .index import LPLRIndex, SearchResult
 from .packing import pack_bits, unpack_bits
@@ -36,6 +37,7 @@ __all__ = [
     "__version__",
     "LPLRIndex",
     "SearchResult",
+    "LPLRKNeighborsClassifier",
     "IndexFileError",
     "lplr",
     "lplr_svd",

@@ -308,9 +308,9 @@ def lplr(
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> A = rng.standard_normal((300, 8)) @ rng.standard_normal((8, 100))
-    >>> C = lplr(A, rank=10, bits_l=8, bits_r=8, seed=0)
+    >>> C = lplr(A, rank=20, bits_l=8, bits_r=8, seed=0)
     >>> C.rank, C.nbits < 300 * 100 * 8, relative_error(A, C.reconstruct()) < 0.02
-    (10, True, True)
+    (20, True, True)
     """
     A, rank, bits_l, bits_r, quantizer = _validate(A, rank, bits_l, bits_r, quantizer)
     power_iters = check_int(power_iters, "power_iters", low=0)

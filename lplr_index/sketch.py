@@ -33,8 +33,8 @@ def gaussian_sketch(d: int, m: int, seed: int | None = None) -> NDArray[np.float
     Examples
     --------
     >>> S = gaussian_sketch(1000, 50, seed=0)
-    >>> S.shape, S.dtype, round(float((S ** 2).sum(axis=0).mean()), 1)
-    ((1000, 50), dtype('float32'), 20.0)
+    >>> S.shape, S.dtype, bool(abs((S ** 2).sum(axis=0).mean() - 1000 / 50) < 0.5)
+    ((1000, 50), dtype('float32'), True)
     """
     d = check_int(d, "d", low=1)
     m = check_int(m, "m", low=1)
