@@ -461,30 +461,39 @@ class LPLRIndex:
         """
         R = self._shared_factor()
         P = R @ Q.T  # (rank, nq)
-        Z = np.ascontiguousarray((self._lq.step[:, None] * P).T, np.float32)  # (nq, rank)
+        nq, m = len(Q), self._rank
+        width = _decoded_width(self.bits_l, m)  # >= m; padding codes decode to 0
+        extra = 0 if self.metric == "ip" else 1
+        Zq = np.zeros((nq, width + extra), np.float32)
+        Zq[:, :m] = (self._lq.step[:, None] * P).T
         const = (self._lq.lo @ P).astype(np.float32)  # (nq,)
-        metric = self.metric
-        if metric == "l2":
-            Zq = np.hstack([2 * Z, -np.ones((len(Q), 1), np.float32)])
+        if self.metric == "l2":
+            Zq[:, :m] *= 2
+            Zq[:, width] = -1
             shift = 2 * const
-        elif metric == "ip":
-            Zq, shift = Z, const
+        elif self.metric == "ip":
+            shift = const
         else:
-            Zq, shift = np.hstack([Z, const[:, None]]), np.zeros_like(const)
-        norms = self._norms() if metric != "ip" else None
+            Zq[:, width] = const
+            shift = np.zeros_like(const)
+        norms = self._norms() if self.metric != "ip" else None
+        buf = np.empty((min(_BLOCK_ROWS, self.ntotal), width + extra), np.float32)
         best_D = best_I = None
         for s in range(0, self.ntotal, _BLOCK_ROWS):
-            C = _unpack(np.asarray(self._codes[s : s + _BLOCK_ROWS]), self.bits_l, self._rank).astype(np.float32)
-            if metric == "l2":
-                C = np.hstack([C, norms[s : s + len(C), None]])
-            elif metric == "cosine":
+            packed = np.asarray(self._codes[s : s + _BLOCK_ROWS])
+            C = buf[: len(packed)]
+            _decode_codes_into(packed, self.bits_l, m, C[:, :width])
+            if self.metric == "l2":
+                C[:, width] = norms[s : s + len(C)]
+            elif self.metric == "cosine":
                 inv = 1.0 / np.sqrt(np.maximum(norms[s : s + len(C)], 1e-30))
-                C = np.hstack([C * inv[:, None], inv[:, None]])
-            D, I = faiss.knn(Zq, np.ascontiguousarray(C), min(k, len(C)), metric=faiss.METRIC_INNER_PRODUCT)
+                C[:, :width] *= inv[:, None]
+                C[:, width] = inv
+            D, I = faiss.knn(Zq, C, min(k, len(C)), metric=faiss.METRIC_INNER_PRODUCT)
             I = np.where(I >= 0, I + s, -1)
             best_D, best_I = _merge(best_D, best_I, D, I, k)
         best_D = best_D + shift[:, None]
-        if metric == "l2":
+        if self.metric == "l2":
             qn = np.einsum("ij,ij->i", Q, Q)
             best_D = np.maximum(qn[:, None] - best_D, 0)
         return best_D.astype(np.float32), best_I
@@ -597,6 +606,30 @@ class LPLRIndex:
         index._rcodes = np.array(arrays["r_codes"])
         index._codes = arrays["l_codes"] if mmap else np.array(arrays["l_codes"])
         return index
+
+
+def _decoded_width(bits: int, m: int) -> int:
+    """Columns of a decoded code block: whole bytes for 1/2/4-bit codes, else m."""
+    if bits in (1, 2, 4):
+        return packed_nbytes(m, bits) * (8 // bits)
+    return m
+
+
+def _decode_codes_into(packed: np.ndarray, bits: int, m: int, out: np.ndarray) -> None:
+    """Write the codes of packed rows as float32 into ``out`` (rows, _decoded_width)."""
+    if bits == 8:
+        out[...] = packed
+    elif bits in (1, 2, 4):
+        # code j of byte b sits in column b * per + j: one strided cast per position
+        per = 8 // bits
+        mask = np.uint8((1 << bits) - 1)
+        tmp = np.empty_like(packed)
+        for j in range(per):
+            np.right_shift(packed, np.uint8(j * bits), out=tmp)
+            np.bitwise_and(tmp, mask, out=tmp)
+            out[:, j::per] = tmp
+    else:
+        out[...] = _unpack(packed, bits, m)
 
 
 def _merge(D0, I0, D1, I1, k):
