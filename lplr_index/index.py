@@ -229,15 +229,20 @@ class LPLRIndex:
         return {k: np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape=s, strides=(0,) * len(s))
                 for k, (s, dt) in shapes.items()}
 
-    def _file_nbytes(self, n: int, rank: int, n_build: int | None = None) -> int:
-        header = self._header(n, rank, n_build if n_build is not None else n, self.n_clipped)
+    def _file_nbytes(self, n: int, rank: int, *, planned: bool = False) -> int:
+        """Exact file size for n vectors at ``rank``: of the current state, or
+        (``planned``) of a fresh build, with the widest header values it can have."""
+        if planned:
+            header = self._header(n, rank, n, 0, encoder="sketch", fit_error=0.0)
+        else:
+            header = self._header(n, rank, self._n_build, self.n_clipped)
         return container_nbytes(header, self._arrays_meta(n, rank))
 
     @property
     def nbytes(self) -> int:
         """Size in bytes of the file :meth:`save` writes (everything stored)."""
         self._require_built("nbytes")
-        return self._file_nbytes(self.ntotal, self._rank, self._n_build)
+        return self._file_nbytes(self.ntotal, self._rank)
 
     @property
     def bits_per_coordinate(self) -> float:
@@ -266,12 +271,12 @@ class LPLRIndex:
         lo_ok, best = 1, 0
         while lo_ok <= hi:
             mid = (lo_ok + hi) // 2
-            if 8 * self._file_nbytes(n, mid) <= limit:
+            if 8 * self._file_nbytes(n, mid, planned=True) <= limit:
                 best, lo_ok = mid, mid + 1
             else:
                 hi = mid - 1
         if best == 0:
-            need = 8 * self._file_nbytes(n, 1) / (n * self.dim)
+            need = 8 * self._file_nbytes(n, 1, planned=True) / (n * self.dim)
             raise ValueError(
                 f"bits_per_coordinate={self.budget:g} cannot hold even a rank-1 index of {n} "
                 f"vectors of dimension {self.dim} with bits_l={self.bits_l}, bits_r={self.bits_r}: "
@@ -304,7 +309,6 @@ class LPLRIndex:
         """
         X = self._prepare(X, "X")
         n = X.shape[0]
-        self.encoder, self.fit_error, self.n_clipped = "sketch", float("nan"), 0
         if self.budget is not None:
             rank = self._rank_for_budget(n)
         else:
@@ -499,7 +503,9 @@ class LPLRIndex:
         return best_D.astype(np.float32), best_I
 
     # ----------------------------------------------------------- persistence
-    def _header(self, n: int, rank: int, n_build: int, n_clipped: int) -> dict:
+    def _header(self, n, rank, n_build, n_clipped, *, encoder=None, fit_error=None) -> dict:
+        encoder = self.encoder if encoder is None else encoder
+        fit_error = self.fit_error if fit_error is None else fit_error
         return {
             "format": "lplr-index",
             "library_version": __version__,
@@ -515,9 +521,9 @@ class LPLRIndex:
                 "seed": self.seed,
             },
             "bits_l_used": self.bits_l,
-            "encoder": self.encoder,
+            "encoder": encoder,
             # fixed width, so the header size (and the budget) does not depend on the value
-            "fit_error": f"{self.fit_error:.6e}",
+            "fit_error": f"{fit_error:.6e}",
             "ntotal": n,
             "n_build": n_build,
             "n_clipped": n_clipped,
