@@ -63,6 +63,11 @@ def check_matrix(
     return out
 
 
+def float_dtype_of(X: Any) -> type:
+    """float64 for float64 arrays (kept for exact reproduction), float32 for anything else."""
+    return np.float64 if getattr(X, "dtype", None) == np.float64 else np.float32
+
+
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as int if it is an integer in ``[low, high]``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):

@@ -97,7 +97,8 @@ def recall_at_k(I, I_true, k: int | None = None, k_true: int | None = None) -> f
     """Recall ``k_true@k``: share of the true ``k_true`` nearest neighbours found in the top ``k``.
 
     ``recall_at_k(I, gt, 10)`` is 10@10 (the neighbour-set recall); ``k_true=1``
-    gives faiss's 1-recall@k. Ids of -1 (padding) never count.
+    gives faiss's 1-recall@k. Ids of -1 (padding) never count, neither as
+    found nor as true neighbours to find.
 
     Parameters
     ----------
@@ -126,8 +127,10 @@ def recall_at_k(I, I_true, k: int | None = None, k_true: int | None = None) -> f
     k = I.shape[1] if k is None else check_int(k, "k", low=1, high=I.shape[1])
     k_true = k if k_true is None else k_true
     k_true = check_int(k_true, "k_true", low=1, high=I_true.shape[1])
-    found = _hits(I[:, :k], I_true[:, :k_true])
-    return float(found.sum() / (I.shape[0] * k_true))
+    J = I_true[:, :k_true]
+    found = _hits(I[:, :k], J)
+    valid = int((J >= 0).sum())  # padded true ids (k_true > n) are not neighbours to find
+    return float(found.sum() / valid) if valid else 1.0
 
 
 def _hits(I: np.ndarray, J: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from ._validation import (
     check_matrix,
     check_positive_float,
     check_seed,
+    float_dtype_of,
 )
 from .packing import _pack, _unpack
 from .quantize import SCHEMES, Quantizer, _fit
@@ -431,8 +432,7 @@ def naive_quant(A, bits: int, *, quantizer: str = "minmax") -> NaiveQuantized:
     (array([[0., 0.],
            [1., 1.]], dtype=float32), 72)
     """
-    dtype = np.float64 if np.asarray(A).dtype == np.float64 else np.float32
-    A = check_matrix(A, "A", dtype=dtype)
+    A = check_matrix(A, "A", dtype=float_dtype_of(A))
     bits = check_bits(bits, "bits")
     quantizer = check_choice(quantizer, "quantizer", SCHEMES)
     return NaiveQuantized(QuantizedMatrix.encode(A, bits, quantizer))
@@ -472,7 +472,8 @@ def rank_for_budget(n: int, d: int, bits_l: int, bits_r: int, bits_nq: float, cr
     bits_r = check_bits(bits_r, "bits_r")
     bits_nq = check_positive_float(bits_nq, "bits_nq")
     cr = check_positive_float(cr, "cr")
-    num = Fraction(cr) * n * d * Fraction(bits_nq)
+    # decimal strings, so that cr=0.3 means 3/10 and not the binary float below it
+    num = Fraction(repr(cr)) * n * d * Fraction(repr(bits_nq))
     return int(num // (n * bits_l + d * bits_r))
 
 

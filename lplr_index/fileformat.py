@@ -97,12 +97,14 @@ def write_container(path: str | os.PathLike, header: dict, arrays: dict[str, np.
     never a half-written one.
     """
     path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(2, "no such folder to save the index in", str(folder))
     table, _ = _layout(arrays)
     for entry, arr in zip(table, arrays.values()):
         entry["crc32"] = f"{_crc(arr):08x}"
     head = _header_bytes(header, table)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(head))
-    folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -191,8 +193,8 @@ def read_container(path: str | os.PathLike, *, mmap: bool = False, verify: bool 
         header = json.loads(head.decode("utf-8"))
         table = header.pop("arrays")
         entries = _check_table(table)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise fail(f"damaged: malformed header ({exc})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+        raise fail(f"damaged: malformed header ({type(exc).__name__}: {str(exc)[:200]})") from None
     start = _PREFIX.size + _CRC.size + hlen
     start += _pad(start)
     end = start + max((off + nbytes for _, _, _, off, nbytes, _ in entries), default=0)
@@ -200,6 +202,10 @@ def read_container(path: str | os.PathLike, *, mmap: bool = False, verify: bool 
         raise fail(f"truncated: {size} bytes, but the header describes {end}")
     if size > end:
         raise fail(f"damaged: {size - end} unexpected bytes after the last array")
+    ends = sorted((off, off + nbytes) for _, _, _, off, nbytes, _ in entries)
+    for (_, end_a), (start_b, _) in zip(ends, ends[1:]):
+        if start_b < end_a:
+            raise fail("damaged: arrays overlap in the header's table")
     arrays: dict[str, np.ndarray] = {}
     if mmap:
         raw = np.memmap(path, dtype=np.uint8, mode="r")
@@ -208,6 +214,14 @@ def read_container(path: str | os.PathLike, *, mmap: bool = False, verify: bool 
             raw = np.frombuffer(f.read(), dtype=np.uint8)
         if raw.size != size:
             raise fail("changed while being read")
+    # alignment padding is covered by no checksum: it must be all zeros
+    gaps, pos = [(_PREFIX.size + _CRC.size + hlen, start)], start
+    for lo, hi in ends:
+        gaps.append((pos, start + lo))
+        pos = start + hi
+    for lo, hi in gaps:
+        if hi > lo and np.any(np.asarray(raw[lo:hi])):
+            raise fail(f"damaged: non-zero padding bytes at offset {lo}")
     for aname, dtype, shape, off, nbytes, crc in entries:
         view = raw[start + off : start + off + nbytes]
         if verify and zlib.crc32(memoryview(view)) & 0xFFFFFFFF != crc:
@@ -236,7 +250,11 @@ def _check_table(table: Any) -> list[tuple]:
             raise ValueError(f"array {name!r} has a bad checksum {crc!r}")
         crc = int(crc, 16)
         dtype = np.dtype(_DTYPES[dt])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = dtype.itemsize
+        for s in shape:  # Python ints: no wrap-around
+            nbytes *= s
+        if nbytes >= 1 << 48:
+            raise ValueError(f"array {name!r} of shape {shape} is impossibly large")
         names.add(name)
         out.append((name, dtype, tuple(shape), off, nbytes, crc))
     return out

@@ -605,7 +605,7 @@ class LPLRIndex:
                 lo, hi = arrays[f"{part}_lo"], arrays[f"{part}_hi"]
                 if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (hi >= lo).all()):
                     raise ValueError(f"quantizer levels of {part.upper()} are not finite and ordered")
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise IndexFileError(f"{path}: damaged or inconsistent header ({exc})") from None
         index._lq = Quantizer(index.quantizer, index.bits_l, np.array(arrays["l_lo"]), np.array(arrays["l_hi"]))
         index._rq = Quantizer(index.quantizer, index.bits_r, np.array(arrays["r_lo"]), np.array(arrays["r_hi"]))

@@ -96,7 +96,7 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
         pad = (-m) % per
         if pad:
             codes = np.concatenate([codes, np.zeros(lead + (pad,), np.uint8)], axis=-1)
-        grouped = codes.reshape(lead + (-1, per))
+        grouped = codes.reshape(lead + ((m + pad) // per, per))
         out = np.zeros(grouped.shape[:-1], np.uint8)
         for j in range(per):
             out |= grouped[..., j] << np.uint8(j * bits)
@@ -116,7 +116,7 @@ def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
         mask = np.uint8((1 << bits) - 1)
         shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
         out = (packed[..., None] >> shifts) & mask
-        return np.ascontiguousarray(out.reshape(lead + (-1,))[..., :count])
+        return np.ascontiguousarray(out.reshape(lead + (packed.shape[-1] * per,))[..., :count])
     stream = np.unpackbits(packed, axis=-1, count=count * bits, bitorder="little")
     stream = stream.reshape(lead + (count, bits))
     widened = np.zeros(lead + (count, 8), np.uint8)

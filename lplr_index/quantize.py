@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from ._validation import check_bits, check_choice, check_matrix
+from ._validation import check_bits, check_choice, check_matrix, float_dtype_of
 
 __all__ = ["SCHEMES", "Quantizer", "fit_quantizer", "quantize", "dequantize"]
 
@@ -112,10 +112,17 @@ class Quantizer:
         return (codes, n_clipped) if return_clipped else codes
 
     def decode(self, codes: np.ndarray) -> NDArray[np.float32]:
-        """Float values of ``codes``: ``lo + code * step``, float32."""
-        out = codes.astype(np.float32)
-        out *= self.step
-        out += self.lo
+        """Float values of ``codes``, float32.
+
+        Computed as ``(1 - t) * lo + t * hi`` with ``t = code / (2**bits - 1)``,
+        so the end codes decode to exactly ``lo`` and ``hi``.
+        """
+        t = codes.astype(np.float32)
+        t *= np.float32(1.0 / (self.levels - 1))
+        out = t * self.hi
+        t -= np.float32(1.0)
+        t *= self.lo
+        out -= t
         return out
 
     def state(self) -> dict:
@@ -151,7 +158,7 @@ def fit_quantizer(X: np.ndarray, bits: int, scheme: str = "minmax", *, seed: int
     """
     bits = check_bits(bits, "bits")
     scheme = check_choice(scheme, "quantizer", SCHEMES)
-    X = check_matrix(X, "X", dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)
+    X = check_matrix(X, "X", dtype=float_dtype_of(X))
     return _fit(X, bits, scheme, seed)
 
 
@@ -214,8 +221,9 @@ def quantize(X: np.ndarray, bits: int, scheme: str = "minmax", *, seed: int = 0)
     quantizer : Quantizer
         Decodes the codes with :func:`dequantize`.
     """
+    X = check_matrix(X, "X", dtype=float_dtype_of(X))
     q = fit_quantizer(X, bits, scheme, seed=seed)
-    return q.encode(np.asarray(X, dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)), q
+    return q.encode(X), q
 
 
 def dequantize(codes: np.ndarray, quantizer: Quantizer) -> NDArray[np.float32]:
