@@ -532,7 +532,9 @@ class LPLRIndex:
     def save(self, path: str | os.PathLike) -> int:
         """Write the index to ``path`` atomically (temporary file, then rename).
 
-        The same data, settings and seed give a byte-identical file.
+        The same data, settings and seed give a byte-identical file on the same
+        machine with the same number of BLAS threads (float sums are split
+        across threads, so other thread counts can round the last bits apart).
 
         Returns
         -------
