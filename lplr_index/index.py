@@ -469,8 +469,11 @@ class LPLRIndex:
         width = _decoded_width(self.bits_l, m)  # >= m; padding codes decode to 0
         extra = 0 if self.metric == "ip" else 1
         Zq = np.zeros((nq, width + extra), np.float32)
-        Zq[:, :m] = (self._lq.step[:, None] * P).T
-        const = (self._lq.lo @ P).astype(np.float32)  # (nq,)
+        # per-column levels, or one level pair for the whole matrix ("minmax")
+        step = np.broadcast_to(self._lq.step, (m,))
+        lo = np.broadcast_to(self._lq.lo, (m,))
+        Zq[:, :m] = (step[:, None] * P).T
+        const = (lo @ P).astype(np.float32)  # (nq,)
         if self.metric == "l2":
             Zq[:, :m] *= 2
             Zq[:, width] = -1

@@ -90,6 +90,19 @@ def test_factored_and_reconstructed_search_agree(setting, index_factory, queries
     assert neighbour_overlap(If, Ir) > 0.99  # observed 1.0
 
 
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("quantizer", ["minmax", "minmax-col", "mse-col"])
+def test_every_quantizer_searches_in_both_modes(quantizer, metric, small_embeddings, knn_checker):
+    # "minmax" keeps one level pair for the whole matrix: the factored scorer must
+    # broadcast it (it once failed with a matmul shape error)
+    index = LPLRIndex(32, bits_per_coordinate=2, quantizer=quantizer, metric=metric).build(small_embeddings)
+    Q = small_embeddings[:25] + 0.01
+    results = [index.search(Q, 5, mode=mode) for mode in ("factored", "reconstructed")]
+    for D, I in results:
+        reconstruction_knn_check(index, Q, D, I, knn_checker)
+    assert neighbour_overlap(results[0].indices, results[1].indices) > 0.99
+
+
 @pytest.mark.parametrize("bits_l", range(1, 9), ids=lambda b: f"bits_l{b}")
 def test_explicit_rank_every_code_width(bits_l, small_embeddings, knn_checker):
     # rank 7: 7 * bits_l fills whole bytes only at bits_l = 8, so rows end in padding bits
