@@ -54,7 +54,7 @@ def check_matrix(
             f"{name} has {arr.shape[1]} dimensions, but {dim_what} {dim}-dimensional vectors"
         )
     out = np.ascontiguousarray(arr, dtype=dtype)
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
+    if out.dtype.kind == "f" and not _all_finite(out):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
             f"{name} must be finite, got a non-finite value ({out[tuple(bad)]}) at row {bad[0]}, "
@@ -66,6 +66,11 @@ def check_matrix(
 def float_dtype_of(X: Any) -> type:
     """float64 for float64 arrays (kept for exact reproduction), float32 for anything else."""
     return np.float64 if getattr(X, "dtype", None) == np.float64 else np.float32
+
+
+def _all_finite(X: np.ndarray, rows: int = 8192) -> bool:
+    """``np.isfinite(X).all()`` in row blocks (no n x d boolean temporary)."""
+    return all(np.isfinite(X[s : s + rows]).all() for s in range(0, X.shape[0], rows))
 
 
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:

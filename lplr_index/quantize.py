@@ -39,6 +39,8 @@ __all__ = ["SCHEMES", "Quantizer", "fit_quantizer", "quantize", "dequantize"]
 
 SCHEMES = ("minmax", "minmax-col", "mse-col")
 
+#: entries per block in encode/decode (float temporaries of about 1 MiB stay in cache)
+_BLOCK_ELEMENTS = 1 << 18
 #: rows sampled to choose the clipping range of ``"mse-col"``
 _MSE_SAMPLE_ROWS = 4096
 #: candidate half-widths, in standard deviations, tried by ``"mse-col"``
@@ -100,15 +102,21 @@ class Quantizer:
         width = self.hi.astype(np.float64) - self.lo
         safe = np.where(width > 0, width, 1.0)
         inv = np.where(width > 0, (self.levels - 1) / safe, 0.0).astype(dtype)
-        t = (X - self.lo.astype(dtype)) * inv
-        t += dtype(0.5)
-        np.floor(t, out=t)
+        lo = self.lo.astype(dtype)
         top = self.levels - 1
+        codes = np.empty(X.shape, np.uint8)
         n_clipped = 0
-        if return_clipped:
-            n_clipped = int(np.count_nonzero(t < 0) + np.count_nonzero(t > top))
-        np.clip(t, 0, top, out=t)
-        codes = t.astype(np.uint8)
+        # row blocks keep the float temporaries in cache
+        rows = max(1, _BLOCK_ELEMENTS // max(1, X.shape[-1]))
+        for s in range(0, X.shape[0], rows):
+            t = X[s : s + rows] - lo
+            t *= inv
+            t += dtype(0.5)
+            np.floor(t, out=t)
+            if return_clipped:
+                n_clipped += int(np.count_nonzero(t < 0) + np.count_nonzero(t > top))
+            np.clip(t, 0, top, out=t)
+            codes[s : s + rows] = t
         return (codes, n_clipped) if return_clipped else codes
 
     def decode(self, codes: np.ndarray) -> NDArray[np.float32]:
@@ -117,12 +125,16 @@ class Quantizer:
         Computed as ``(1 - t) * lo + t * hi`` with ``t = code / (2**bits - 1)``,
         so the end codes decode to exactly ``lo`` and ``hi``.
         """
-        t = codes.astype(np.float32)
-        t *= np.float32(1.0 / (self.levels - 1))
-        out = t * self.hi
-        t -= np.float32(1.0)
-        t *= self.lo
-        out -= t
+        out = np.empty(codes.shape, np.float32)
+        rows = max(1, _BLOCK_ELEMENTS // max(1, codes.shape[-1])) if codes.ndim > 1 else len(codes)
+        for s in range(0, max(len(codes), 1), rows):
+            t = codes[s : s + rows].astype(np.float32)
+            t *= np.float32(1.0 / (self.levels - 1))
+            o = out[s : s + rows]
+            np.multiply(t, self.hi, out=o)
+            t -= np.float32(1.0)
+            t *= self.lo
+            o -= t
         return out
 
     def state(self) -> dict:
