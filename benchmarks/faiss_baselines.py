@@ -12,7 +12,9 @@ size stays within ``b * (1 + slack)`` bits per coordinate. The total of a candid
 predicted before the real build from the size of the same index trained on a small
 calibration sample (shared parts do not depend on the number of training vectors once there
 are at least ``dim`` of them) plus ``n`` times its code size; the real build is then measured
-and stepped down if it still overshoots.
+and stepped down if it still overshoots. The slack (default 2 %) lets a faiss setting whose
+codes alone meet the budget exactly (PQ with M = d * b / 8, SQ4 at 4 bits) count as at the
+budget despite its header and codebooks; LPLRIndex gets no slack.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ class FaissSetting:
         ``maker(dim) -> faiss.Index`` for indexes the factory cannot express.
     order : float
         Sort key within the family (grows with the code size).
+    code_size : int or None
+        Bytes of code per vector when known without constructing the index (constructing
+        an ``IndexLSH`` draws its rotation, which takes seconds for large ``nbits``).
     """
 
     family: str
@@ -74,6 +79,7 @@ class FaissSetting:
     factory: str | None = None
     maker: Callable[[int], faiss.Index] | None = field(default=None, compare=False)
     order: float = 0.0
+    code_size: int | None = None
 
     def make(self, dim: int, *, quick: bool = False, opq_niter: int | None = None) -> faiss.Index:
         """Construct the untrained index.
@@ -98,12 +104,20 @@ class FaissSetting:
 
     def code_bytes(self, dim: int) -> int:
         """Bytes of per-vector code (``sa_code_size``), before any block padding."""
-        return int(self.make(dim).sa_code_size())
+        if self.code_size is not None:
+            return self.code_size
+        key = (self, dim)
+        if key not in _CODE_BYTES:
+            _CODE_BYTES[key] = int(self.make(dim).sa_code_size())
+        return _CODE_BYTES[key]
 
     @property
     def label(self) -> str:
         """``"family (param)"``."""
         return f"{self.family} ({self.param})"
+
+
+_CODE_BYTES: dict[tuple[FaissSetting, int], int] = {}
 
 
 def _configure_training(index: faiss.Index, *, quick: bool, opq_niter: int | None) -> None:
@@ -119,6 +133,11 @@ def _configure_training(index: faiss.Index, *, quick: bool, opq_niter: int | Non
         inner = faiss.downcast_index(index.index)
     else:
         inner = index
+    if hasattr(inner, "do_polysemous_training"):
+        # index_factory("PQ...") turns on polysemous training, a code re-ordering that only
+        # serves polysemous (Hamming-filtered) search, which the benchmark does not use: it
+        # leaves the ADC results unchanged and costs 10-20x the k-means time.
+        inner.do_polysemous_training = False
     pq = getattr(inner, "pq", None)
     if pq is not None:
         # only silences the "please provide at least N training points" warning on small
@@ -144,12 +163,19 @@ class Family:
     reference : callable or None
         ``reference(dim) -> FaissSetting``: a setting that must appear in the results even if
         no budget selects it (reported at its native rate), e.g. 1-bit RaBitQ.
+    affine_shared : bool, default=False
+        The shared bytes grow linearly with ``order`` (LSH: its rotation is ``nbits x dim``;
+        PCA: its ``m x dim`` projection; RaBitQ: constant); the calibration then measures the
+        two smallest settings and extrapolates, instead of drawing large rotations or
+        decomposing large matrices once per candidate (the real build is measured and
+        stepped down if over).
     """
 
     name: str
     ladder: Callable[[int], list[FaissSetting]]
     native_only: bool = False
     reference: Callable[[int], FaissSetting] | None = None
+    affine_shared: bool = False
 
     def settings(self, dim: int) -> list[FaissSetting]:
         """Settings sorted by increasing code size."""
@@ -207,7 +233,7 @@ def _lsh_maker(nbits: int) -> Callable[[int], faiss.Index]:
 
 def _lsh(d: int) -> list[FaissSetting]:
     # whole bytes of code only: nbits a multiple of 8, up to 4 bits per coordinate
-    return [FaissSetting("LSH", f"nbits={nb}", maker=_lsh_maker(nb), order=nb)
+    return [FaissSetting("LSH", f"nbits={nb}", maker=_lsh_maker(nb), order=nb, code_size=nb // 8)
             for nb in range(8, 4 * d + 1, 8)]
 
 
@@ -227,9 +253,9 @@ def default_families() -> list[Family]:
         Family("OPQ+PQ", _opq),
         Family("SQ4", _sq4, reference=lambda d: _sq4(d)[0]),
         Family("SQ8", _sq8, native_only=True),
-        Family("RaBitQ", _rabitq, reference=_rabitq_ref),
-        Family("PCA+SQ8", _pca_sq8),
-        Family("LSH", _lsh),
+        Family("RaBitQ", _rabitq, reference=_rabitq_ref, affine_shared=True),
+        Family("PCA+SQ8", _pca_sq8, affine_shared=True),
+        Family("LSH", _lsh, affine_shared=True),
     ]
 
 
@@ -259,17 +285,26 @@ class SizeCalibrator:
         self.dim = int(sample.shape[1])
         self._shared: dict[FaissSetting, int] = {}
 
-    def shared_bytes(self, setting: FaissSetting) -> int:
-        """Bytes of the trained index holding no vectors (header + shared parts)."""
+    def shared_bytes(self, setting: FaissSetting, family: Family | None = None) -> int:
+        """Bytes of the trained index holding no vectors (header + shared parts).
+
+        With an ``affine_shared`` family, extrapolated from its two smallest settings.
+        """
         if setting not in self._shared:
-            index = setting.make(self.dim, quick=True)
-            index.train(self.sample)
-            self._shared[setting] = serialized_nbytes(index)
+            if family is not None and family.affine_shared:
+                s0, s1 = family.settings(self.dim)[:2]
+                b0, b1 = self.shared_bytes(s0), self.shared_bytes(s1)
+                slope = (b1 - b0) / (s1.order - s0.order)
+                self._shared[setting] = int(round(b0 + slope * (setting.order - s0.order)))
+            else:
+                index = setting.make(self.dim, quick=True)
+                index.train(self.sample)
+                self._shared[setting] = serialized_nbytes(index)
         return self._shared[setting]
 
-    def predicted_bits(self, setting: FaissSetting) -> float:
+    def predicted_bits(self, setting: FaissSetting, family: Family | None = None) -> float:
         """Predicted bits per coordinate of ``setting`` holding ``n`` vectors."""
-        total = self.shared_bytes(setting) + self.n * setting.code_bytes(self.dim)
+        total = self.shared_bytes(setting, family) + self.n * setting.code_bytes(self.dim)
         return total * 8.0 / (self.n * self.dim)
 
 
@@ -309,7 +344,7 @@ def choose_setting(family: Family, budget: float, calib: SizeCalibrator, *,
     while lo <= hi:
         mid = (lo + hi) // 2
         try:
-            bits = calib.predicted_bits(fits_code[mid])
+            bits = calib.predicted_bits(fits_code[mid], family)
         except RuntimeError as exc:  # e.g. fewer training vectors than centroids
             return Choice(None, None, f"cannot train {fits_code[mid].param}: "
                                       f"{str(exc).splitlines()[0][:120]}")
@@ -322,7 +357,7 @@ def choose_setting(family: Family, budget: float, calib: SizeCalibrator, *,
         s0 = fits_code[0]
         return Choice(None, None, f"shared parts (codebooks/rotations/matrices) alone exceed the "
                                   f"budget at n={calib.n}: smallest setting {s0.param} measures "
-                                  f"{calib.predicted_bits(s0):.3g} bits/coord")
+                                  f"{calib.predicted_bits(s0, family):.3g} bits/coord")
     return Choice(best[0], best[1])
 
 
@@ -363,8 +398,8 @@ def build_faiss(setting: FaissSetting, xb: NDArray[np.float32], xtrain: NDArray[
     BuiltIndex
     """
     n, d = xb.shape
+    t0 = time.perf_counter()  # construction counts: IndexLSH draws its rotation there
     index = setting.make(d, opq_niter=opq_niter)
-    t0 = time.perf_counter()
     index.train(xtrain)
     t1 = time.perf_counter()
     index.add(xb)

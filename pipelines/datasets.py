@@ -29,6 +29,7 @@ __all__ = [
     "ImageDataset",
     "TextDataset",
     "bbc_news_dir",
+    "download_cifar10",
     "load_bbc_news",
     "load_cifar10",
     "load_fashion_mnist",
@@ -453,6 +454,33 @@ def load_cifar10(split: str = "train", root: str | Path = "data/cifar-10-batches
                          f"batches.meta names {len(class_names)} classes")
     return ImageDataset(np.ascontiguousarray(np.concatenate(images)), all_labels, class_names,
                         "cifar10", split, str(root))
+
+
+def download_cifar10(root: str | Path = "data") -> Path:
+    """Download and extract CIFAR-10 (python version) with torchvision; needs the web.
+
+    torchvision checks the archive's md5 sum. The batches are then read with
+    :func:`load_cifar10` (torchvision's own dataset class is not used for reading).
+
+    Parameters
+    ----------
+    root : str or Path, default="data"
+        Folder that receives ``cifar-10-python.tar.gz`` and ``cifar-10-batches-py/``.
+
+    Returns
+    -------
+    path : Path
+        The ``cifar-10-batches-py`` folder.
+    """
+    from ._torchvision_compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    CIFAR10(str(root), train=True, download=True)
+    return root / "cifar-10-batches-py"
 
 
 # --------------------------------------------------------------------------- image folder
