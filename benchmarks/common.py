@@ -55,6 +55,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "faiss": faiss.__version__,
         "faiss_threads": faiss.omp_get_max_threads(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -140,5 +141,6 @@ def write_results(folder: Path, name: str, payload: dict, table: str) -> None:
     (folder / f"{name}.md").write_text(
         f"{table}\n\nMeasured with `{cmd}` on {m.get('cpu', m['processor'])}, "
         f"{m['cpu_count']} cores, faiss threads {m['faiss_threads']}, numpy {m['numpy']}, "
-        f"faiss {m['faiss']}.\n"
+        f"faiss {m['faiss']}; load average {m.get('load_average_1_5_15')} when it ended "
+        f"(above 0.5, other processes shared the 2 cores: times are then upper bounds).\n"
     )
