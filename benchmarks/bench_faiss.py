@@ -581,10 +581,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--slack", type=float, default=0.02,
                    help="faiss settings may exceed a budget by this fraction (headers, shared parts); "
                         "LPLRIndex keeps its budget exactly")
-    g.add_argument("--families", nargs="+", default=[f.name for f in fb.default_families()],
-                   help="faiss families to run")
-    g.add_argument("--lplr-variants", nargs="+", default=list(LPLR_VARIANTS), choices=list(LPLR_VARIANTS),
-                   help="LPLRIndex settings to run")
+    g.add_argument("--families", nargs="*", default=[f.name for f in fb.default_families()],
+                   help="faiss families to run (none: LPLR only)")
+    g.add_argument("--lplr-variants", nargs="*", default=list(LPLR_VARIANTS), choices=list(LPLR_VARIANTS),
+                   help="LPLRIndex settings to run (none: faiss only)")
+    g.add_argument("--merge", action="store_true",
+                   help="keep the rows of an earlier run on the same data in <out>/<name>.json, "
+                        "replacing only the families run now")
     g.add_argument("--no-flat", action="store_true", help="skip the exact IndexFlatL2 row")
     g.add_argument("--max-train", type=int, default=100_000,
                    help="faiss indexes train on at most this many database vectors (random subset); "
@@ -699,9 +702,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rows": [], "skipped": [],
     }
 
+    json_path = out_dir / f"{data.name}.json"
+    if args.merge and json_path.exists():
+        old = json.loads(json_path.read_text())
+        if old.get("data") != json.loads(json.dumps(faiss_report._jsonable(data.info))):
+            raise SystemExit(f"bench_faiss: --merge: {json_path} was measured on other data "
+                             f"({old.get('data')}), not {data.info}")
+        rerun = set(args.families) | {f"LPLR {v}" for v in args.lplr_variants}
+        if not args.no_flat:
+            rerun.add("Flat")
+
+        def kept(entry: dict[str, Any]) -> bool:
+            fam = entry["method"] if entry.get("family") == "LPLR" else entry["family"]
+            return fam not in rerun
+
+        result["rows"] = [r for r in old["rows"] if kept(r)]
+        result["skipped"] = [s for s in old["skipped"] if s["family"] not in rerun]
+        result["merged_from"] = old.get("merged_from", []) + [
+            {"command": old.get("command"), "machine": old.get("machine"), "args": old.get("args")}]
+        log(f"--merge: kept {len(result['rows'])} rows of {json_path}")
+
     def save() -> None:
         result["seconds"] = round(time.perf_counter() - t_start, 1)
-        faiss_report.write_json(result, out_dir / f"{data.name}.json")
+        faiss_report.write_json(result, json_path)
 
     if not args.no_flat:
         log("Flat (exact)")

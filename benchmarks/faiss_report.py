@@ -104,7 +104,9 @@ def markdown(result: dict[str, Any]) -> str:
         + f"; load average at start {_load(m.get('load_average_at_start'))}, "
           f"at end {_load(m.get('load_average_at_end'))} (shared machine: timings are indicative)",
         _load_range(rows),
-        f"- command: `{result['command']}`",
+        f"- command: `{result['command']}`"
+        + "".join(f"; rows of other families kept (--merge) from `{m['command']}`"
+                  for m in result.get("merged_from", [])),
         f"- budget rule: {result['budget_rule']}",
         f"- bits/coord = whole stored index (faiss.serialize_index length, or the LPLRIndex file) * 8 / (n * d); "
         f"code b/c = per-vector codes only. QPS: batch of {rows[0]['batch_queries'] if rows else '?'} queries, "
