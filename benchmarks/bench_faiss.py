@@ -719,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["rows"] = [r for r in old["rows"] if kept(r)]
         result["skipped"] = [s for s in old["skipped"] if s["family"] not in rerun]
         result["merged_from"] = old.get("merged_from", []) + [
-            {"command": old.get("command"), "machine": old.get("machine"), "args": old.get("args")}]
+            {"command": old.get("command"), "machine": old.get("machine"), "args": old.get("args"),
+             "seconds": old.get("seconds")}]
         log(f"--merge: kept {len(result['rows'])} rows of {json_path}")
 
     def save() -> None:

@@ -113,6 +113,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"median of repeats; latency: median single-query time. Recalls against exact search "
         f"(lplr_index.recall_at_k); 3-NN accuracy by lplr_index.knn_vote (ties to the nearest).",
         "",
+        *summary_table(result),
+        "",
+        "All rows:",
+        "",
         "| budget | method | setting | bits/coord | code b/c | file | build s | QPS | latency ms "
         f"| R1@1 | R{k}@{k} |" + (" 3-NN acc |" if has_acc else ""),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_acc else ""),
@@ -139,8 +143,40 @@ def markdown(result: dict[str, Any]) -> str:
             grouped.setdefault((s["family"], s["reason"]), []).append(s["budget"])
         for (fam, reason), budgets in grouped.items():
             lines.append(f"- {fam} @ {', '.join(_budgets(b) for b in budgets)} b/c: {reason}")
-    lines += ["", f"Total benchmark time: {result.get('seconds', 0):.0f} s.", ""]
+    earlier = [m.get("seconds") for m in result.get("merged_from", [])]
+    lines += ["", f"Benchmark time: {result.get('seconds', 0):.0f} s"
+              + (" for this run; merged earlier runs: "
+                 + ", ".join("not recorded" if t is None else f"{t:.0f} s" for t in earlier) if earlier else "")
+              + ".", ""]
     return "\n".join(lines)
+
+
+def summary_table(result: dict[str, Any]) -> list[str]:
+    """Compact Markdown table: recall k@k (measured bits/coord) per method and budget.
+
+    LPLR rows use the factored scoring mode (the reconstructed mode returns the same
+    neighbours); rows without a budget (native rates) go to the last column.
+    """
+    k = result["k"]
+    key = f"recall_{k}_at_{k}"
+    budgets = list(result["args"]["budgets"])
+    cells: dict[str, dict[Any, str]] = {}
+    for r in sorted(result["rows"], key=_sort_key):
+        if r["family"] == "LPLR" and r["mode"] != "factored":
+            if any(x["method"] == r["method"] and x["mode"] == "factored" and x["targets"] == r["targets"]
+                   for x in result["rows"]):
+                continue
+        text = f"{r[key]:.3f} ({r['bits_per_coordinate']:.2f})"
+        name = r["method"]
+        for t in (r["targets"] or ["native"]):
+            cells.setdefault(name, {})[t] = text
+    cols = budgets + (["native"] if any("native" in c for c in cells.values()) else [])
+    head = "| method | " + " | ".join(f"{c:g} b/c" if c != "native" else "native rate" for c in cols) + " |"
+    lines = [f"Recall {k}@{k} (measured bits/coord) at each budget:", "", head,
+             "|---|" + "---:|" * len(cols)]
+    for name in sorted(cells, key=lambda n: _family_rank(n)):
+        lines.append(f"| {name} | " + " | ".join(cells[name].get(c, "–") for c in cols) + " |")
+    return lines
 
 
 def _load_range(rows: list[dict[str, Any]]) -> str:
@@ -148,8 +184,8 @@ def _load_range(rows: list[dict[str, Any]]) -> str:
     if not loads:
         return "- load during the rows: not recorded"
     return (f"- 1-minute load average when each row finished: {min(loads):.1f} to {max(loads):.1f} "
-            f"(median {float(np.median(loads)):.1f}) on {len(loads)} rows; above the core count, other "
-            f"processes were competing for the cores and speeds are lower than on an idle machine")
+            f"(median {float(np.median(loads)):.1f}) over {len(loads)} rows; a load above the core count means "
+            f"other processes competed for the cores, and speeds then fall below an idle machine's")
 
 
 def _budgets(b: Any) -> str:
@@ -168,9 +204,10 @@ FAISS_COLORS = {"Flat": "tab:gray", "PQ": "tab:blue", "PQfs4": "tab:cyan", "OPQ+
 
 
 def _family_rank(label: str) -> tuple:
-    fam = label.split(" [")[0]
-    fam = "LPLR" if fam.startswith("LPLR") else fam.replace(" (exact)", "")
-    return (FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else 99, label)
+    method = label.split(" [")[0]
+    fam = "LPLR" if method.startswith("LPLR") else method.replace(" (exact)", "")
+    variant = list(LPLR_COLORS).index(method) if method in LPLR_COLORS else 0
+    return (FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else 99, variant, label)
 
 
 def _series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
