@@ -25,17 +25,20 @@ Synthetic 10^6 x 384 set with a decaying spectrum::
 
     .venv/bin/python benchmarks/bench_faiss.py --synthetic --n 1000000 --dim 384 --n-queries 1000
 
-Cached real embeddings (``.npy``, or the pipelines' ``.npz`` cache entries with
-``embeddings`` and ``labels``)::
+The pipelines' datasets, on the same model, split and embedding cache as
+``python -m pipelines.experiment --dataset D --full`` (embedded first if not cached)::
 
-    .venv/bin/python benchmarks/bench_faiss.py --name fashion-mnist-mobilenetv2 \\
-        --embeddings data/cache/embeddings/fashion-mnist-train-<hash>.npz \\
-        --queries data/cache/embeddings/fashion-mnist-test-<hash>.npz
+    .venv/bin/python benchmarks/bench_faiss.py --dataset bbc
+    .venv/bin/python benchmarks/bench_faiss.py --dataset fashion-mnist
+    .venv/bin/python benchmarks/bench_faiss.py --dataset cifar10 --cifar-dir DIR --model mobilenet_v3_small
+
+Any embeddings in files (``.npy``, or ``.npz`` with ``embeddings`` and ``labels``)::
+
+    .venv/bin/python benchmarks/bench_faiss.py --name my-set --embeddings base.npz --queries queries.npz
 
 A single labelled file is split like the pipelines split BBC News (500 held out, stratified)::
 
-    .venv/bin/python benchmarks/bench_faiss.py --name bbc-minilm \\
-        --embeddings data/cache/embeddings/bbc-news-all-<hash>.npz --test-size 500
+    .venv/bin/python benchmarks/bench_faiss.py --name my-set --embeddings all.npz --test-size 500
 
 Faiss indexes train on at most ``--max-train`` database vectors (a seeded random subset);
 ``IndexPQ``'s polysemous training, which ``index_factory`` switches on, is switched off (it only
@@ -55,6 +58,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -75,6 +79,8 @@ from lplr_index import LPLRIndex, accuracy, exact_knn, knn_vote, recall_at_k  # 
 
 DEFAULT_OUT = Path("results") / "bench_faiss"
 SMOKE_OUT = Path("results") / "tmp" / "bench_faiss_smoke"
+PIPELINE_DATASETS = ("bbc", "fashion-mnist", "cifar10")  # pipelines datasets --dataset accepts
+IMAGE_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # pipelines.image_embedders
 
 # LPLRIndex settings compared; the budget is added per run.
 LPLR_VARIANTS: dict[str, dict[str, Any]] = {
@@ -252,6 +258,36 @@ def load_files(embeddings: Path, queries: Path | None, train_labels: Path | None
             "n": int(xb.shape[0]), "n_queries": int(xq.shape[0]), "dim": int(xb.shape[1])}
     return Dataset(name or embeddings.stem, np.ascontiguousarray(xb, np.float32),
                    np.ascontiguousarray(xq, np.float32), yb, yq, info)
+
+
+def load_pipeline_dataset(dataset: str, name: str | None, *, cifar_dir: Path | None = None,
+                          model: str | None = None, weights: str | None = None,
+                          threads: int | None = None) -> Dataset:
+    """A pipelines dataset at full size: training embeddings as database, test ones as queries.
+
+    Same model, preprocessing, split and embedding cache as ``python -m pipelines.experiment
+    --dataset <dataset> --full`` (see ``pipelines.experiment.load_dataset_embeddings``).
+    """
+    from pipelines.experiment import load_dataset_embeddings
+
+    argv = ["--full"] if dataset in ("fashion-mnist", "cifar10") else []
+    if cifar_dir is not None:
+        argv += ["--cifar-dir", str(cifar_dir)]
+    for flag, value in (("--model", model), ("--weights", weights), ("--threads", threads)):
+        if value is not None:
+            argv += [flag, str(value)]
+    try:
+        emb = load_dataset_embeddings(dataset, argv)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"bench_faiss: --dataset {dataset}: {exc}") from None
+    model = emb.info["embedding"].get("model", "")
+    default_name = {"all-MiniLM-L6-v2": "minilm"}.get(model, re.sub(r"[^a-z0-9]+", "", model.lower()))
+    info = {"source": "pipelines", "dataset": dataset, "pipelines": emb.info,
+            "n": int(emb.X_train.shape[0]), "n_queries": int(emb.X_test.shape[0]),
+            "dim": int(emb.X_train.shape[1])}
+    return Dataset(name or f"{'bbc' if dataset == 'bbc' else dataset}-{default_name}",
+                   np.ascontiguousarray(emb.X_train, np.float32), np.ascontiguousarray(emb.X_test, np.float32),
+                   emb.y_train, emb.y_test, info)
 
 
 # ---------------------------------------------------------------------- measurement
@@ -566,6 +602,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--decay", type=float, default=0.5, help="synthetic spectrum: std of direction j ~ (j+1)^-decay")
     g.add_argument("--n-clusters", type=int, default=100, help="synthetic mixture components (labels)")
     g.add_argument("--cluster-std", type=float, default=1.0, help="synthetic within-cluster std")
+    g.add_argument("--dataset", choices=PIPELINE_DATASETS, default=None,
+                   help="a pipelines dataset with the pipelines' model, split and embedding cache (as "
+                        "`python -m pipelines.experiment --dataset D --full`): database = its training "
+                        "part, queries = its test part; embeds first when the cache lacks it")
+    g.add_argument("--cifar-dir", type=Path, default=None,
+                   help="with --dataset cifar10: the cifar-10-batches-py folder")
+    g.add_argument("--model", default=None, choices=IMAGE_MODELS,
+                   help="with an image --dataset: the pipelines' image model (e.g. mobilenet_v3_small, the "
+                        "paper's CIFAR-10 model; default mobilenet_v2)")
+    g.add_argument("--weights", default=None,
+                   help="with --model: the pipelines' --weights (DEFAULT, offline or a state-dict file)")
     g.add_argument("--embeddings", type=Path, help="database vectors (.npy, or .npz with 'embeddings'/'labels')")
     g.add_argument("--queries", type=Path, help="query vectors (.npy or .npz)")
     g.add_argument("--train-labels", type=Path, help="database labels (.npy)")
@@ -619,8 +666,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--queries needs --embeddings")
     if args.embeddings is not None and args.queries is None and args.test_size is None:
         p.error("--embeddings needs --queries, or --test-size to split it")
-    if args.embeddings is not None and args.synthetic:
-        p.error("--synthetic and --embeddings exclude each other")
+    if sum([args.embeddings is not None, args.synthetic, args.dataset is not None]) > 1:
+        p.error("--synthetic, --embeddings and --dataset exclude each other")
+    if args.cifar_dir is not None and args.dataset != "cifar10":
+        p.error("--cifar-dir goes with --dataset cifar10")
+    if (args.model is not None or args.weights is not None) and args.dataset not in ("fashion-mnist", "cifar10"):
+        p.error("--model and --weights go with an image --dataset (fashion-mnist, cifar10)")
     known = {f.name for f in fb.default_families()}
     bad = [f for f in args.families if f not in known]
     if bad:
@@ -662,7 +713,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             threadpool_limits(args.threads)
         except ImportError:
             pass
-    if args.embeddings is not None:
+    if args.dataset is not None:
+        data = load_pipeline_dataset(args.dataset, args.name, cifar_dir=args.cifar_dir, model=args.model,
+                                     weights=args.weights, threads=args.threads)
+    elif args.embeddings is not None:
         data = load_files(args.embeddings, args.queries, args.train_labels, args.test_labels, args.name,
                           test_size=args.test_size, split_seed=args.split_seed)
     else:

@@ -51,7 +51,7 @@ from .knn_protocol import METHODS, SCOPES, ExperimentConfig, run_knn_experiment
 from .reporting import markdown_table, write_results
 from .text_embedders import DEFAULT_TEXT_MODEL, TextEmbedder
 
-__all__ = ["DEFAULT_RESOLUTION", "DEFAULT_SUBSET", "auto_threads", "build_parser", "main", "run_dataset"]
+__all__ = ["DEFAULT_RESOLUTION", "DEFAULT_SUBSET", "auto_threads", "build_parser", "load_dataset_embeddings", "main", "run_dataset"]
 
 log = logging.getLogger("pipelines.experiment")
 
@@ -249,6 +249,45 @@ def _text_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) ->
                             progress=not args.no_progress)
     split = f"{len(te_idx)} held out (stratified, seed {args.data_seed})"
     return embed_text_dataset(data, tr_idx, te_idx, embedder, cache, split=split)
+
+
+def load_dataset_embeddings(dataset: str, argv: Sequence[str] = ()) -> EmbeddedData:
+    """Embeddings of one dataset exactly as ``python -m pipelines.experiment`` uses them.
+
+    Reuses the embedding cache, and embeds (showing progress) what it does not hold yet.
+    Other programs (the faiss benchmark) call this to run on the same data and split.
+
+    Parameters
+    ----------
+    dataset : {"bbc", "fashion-mnist", "cifar10", "image-folder", "text-file"}
+    argv : sequence of str, optional
+        Further flags of ``python -m pipelines.experiment`` (e.g. ``["--full"]``,
+        ``["--cifar-dir", DIR]``, ``["--threads", "2"]``).
+
+    Returns
+    -------
+    data : EmbeddedData
+
+    Raises
+    ------
+    ValueError
+        For an unknown dataset or flags that do not fit it.
+    """
+    names = [d for d in DATASETS if d != "default"]
+    if dataset not in names:
+        raise ValueError(f"dataset must be one of {names}, got {dataset!r}")
+    args = build_parser().parse_args(["--dataset", dataset, *argv])
+    try:
+        _check_args(args)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    cache = EmbeddingCache(args.cache_dir)
+    try:
+        if dataset in ("bbc", "text-file"):
+            return _text_data(args, dataset, cache)
+        return _image_data(args, dataset, cache)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:

@@ -178,3 +178,39 @@ def test_command_line_errors_are_one_line(args, message, capsys, tmp_path):
     assert main([*args, "--out-dir", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_load_dataset_embeddings_matches_the_experiment(idx_folder, tmp_path):
+    """Other programs get the experiment's own arrays (same model, split and cache entries)."""
+    from pipelines.experiment import load_dataset_embeddings
+
+    folder, arrays = idx_folder
+    flags = ["--fashion-mnist-dir", str(folder), "--full", "--resolution", "32",
+             "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    data = load_dataset_embeddings("fashion-mnist", flags)
+    assert data.X_train.shape == (40, 1280) and data.X_test.shape == (20, 1280)
+    np.testing.assert_array_equal(data.y_train, arrays["train-labels-idx1-ubyte"])
+    assert not data.info["splits"]["train"]["cache_hit"]
+    again = load_dataset_embeddings("fashion-mnist", flags)
+    assert again.info["splits"]["train"]["cache_hit"] and again.info["splits"]["test"]["cache_hit"]
+    np.testing.assert_array_equal(again.X_train, data.X_train)
+    assert main(["--dataset", "fashion-mnist", *flags, "--seeds", "0", "--bits-nq", "2", "--methods", "unquantized",
+                 "--scopes", "whole", "--out-dir", str(tmp_path / "res"), "--quiet"]) == 0
+    (json_path,) = (tmp_path / "res").glob("*.json")
+    splits = json.loads(json_path.read_text())["dataset"]["splits"]
+    assert splits["train"]["cache_file"] == data.info["splits"]["train"]["cache_file"]
+    assert splits["train"]["cache_hit"]  # the experiment reused what load_dataset_embeddings embedded
+
+
+@pytest.mark.parametrize("dataset, flags, message", [
+    ("default", [], "dataset must be one of ['bbc', 'fashion-mnist', 'cifar10', 'image-folder', 'text-file'], "
+                    "got 'default'"),
+    ("cifar10", [], "needs --cifar-dir"),
+    ("fashion-mnist", ["--fashion-mnist-dir", "/nonexistent/fm"], "dataset-fashion-mnist"),
+])
+def test_load_dataset_embeddings_errors(dataset, flags, message):
+    from pipelines.experiment import load_dataset_embeddings
+
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        load_dataset_embeddings(dataset, flags)
+    assert message in str(info.value)
