@@ -76,11 +76,12 @@ import faiss_report  # noqa: E402
 
 import lplr_index  # noqa: E402
 from lplr_index import LPLRIndex, accuracy, exact_knn, knn_vote, recall_at_k  # noqa: E402
+from pipelines.image_embedders import IMAGE_MODELS  # noqa: E402  (imports no torch)
 
 DEFAULT_OUT = Path("results") / "bench_faiss"
 SMOKE_OUT = Path("results") / "tmp" / "bench_faiss_smoke"
 PIPELINE_DATASETS = ("bbc", "fashion-mnist", "cifar10")  # pipelines datasets --dataset accepts
-IMAGE_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # pipelines.image_embedders
+IMAGE_DATASETS = ("fashion-mnist", "cifar10")  # of those, the image ones (full size, --model)
 
 # LPLRIndex settings compared; the budget is added per run.
 LPLR_VARIANTS: dict[str, dict[str, Any]] = {
@@ -270,7 +271,7 @@ def load_pipeline_dataset(dataset: str, name: str | None, *, cifar_dir: Path | N
     """
     from pipelines.experiment import load_dataset_embeddings
 
-    argv = ["--full"] if dataset in ("fashion-mnist", "cifar10") else []
+    argv = ["--full"] if dataset in IMAGE_DATASETS else []
     if cifar_dir is not None:
         argv += ["--cifar-dir", str(cifar_dir)]
     for flag, value in (("--model", model), ("--weights", weights), ("--threads", threads)):
@@ -285,7 +286,7 @@ def load_pipeline_dataset(dataset: str, name: str | None, *, cifar_dir: Path | N
     info = {"source": "pipelines", "dataset": dataset, "pipelines": emb.info,
             "n": int(emb.X_train.shape[0]), "n_queries": int(emb.X_test.shape[0]),
             "dim": int(emb.X_train.shape[1])}
-    return Dataset(name or f"{'bbc' if dataset == 'bbc' else dataset}-{default_name}",
+    return Dataset(name or f"{dataset}-{default_name}",
                    np.ascontiguousarray(emb.X_train, np.float32), np.ascontiguousarray(emb.X_test, np.float32),
                    emb.y_train, emb.y_test, info)
 
@@ -608,7 +609,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "part, queries = its test part; embeds first when the cache lacks it")
     g.add_argument("--cifar-dir", type=Path, default=None,
                    help="with --dataset cifar10: the cifar-10-batches-py folder")
-    g.add_argument("--model", default=None, choices=IMAGE_MODELS,
+    g.add_argument("--model", default=None, choices=sorted(IMAGE_MODELS),
                    help="with an image --dataset: the pipelines' image model (e.g. mobilenet_v3_small, the "
                         "paper's CIFAR-10 model; default mobilenet_v2)")
     g.add_argument("--weights", default=None,
@@ -670,7 +671,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--synthetic, --embeddings and --dataset exclude each other")
     if args.cifar_dir is not None and args.dataset != "cifar10":
         p.error("--cifar-dir goes with --dataset cifar10")
-    if (args.model is not None or args.weights is not None) and args.dataset not in ("fashion-mnist", "cifar10"):
+    if (args.model is not None or args.weights is not None) and args.dataset not in IMAGE_DATASETS:
         p.error("--model and --weights go with an image --dataset (fashion-mnist, cifar10)")
     known = {f.name for f in fb.default_families()}
     bad = [f for f in args.families if f not in known]

@@ -281,13 +281,16 @@ def load_dataset_embeddings(dataset: str, argv: Sequence[str] = ()) -> EmbeddedD
         _check_args(args)
     except UserError as exc:
         raise ValueError(str(exc)) from None
-    cache = EmbeddingCache(args.cache_dir)
     try:
-        if dataset in ("bbc", "text-file"):
-            return _text_data(args, dataset, cache)
-        return _image_data(args, dataset, cache)
+        return _embedded_data(args, dataset, EmbeddingCache(args.cache_dir))
     except UserError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _embedded_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -> EmbeddedData:
+    if dataset in ("bbc", "text-file"):
+        return _text_data(args, dataset, cache)
+    return _image_data(args, dataset, cache)
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -331,8 +334,7 @@ def run_dataset(
     cache = EmbeddingCache(args.cache_dir)
     t0 = time.perf_counter()
     log.info("%s: loading and embedding (cache: %s)", dataset, cache.root)
-    data = _text_data(args, dataset, cache) if dataset in ("bbc", "text-file") else \
-        _image_data(args, dataset, cache)
+    data = _embedded_data(args, dataset, cache)
     t1 = time.perf_counter()
     hits = [s["cache_hit"] for s in data.info["splits"].values()]
     log.info("%s: %d train / %d test embeddings of dimension %d (%s) in %.1f s", data.name,

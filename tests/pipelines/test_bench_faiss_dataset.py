@@ -63,13 +63,3 @@ def test_dataset_flag_errors():
     assert proc.returncode != 0 and proc.stderr.strip().startswith("bench_faiss: --dataset cifar10:")
     assert "batches.meta" in proc.stderr
 
-
-def test_image_models_match_the_pipelines():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import bench_faiss
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    from pipelines.image_embedders import IMAGE_MODELS
-
-    assert set(bench_faiss.IMAGE_MODELS) == set(IMAGE_MODELS)
