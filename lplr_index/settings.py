@@ -1,0 +1,205 @@
+"""Every parameter of an index, defaulted and validated in one place.
+
+:class:`IndexSettings` is the one definition of the index's parameters: their
+defaults (also in :data:`DEFAULTS`), their checks (run when an instance is
+made, with the messages of :mod:`lplr_index._validation`) and their round trip
+through the ``"settings"`` object of the file header. The index, the
+scikit-learn classifier and the command line all read their defaults here
+instead of copying the literals.
+
+Adding a parameter is adding a field with its default, a line in
+``__post_init__`` that checks it, and (if older files lack it) nothing else:
+:meth:`IndexSettings.from_header` gives missing fields their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ._validation import (
+    check_bits,
+    check_choice,
+    check_int,
+    check_positive_float,
+    check_seed,
+)
+from .evaluation import METRICS
+from .quantize import SCHEMES
+
+__all__ = ["IndexSettings", "DEFAULTS", "DEFAULT_BITS_PER_COORDINATE", "METRICS", "SCHEMES"]
+
+#: Budget (bits per coordinate) used by front ends that need one when the user
+#: gives neither a budget nor a rank (the scikit-learn classifier). The index
+#: itself has no default budget: it asks for exactly one of the two.
+DEFAULT_BITS_PER_COORDINATE = 1.0
+
+#: Highest number of refinement rounds accepted.
+MAX_REFINE_ITERS = 100
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """The settings of an :class:`~lplr_index.LPLRIndex`, checked when made.
+
+    Making an instance validates every field and stores it normalised
+    (``bits_per_coordinate`` as a float, the integers as ``int``); an invalid
+    value raises ``TypeError`` or ``ValueError`` naming the parameter, what is
+    allowed and what was given. Instances are frozen: use
+    :func:`dataclasses.replace` to change a field (which validates again).
+
+    Parameters
+    ----------
+    dim : int
+        Dimension of the vectors, >= 1.
+    bits_per_coordinate : float, default=None
+        Storage budget in bits per stored coordinate (finite, > 0). Give this
+        or ``rank``, not both.
+    rank : int, default=None
+        Explicit rank, 1 to ``dim``.
+    bits_l : int, default=None
+        Bits of each per-vector code, 1 to 8; None lets the index choose
+        (see :attr:`bits_l_used`).
+    bits_r : int, default=8
+        Bits of each entry of the shared factor, 1 to 8.
+    metric : {"l2", "ip", "cosine"}, default="l2"
+    quantizer : {"minmax", "minmax-col", "mse-col"}, default="mse-col"
+    refine_iters : int, default=2
+        Alternating refinement rounds, 0 to 100.
+    seed : int, default=0
+        Seed of the sketch, >= 0 (None is refused: the sketch is regenerated
+        from it when a file is loaded).
+
+    Examples
+    --------
+    >>> s = IndexSettings(64, bits_per_coordinate=1)
+    >>> s.bits_per_coordinate, s.bits_l_used, s.metric
+    (1.0, 4, 'l2')
+    >>> IndexSettings.from_header(s.to_header()) == s
+    True
+    >>> IndexSettings(64, rank=100)
+    Traceback (most recent call last):
+    ...
+    ValueError: rank must be an integer in [1, 64], got 100
+    """
+
+    dim: int
+    bits_per_coordinate: float | None = None
+    rank: int | None = None
+    bits_l: int | None = None
+    bits_r: int = 8
+    metric: str = "l2"
+    quantizer: str = "mse-col"
+    refine_iters: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Same order and messages as LPLRIndex.__init__ had, so errors do not change.
+        dim = check_int(self.dim, "dim", low=1)
+        if (self.bits_per_coordinate is None) == (self.rank is None):
+            raise ValueError(
+                "give exactly one of bits_per_coordinate (a storage budget) or rank, got "
+                f"bits_per_coordinate={self.bits_per_coordinate!r} and rank={self.rank!r}"
+            )
+        budget = (
+            None
+            if self.bits_per_coordinate is None
+            else check_positive_float(self.bits_per_coordinate, "bits_per_coordinate")
+        )
+        rank = None if self.rank is None else check_int(self.rank, "rank", low=1, high=dim)
+        bits_l = None if self.bits_l is None else check_bits(self.bits_l, "bits_l")
+        refine_iters = check_int(self.refine_iters, "refine_iters", low=0, high=MAX_REFINE_ITERS)
+        bits_r = check_bits(self.bits_r, "bits_r")
+        metric = check_choice(self.metric, "metric", METRICS)
+        quantizer = check_choice(self.quantizer, "quantizer", SCHEMES)
+        seed = check_seed(self.seed)
+        if seed is None:
+            raise ValueError("seed must be an integer >= 0 (the sketch is regenerated from it), got None")
+        for name, value in (
+            ("dim", dim),
+            ("bits_per_coordinate", budget),
+            ("rank", rank),
+            ("bits_l", bits_l),
+            ("refine_iters", refine_iters),
+            ("bits_r", bits_r),
+            ("metric", metric),
+            ("quantizer", quantizer),
+            ("seed", seed),
+        ):
+            object.__setattr__(self, name, value)
+
+    # ------------------------------------------------------------ derived
+    @property
+    def bits_l_used(self) -> int:
+        """``bits_l``, or the index's choice when it is None.
+
+        With a budget ``B``: ``min(8, max(4, ceil(2 B)))``, which keeps the rank
+        near ``dim / 4 .. dim / 2``; with an explicit rank: 8 (the paper's).
+        """
+        if self.bits_l is not None:
+            return self.bits_l
+        if self.bits_per_coordinate is None:
+            return 8
+        return int(min(8, max(4, math.ceil(2 * self.bits_per_coordinate))))
+
+    # ------------------------------------------------------------- header
+    def to_header(self, *, rank: int | None = None) -> dict[str, Any]:
+        """The ``"settings"`` object of the file header (JSON-ready, fixed key order).
+
+        Parameters
+        ----------
+        rank : int, default=None
+            Rank the index was built with, written in place of the setting
+            (an index built from a budget records the rank the budget gave).
+
+        Returns
+        -------
+        dict
+            One entry per field, in field order.
+        """
+        header = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if rank is not None:
+            header["rank"] = check_int(rank, "rank", low=1, high=self.dim)
+        return header
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> "IndexSettings":
+        """Settings from the ``"settings"`` object of a file header, validated.
+
+        Fields missing from ``header`` (files written before the field existed)
+        get their defaults. When the header holds a budget, its ``rank`` is the
+        rank the budget gave at build time, not a setting, and is dropped.
+
+        Raises
+        ------
+        ValueError
+            ``header`` is not a mapping, lacks ``dim``, holds names that are not
+            settings (a newer library wrote it), or holds an invalid value.
+        TypeError
+            A value has the wrong type.
+        """
+        if not isinstance(header, Mapping):
+            raise ValueError(f"settings must be a JSON object, got {type(header).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(header) - set(names))
+        if unknown:
+            raise ValueError(
+                f"settings hold unknown names {unknown} (known: {names}); "
+                "a newer version of lplr-index may have written them"
+            )
+        if "dim" not in header:
+            raise ValueError("settings lack 'dim'")
+        values = dict(header)
+        if values.get("bits_per_coordinate") is not None:
+            values["rank"] = None
+        return cls(**values)
+
+
+#: name -> default of every optional setting (everything but ``dim``).
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default
+    for f in dataclasses.fields(IndexSettings)
+    if f.default is not dataclasses.MISSING
+}
