@@ -576,7 +576,7 @@ class LPLRIndex:
             The file is missing, not an index, truncated, damaged, or from a
             newer format version; the message names the file.
         """
-        header, arrays = read_container(path, mmap=mmap)
+        header, arrays, _version = read_container(path, mmap=mmap)
         try:
             if header.get("format") != "lplr-index":
                 raise ValueError(f"format is {header.get('format')!r}, expected 'lplr-index'")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lplr_index import IndexFileError, LPLRIndex
+from lplr_index.fileformat import SUPPORTED_VERSIONS
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")
 
@@ -32,9 +33,14 @@ def split_file(data: bytes):
     return json.loads(data[PREFIX_AND_CRC:start]), start + (-start) % 8
 
 
-def with_header(data: bytes, header: dict | bytes, version: int = 1) -> bytes:
-    """``data`` with its JSON header replaced and the header CRC recomputed (a well-formed lie)."""
+def with_header(data: bytes, header: dict | bytes, version: int | None = None) -> bytes:
+    """``data`` with its JSON header replaced and the header CRC recomputed (a well-formed lie).
+
+    The format version stays that of ``data`` unless ``version`` is given.
+    """
     _, array_start = split_file(data)
+    if version is None:
+        version = PREFIX.unpack(data[: PREFIX.size])[1]
     head = header if isinstance(header, bytes) else json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     prefix = PREFIX.pack(b"LPLRIDX\x00", version, len(head))
     crc = struct.pack("<I", zlib.crc32(prefix + head) & 0xFFFFFFFF)
@@ -278,8 +284,9 @@ def test_newer_format_version_says_so(saved, damaged):
     # covers bytes 0..15 followed by the header, so a patched version needs a new CRC
     _, data, _ = saved
     header, _ = split_file(data)
-    error = assert_rejected(damaged(with_header(data, header, version=2)), "newer")
-    assert "version 2" in str(error) and "upgrade" in str(error)
+    newer = max(SUPPORTED_VERSIONS) + 1
+    error = assert_rejected(damaged(with_header(data, header, version=newer)), "newer")
+    assert f"version {newer}" in str(error) and "upgrade" in str(error)
 
 
 def test_format_version_zero_is_damage(saved, damaged):
