@@ -2,6 +2,10 @@
 
 LPLR (Saha, Srivastava & Pilanci, NeurIPS 2023) factors a matrix A ~ L R with
 a Gaussian sketch, low-bit codes for L and a low-bit shared factor R.
+
+``import lplr_index`` loads numpy only: faiss is imported on the first search or
+exact k-NN, and scikit-learn on first use of :class:`LPLRKNeighborsClassifier`
+(resolved lazily by the module's ``__getattr__``), ``accuracy`` or ``weighted_f1``.
 """
 
 __version__ = "0.1.0"
@@ -26,7 +30,6 @@ from .factorize import (
     rank_for_budget,
     relative_error,
 )
-from .classifier import LPLRKNeighborsClassifier
 from .fileformat import IndexFileError
 from .index import LPLRIndex, SearchResult
 from .packing import pack_bits, unpack_bits
@@ -63,3 +66,22 @@ __all__ = [
     "accuracy",
     "weighted_f1",
 ]
+
+#: public names resolved on first access (module -> names): they import scikit-learn
+_LAZY = {"LPLRKNeighborsClassifier": ".classifier"}
+
+
+def __getattr__(name: str):
+    """Import the scikit-learn estimator only when it is asked for (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -100,6 +100,25 @@ def test_recall_of_exact_search_against_itself_is_one_even_when_padded():
     assert recall_at_k(I, I) == 1.0
 
 
+def test_recall_matches_the_all_pairs_definition(rng):
+    # random ids with repeats, -1 padding and other negative ids; the all-pairs
+    # comparison is the definition (memory n * k * k_true, fine at this size)
+    for _ in range(200):
+        n, k, k_true, hi = rng.integers(1, 6), rng.integers(1, 6), rng.integers(1, 6), rng.integers(1, 20)
+        I, J = rng.integers(-3, hi, (n, k)), rng.integers(-3, hi, (n, k_true))
+        found = ((J[:, :, None] == I[:, None, :]) & (J[:, :, None] >= 0)).any(axis=2).sum()
+        valid = (J >= 0).sum()
+        assert recall_at_k(I, J, k_true=k_true) == pytest.approx(found / valid if valid else 1.0)
+
+
+def test_recall_at_large_k_needs_memory_linear_in_k(rng):
+    # 100 queries at k = 5,000: the all-pairs comparison would take 2.5 GB; keys take 8 MB
+    I = np.argsort(rng.random((100, 5000)), axis=1)
+    assert recall_at_k(I, I[:, ::-1]) == 1.0
+    assert recall_at_k(I, I + 5000) == 0.0
+    assert neighbour_overlap(I, I[:, :2500]) == pytest.approx(0.5)
+
+
 def test_recall_at_k_bad_input():
     with pytest.raises(ValueError, match="I has 2 queries, but I_true has 1"):
         recall_at_k([[1], [2]], [[1]])
