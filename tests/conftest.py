@@ -171,3 +171,10 @@ def knn_checker():
 def brute_knn():
     """:func:`brute_force_knn`, as a fixture."""
     return brute_force_knn
+
+
+def pytest_configure(config):
+    """Register the ``fuzz`` marker: long fuzz and kill runs, selected with ``pytest -m fuzz``."""
+    config.addinivalue_line(
+        "markers", "fuzz: long fuzz and kill runs (>= 10,000 mutated files); run with -m fuzz"
+    )

@@ -6,9 +6,11 @@ the file; nothing a file holds may crash the process or escape as another except
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import signal
 import struct
 import zlib
 from pathlib import Path
@@ -17,7 +19,13 @@ import numpy as np
 import pytest
 
 from lplr_index import IndexFileError, LPLRIndex
-from lplr_index.fileformat import SUPPORTED_VERSIONS
+from lplr_index import fileformat
+from lplr_index.fileformat import (
+    SUPPORTED_VERSIONS,
+    container_to_bytes,
+    read_container,
+    write_container,
+)
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")
 
@@ -464,3 +472,216 @@ def test_save_into_a_missing_folder_fails_cleanly(saved, tmp_path):
     with pytest.raises(OSError):
         index.save(tmp_path / "no" / "such" / "folder" / "index.lplr")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------- non-regular files and OS errors on load
+def test_fifo_is_refused_at_once(tmp_path):
+    # Regression: loading a FIFO hung forever in open(), waiting for a writer
+    fifo = tmp_path / "pipe.lplr"
+    os.mkfifo(fifo)
+
+    def hung(signum, frame):
+        raise TimeoutError("load blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        assert_rejected(fifo, "FIFO")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_path_that_becomes_a_fifo_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    # the check by name and the open are two steps: open with O_NONBLOCK, then fstat the descriptor
+    fifo = tmp_path / "pipe.lplr"
+    os.mkfifo(fifo)
+    regular = os.stat(__file__)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: regular if str(p) == str(fifo) else real_stat(p, *a, **k))
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("blocked")))
+    signal.alarm(5)
+    try:
+        with pytest.raises(IndexFileError, match=f"{re.escape(str(fifo))}: is a FIFO"):
+            read_container(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def test_device_is_refused():
+    assert_rejected(Path("/dev/null"), "character device, not a regular file")
+
+
+#: id -> OSError raised by open() or by a read
+OS_ERRORS = {
+    "permission-denied": (os, "open", PermissionError(13, "Permission denied"), "permission denied"),
+    "too-many-links": (os, "open", OSError(40, "Too many levels of symbolic links"), "symbolic links"),
+    "io-error-in-header": (os, "pread", OSError(5, "Input/output error"), "Input/output error"),
+}
+
+
+@pytest.mark.parametrize("case", OS_ERRORS, ids=str)
+def test_os_errors_on_load_are_index_file_errors_naming_the_file(saved, tmp_path, monkeypatch, case):
+    path, data, _ = saved
+    copy = tmp_path / "copy.lplr"
+    copy.write_bytes(data)
+    module, name, exc, words = OS_ERRORS[case]
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(module, name, broken)
+    with pytest.raises(IndexFileError) as info:
+        read_container(copy)
+    assert str(copy) in str(info.value) and words in str(info.value), str(info.value)
+
+
+def test_io_error_while_reading_the_arrays(saved, tmp_path, monkeypatch):
+    path, data, _ = saved
+    copy = tmp_path / "copy.lplr"
+    copy.write_bytes(data)
+
+    class BrokenFile(io.FileIO):
+        def readinto(self, buffer):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(io, "FileIO", BrokenFile)
+    with pytest.raises(IndexFileError, match=f"{re.escape(str(copy))}: cannot read the file: Input/output error"):
+        LPLRIndex.load(copy)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(saved, tmp_path):
+    copy = tmp_path / "copy.lplr"
+    copy.write_bytes(saved[1])
+    copy.chmod(0)
+    assert_rejected(copy, "permission denied")
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"LPLRX", b"x" * 19, b"PK\x03\x04", b"\x93NUMPY"], ids=repr)
+def test_short_foreign_file_is_not_called_truncated(damaged, content):
+    # Regression: a file shorter than the 20-byte prefix was "truncated" whatever it held
+    assert_rejected(damaged(content), "not an lplr-index file")
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 12, 19], ids=lambda n: f"{n}B")
+def test_start_of_a_real_file_is_truncated(saved, damaged, n):
+    assert_rejected(damaged(saved[1][:n]), "truncated")
+
+
+# ------------------------------------------------ file objects and bytes
+@pytest.fixture(scope="module")
+def container(saved):
+    """Container read back from the saved index file."""
+    return read_container(saved[0])
+
+
+def test_bytes_round_trip_is_byte_identical_to_the_file(saved, container):
+    _, data, _ = saved
+    assert container_to_bytes(container.header, container.arrays, version=container.version) == data
+    for source in (data, bytearray(data), memoryview(data)):
+        again = read_container(source)
+        assert again.header == container.header and again.version == container.version
+        for name, arr in container.arrays.items():
+            np.testing.assert_array_equal(again.arrays[name], arr)
+            assert again.arrays[name].dtype == arr.dtype and not again.arrays[name].flags.writeable
+
+
+def test_file_object_round_trip_is_byte_identical_to_the_file(saved, container, tmp_path):
+    _, data, _ = saved
+    buf = io.BytesIO(b"xyz")
+    buf.seek(3)  # written at the current position
+    assert write_container(buf, container.header, container.arrays, version=container.version) == len(data)
+    assert buf.getvalue() == b"xyz" + data
+    buf.seek(3)  # read from the current position to the end
+    assert read_container(buf).header == container.header
+    path = tmp_path / "stream.lplr"
+    with open(path, "wb") as f:
+        write_container(f, container.header, container.arrays, version=container.version)
+    assert path.read_bytes() == data
+    with open(path, "rb") as f:
+        loaded = read_container(f, mmap=True)  # mmap is ignored for file objects
+    np.testing.assert_array_equal(loaded.arrays["l_codes"], container.arrays["l_codes"])
+
+
+def test_damaged_bytes_and_file_objects_are_named_in_errors(saved, tmp_path):
+    _, data, _ = saved
+    bad = flip(data, len(data) - 1)
+    with pytest.raises(IndexFileError, match=r"^<bytes>: damaged: checksum mismatch"):
+        read_container(bad)
+    with pytest.raises(IndexFileError, match=r"^<BytesIO>: damaged: checksum mismatch"):
+        read_container(io.BytesIO(bad))
+    path = tmp_path / "bad.lplr"
+    path.write_bytes(bad)
+    with open(path, "rb") as f, pytest.raises(IndexFileError, match=f"^{re.escape(str(path))}: damaged"):
+        read_container(f)
+    with pytest.raises(IndexFileError, match=r"^<bytes>: not an lplr-index file"):
+        read_container(b"hello\n")
+
+
+def test_text_mode_and_other_objects_are_type_errors(saved, container, tmp_path):
+    with open(tmp_path / "t.txt", "w") as f, pytest.raises(TypeError, match="binary mode"):
+        write_container(f, container.header, container.arrays)
+    with open(saved[0], encoding="latin-1") as f, pytest.raises(TypeError, match="binary mode"):
+        read_container(f)
+    with pytest.raises(TypeError, match="source must be a path, a readable binary file object or bytes, got int"):
+        read_container(3)
+    with pytest.raises(TypeError, match="got list"):
+        write_container([], container.header, container.arrays)
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_each_supported_version_is_written_and_read(container, version):
+    data = container_to_bytes(container.header, container.arrays, version=version)
+    assert struct.unpack("<I", data[8:12]) == (version,)
+    assert read_container(data).version == version
+
+
+@pytest.mark.parametrize("version", [0, 3, 1.0, True, "2"], ids=repr)
+def test_unsupported_version_is_refused_on_write(container, tmp_path, version):
+    with pytest.raises(ValueError, match=r"version must be one of \(1, 2\), got"):
+        write_container(tmp_path / "x.lplr", container.header, container.arrays, version=version)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arrays_and_header_are_refused_on_write(tmp_path):
+    with pytest.raises(TypeError, match=r"array 'x' has dtype <i4"):
+        container_to_bytes({}, {"x": np.zeros(3, np.int32)})
+    with pytest.raises(TypeError, match=r"array 'x' has dtype >f4"):
+        container_to_bytes({}, {"x": np.zeros(3, ">f4")})
+    with pytest.raises(ValueError, match="must not hold an 'arrays' key"):
+        container_to_bytes({"arrays": []}, {})
+
+
+def test_large_and_strided_arrays_are_written_in_chunks_without_a_whole_copy(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    arrays = {
+        "mapped": np.lib.format.open_memmap(tmp_path / "m.npy", mode="w+", dtype=np.float32, shape=(1000, 9)),
+        "fortran": np.asfortranarray(rng.standard_normal((50, 7))),
+        "strided": rng.integers(0, 256, (200, 10), dtype=np.uint8)[:, ::3],
+        "scalar": np.float64(2.5) * np.ones(()),
+        "empty": np.zeros((0, 4), np.uint8),
+    }
+    arrays["mapped"][:] = rng.standard_normal((1000, 9))
+    expected = container_to_bytes({"k": "v"}, {n: np.array(a, order="C") for n, a in arrays.items()})
+    monkeypatch.setattr(fileformat, "CHUNK_BYTES", 256)
+    copied = []
+    real = np.ascontiguousarray
+    monkeypatch.setattr(fileformat.np, "ascontiguousarray", lambda a, *x, **k: copied.append(a.nbytes) or real(a, *x, **k))
+    progress = []
+    size = write_container(tmp_path / "c.lplr", {"k": "v"}, arrays, progress=lambda d, t: progress.append((d, t)))
+    monkeypatch.undo()
+    assert (tmp_path / "c.lplr").read_bytes() == expected and size == len(expected)
+    assert max(copied) <= 256 + 8 * 7  # only blocks of rows of the non-contiguous arrays are copied
+    assert progress[-1] == (size, size) and len(progress) > 36000 // 256
+    assert all(b[0] > a[0] for a, b in zip(progress, progress[1:]))
+    back = read_container(tmp_path / "c.lplr")
+    for name, arr in arrays.items():
+        np.testing.assert_array_equal(back.arrays[name], arr)
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_read_arrays_are_read_only(saved, mmap):
+    for arr in read_container(saved[0], mmap=mmap).arrays.values():
+        assert not arr.flags.writeable
