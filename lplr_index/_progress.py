@@ -1,47 +1,122 @@
-"""A minimal progress bar on stderr (the library depends on numpy, faiss and sklearn only)."""
+"""A minimal progress bar on stderr, drawn only on a terminal.
+
+The library depends on numpy and faiss only (scikit-learn for the estimator), so it
+keeps this small bar instead of tqdm; the pipelines use tqdm.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from typing import IO
 
 
 class Progress:
     """Progress over ``total`` units, redrawn in place on a terminal.
 
-    Draws only when ``enabled`` (default: stderr is a terminal), at most ten
-    times a second, and ends with a newline and the elapsed time.
+    Parameters
+    ----------
+    total : int
+        Units of work (vectors, queries, bytes); negative counts as 0.
+    desc : str
+        Label in front of the bar.
+    unit : str, default=""
+        Name of a unit; ``"B"`` shows bytes as KiB/MiB/GiB.
+    enabled : bool or None, default=None
+        Draw at all; None: only when ``stream`` is a terminal, so logs, pipes
+        and CI output stay free of carriage returns.
+    stream : file-like, default=None
+        Where to draw; ``sys.stderr`` when None.
+
+    Notes
+    -----
+    Redraws at most ten times a second (and when the work is done), showing the
+    count, rate and estimated time left; ``close()`` (or leaving the ``with``
+    block) draws the final state with the elapsed time and a newline.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with Progress(3, "encode", unit="vectors", enabled=True, stream=out) as bar:
+    ...     for _ in range(3):
+    ...         bar.update(1)
+    >>> out.getvalue().splitlines()[-1].split("\\r")[-1].startswith("encode: [")
+    True
+    >>> Progress(3, "quiet", enabled=False, stream=out).enabled
+    False
     """
 
-    def __init__(self, total: int, desc: str, *, unit: str = "", enabled: bool | None = None, stream=None):
+    _WIDTH = 30
+    _INTERVAL = 0.1
+
+    def __init__(self, total: int, desc: str, *, unit: str = "", enabled: bool | None = None,
+                 stream: IO[str] | None = None):
         self.total = max(int(total), 0)
         self.desc = desc
         self.unit = unit
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        if enabled is None:
+            isatty = getattr(self.stream, "isatty", None)
+            try:
+                enabled = bool(isatty()) if isatty is not None else False
+            except (ValueError, OSError):  # a closed or detached stream
+                enabled = False
+        self.enabled = enabled
         self.done = 0
         self._start = time.perf_counter()
-        self._last = 0.0
+        self._last = float("-inf")
+        self._closed = False
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
-            self._last = now
-            self._draw(now)
+        """Count ``n`` more units done."""
+        self.set(self.done + n)
 
-    def _draw(self, now: float) -> None:
-        frac = self.done / self.total if self.total else 1.0
-        width = 30
-        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-        self.stream.write(
-            f"\r{self.desc}: [{bar}] {self.done}/{self.total} {self.unit} {now - self._start:.1f}s"
-        )
+    def set(self, done: int) -> None:
+        """Set the units done (for callbacks that report a position, e.g. bytes written)."""
+        self.done = int(done)
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self._INTERVAL or self.done >= self.total:
+            self._last = now
+            self._draw(now, final=False)
+
+    def _scale(self) -> tuple[float, str]:
+        """Divisor and unit name of the counts shown (bytes are scaled to the total)."""
+        if self.unit == "B":
+            for name, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+                if self.total >= scale:
+                    return scale, name
+            return 1, "bytes"
+        return 1, self.unit
+
+    def _draw(self, now: float, *, final: bool) -> None:
+        elapsed = now - self._start
+        frac = min(self.done / self.total, 1.0) if self.total else 1.0
+        filled = int(frac * self._WIDTH)
+        bar = "#" * filled + "-" * (self._WIDTH - filled)
+        scale, unit = self._scale()
+        digits = 1 if scale > 1 else 0
+        unit = f" {unit}" if unit else ""
+        line = f"\r{self.desc}: [{bar}] {self.done / scale:.{digits}f}/{self.total / scale:.{digits}f}{unit}"
+        if final:
+            line += f" in {elapsed:.1f}s"
+        elif 0 < self.done < self.total and elapsed > 0:
+            left = elapsed * (self.total - self.done) / self.done
+            line += f" {elapsed:.1f}s, ~{left:.0f}s left"
+        else:
+            line += f" {elapsed:.1f}s"
+        self.stream.write(line + "\x1b[K")  # erase the rest of a longer previous line
         self.stream.flush()
 
     def close(self) -> None:
+        """Draw the final state and end the line (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.enabled:
-            self._draw(time.perf_counter())
+            self._draw(time.perf_counter(), final=True)
             self.stream.write("\n")
             self.stream.flush()
 
