@@ -31,7 +31,7 @@ class Progress:
     Notes
     -----
     Redraws at most ten times a second (and when the work is done), showing the
-    count, rate and estimated time left; ``close()`` (or leaving the ``with``
+    count, the elapsed and the estimated remaining time; ``close()`` (or leaving the ``with``
     block) draws the final state with the elapsed time and a newline.
 
     Examples
