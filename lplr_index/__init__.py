@@ -8,7 +8,7 @@ exact k-NN, and scikit-learn on first use of :class:`LPLRKNeighborsClassifier`
 (resolved lazily by the module's ``__getattr__``), ``accuracy`` or ``weighted_f1``.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .evaluation import (
     accuracy,

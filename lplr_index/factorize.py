@@ -194,10 +194,25 @@ def _least_squares(L: np.ndarray, A: np.ndarray, *, block: int = 65536) -> np.nd
             G += Lb.T @ Lb
         w, V = np.linalg.eigh(G)
     B = (A.T @ L).T.astype(np.float64)
+    return _solve_eigh(w, V, B)
+
+
+def _solve_eigh(w: np.ndarray, V: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``G^+ B`` (float32) from the eigendecomposition ``G = V diag(w) V^T`` of a Gram matrix.
+
+    Eigenvalues below ``1e-12`` of the largest are dropped, so a rank-deficient
+    factor gets the minimum-norm least-squares solution.
+    """
     keep = w > w[-1] * 1e-12 if w[-1] > 0 else np.zeros_like(w, bool)
     V = V[:, keep]
     W = V @ ((V.T @ B) / w[keep][:, None])
     return W.astype(np.float32)
+
+
+def _solve_normal(G: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Least squares from its sums: ``argmin_W ||L W - A||`` given ``G = L^T L`` and ``B = L^T A`` (float64)."""
+    w, V = np.linalg.eigh(G)
+    return _solve_eigh(w, V, B)
 
 
 def _residual2(X: np.ndarray, L: np.ndarray, R: np.ndarray, *, block: int = 65536) -> float:

@@ -28,6 +28,7 @@ from ._validation import (
 )
 from .evaluation import METRICS
 from .quantize import SCHEMES
+from .train import FACTORS
 
 __all__ = ["IndexSettings", "DEFAULTS", "DEFAULT_BITS_PER_COORDINATE", "METRICS", "SCHEMES"]
 
@@ -71,6 +72,10 @@ class IndexSettings:
     seed : int, default=0
         Seed of the sketch, >= 0 (None is refused: the sketch is regenerated
         from it when a file is loaded).
+    factor : {"orthonormal", "lstsq"}, default="orthonormal"
+        Form of the shared factor (see :mod:`lplr_index.train`): an orthonormal,
+        randomly rotated basis of the LPLR subspace with centred vectors (what
+        fast-scan search needs), or the paper's least-squares factor.
 
     Examples
     --------
@@ -94,6 +99,7 @@ class IndexSettings:
     quantizer: str = "mse-col"
     refine_iters: int = 2
     seed: int = 0
+    factor: str = "orthonormal"
 
     def __post_init__(self) -> None:
         # Same order and messages as LPLRIndex.__init__ had, so errors do not change.
@@ -114,6 +120,7 @@ class IndexSettings:
         bits_r = check_bits(self.bits_r, "bits_r")
         metric = check_choice(self.metric, "metric", METRICS)
         quantizer = check_choice(self.quantizer, "quantizer", SCHEMES)
+        factor = check_choice(self.factor, "factor", FACTORS)
         seed = check_seed(self.seed)
         if seed is None:
             raise ValueError("seed must be an integer >= 0 (the sketch is regenerated from it), got None")
@@ -127,6 +134,7 @@ class IndexSettings:
             ("metric", metric),
             ("quantizer", quantizer),
             ("seed", seed),
+            ("factor", factor),
         ):
             object.__setattr__(self, name, value)
 

@@ -8,7 +8,7 @@ from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.model_selection import cross_val_score
 
-import lplr_index.index as index_module
+import lplr_index.search.blas as blas_module
 from lplr_index import LPLRIndex, LPLRKNeighborsClassifier, SearchResult, neighbour_overlap, recall_at_k
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")
@@ -116,14 +116,14 @@ def test_explicit_rank_every_code_width(bits_l, small_embeddings, knn_checker):
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_blockwise_factored_search_equals_one_block(metric, small_embeddings, monkeypatch, knn_checker):
-    # white-box: the database is scored in blocks of _BLOCK_ROWS rows and merged;
+    # white-box: the database is scored in blocks of BLOCK_ROWS rows and merged;
     # blocks of 97 rows (and k > 97) exercise the merge the test data never reach otherwise
     index = LPLRIndex(32, bits_per_coordinate=2, metric=metric).build(small_embeddings)
     Q = small_embeddings[::50] + 0.01
-    D1, I1 = index.search(Q, 150)
-    monkeypatch.setattr(index_module, "_BLOCK_ROWS", 97)
+    D1, I1 = index.search(Q, 150, mode="factored")
+    monkeypatch.setattr(blas_module, "BLOCK_ROWS", 97)
     fresh = LPLRIndex(32, bits_per_coordinate=2, metric=metric).build(small_embeddings)
-    D2, I2 = fresh.search(Q, 150)
+    D2, I2 = fresh.search(Q, 150, mode="factored")
     reconstruction_knn_check(fresh, Q, D2, I2, knn_checker)
     np.testing.assert_allclose(D2, D1, rtol=1e-5, atol=1e-5)
     assert neighbour_overlap(I1, I2) > 0.99
@@ -144,7 +144,7 @@ def test_budget_is_kept_and_measured_on_the_file(setting, index_factory, tmp_pat
 
 def test_budget_mode_uses_the_largest_rank_that_fits(small_embeddings):
     index = LPLRIndex(32, bits_per_coordinate=1.5).build(small_embeddings)
-    bigger = index._file_nbytes(len(small_embeddings), index.rank + 1)  # white-box accounting
+    bigger = index._file_nbytes(len(small_embeddings), index.rank + 1, index.bits_l)  # white-box accounting
     assert 8 * index.nbytes <= 1.5 * 1000 * 32 < 8 * bigger
 
 
@@ -159,11 +159,20 @@ def test_explicit_rank_reports_what_it_stores(small_embeddings, tmp_path):
 
 
 def test_refinement(small_embeddings):
-    plain = LPLRIndex(32, bits_per_coordinate=1, refine_iters=0).build(small_embeddings)
-    refined = LPLRIndex(32, bits_per_coordinate=1, refine_iters=2).build(small_embeddings)
+    # the paper's least-squares factor: the encoder of the kept round is stored as it is
+    plain = LPLRIndex(32, bits_per_coordinate=1, refine_iters=0, factor="lstsq").build(small_embeddings)
+    refined = LPLRIndex(32, bits_per_coordinate=1, refine_iters=2, factor="lstsq").build(small_embeddings)
     assert plain.encoder == "sketch"
     assert refined.encoder in ("sketch", "pinv")
     assert refined.fit_error <= plain.fit_error  # the best round is kept: never worse
+
+
+def test_orthonormal_factor_encodes_by_projection(small_embeddings):
+    index = LPLRIndex(32, bits_per_coordinate=1).build(small_embeddings)
+    assert index.factor == "orthonormal" and index.encoder == "pinv"
+    enc = index._state.encoder  # white-box: the stored factor's rows are orthonormal up to 8-bit rounding
+    G = enc.R.astype(np.float64) @ enc.R.T.astype(np.float64)
+    np.testing.assert_allclose(G, np.eye(index.rank), atol=0.02)  # observed max deviation ~0.004
 
 
 # -------------------------------------------------------------------- add
@@ -209,18 +218,19 @@ def test_build_plus_add_versus_build_on_the_concatenation(embeddings, queries, b
 
 
 def test_out_of_range_vectors_are_clipped_not_wrapped(small_embeddings):
-    index = LPLRIndex(32, bits_per_coordinate=2).build(small_embeddings)
+    index = LPLRIndex(32, bits_per_coordinate=2, factor="lstsq").build(small_embeddings)
     assert index.n_clipped == 0
     outlier = small_embeddings[:1] * 100
     index.add(outlier)
-    # white-box: the sketch coordinates of the outlier, and where they fall in the range
-    q = index._lq
-    y = (outlier @ index._encoder_matrix()).ravel()
+    # white-box: the latent coordinates of the outlier, and where they fall in the range
+    enc = index._state.encoder
+    q = enc.lq
+    y = (enc.prepare(outlier) @ enc.T).ravel()
     half = q.step / 2
     above, below = y > q.hi + half, y < q.lo - half
     assert index.n_clipped == above.sum() + below.sum() == index.rank  # observed: all 12 entries
     # the stored codes sit on the end levels (wrapping would put them anywhere)
-    stored = index._decode_rows(index._codes[-1:])[0]
+    stored = index._state.view.decode_latent(index._state.store.codes[-1:])[0]
     top = q.decode(np.full((1, index.rank), q.levels - 1, np.uint8))[0]
     np.testing.assert_array_equal(stored[above], top[above])
     np.testing.assert_array_equal(stored[below], np.broadcast_to(q.lo, stored.shape)[below])
@@ -312,7 +322,7 @@ BAD_CALLS = {
     "k-float": (lambda ix: ix.search(ONES, 2.0), TypeError, "k must be an integer, got 2.0"),
     "k-string": (lambda ix: ix.search(ONES, "10"), TypeError, "k must be an integer, got '10'"),
     "mode": (lambda ix: ix.search(ONES, 3, mode="exact"), ValueError,
-             "mode must be one of 'factored', 'reconstructed', got 'exact'"),
+             "mode must be one of 'auto', 'fastscan', 'factored', 'reconstructed', got 'exact'"),
     "add-nan": (lambda ix: ix.add(np.full((1, 32), np.nan)), ValueError, "X must be finite"),
     "add-wrong-dim": (lambda ix: ix.add(np.ones((1, 33))), ValueError,
                       "X has 33 dimensions, but this index holds 32-dimensional vectors"),
@@ -335,7 +345,7 @@ def test_bad_input_to_a_built_index(case, small_index):
 @pytest.mark.parametrize(
     ("X", "exc", "match"),
     [
-        (np.full((10, 32), np.nan), ValueError, r"X must be finite, got a non-finite value \(nan\) at row 0, column 0"),
+        (np.full((10, 32), np.nan), ValueError, r"X must be finite.*got a non-finite value \(nan\) at row 0, column 0"),
         (np.ones(32), ValueError, "X must be a 2-D array"),
         (np.ones((2, 10, 32)), ValueError, "X must be a 2-D array"),
         (np.ones((10, 16)), ValueError, "X has 16 dimensions, but this index holds 32-dimensional vectors"),

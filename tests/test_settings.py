@@ -20,7 +20,7 @@ def test_defaults_are_the_fields_defaults_and_the_index_signature():
     assert DEFAULTS == fields
     assert DEFAULTS == {
         "bits_per_coordinate": None, "rank": None, "bits_l": None, "bits_r": 8,
-        "metric": "l2", "quantizer": "mse-col", "refine_iters": 2, "seed": 0,
+        "metric": "l2", "quantizer": "mse-col", "refine_iters": 2, "seed": 0, "factor": "orthonormal",
     }
     params = inspect.signature(LPLRIndex.__init__).parameters
     index_defaults = {name: p.default for name, p in params.items() if name in DEFAULTS}
@@ -114,7 +114,7 @@ def test_header_round_trip_matches_a_saved_index(tmp_path, small_embeddings, kwa
     assert IndexSettings.from_header(s.to_header()) == s
     index = LPLRIndex(32, **kwargs).build(small_embeddings[:300])
     index.save(tmp_path / "i.lplr")
-    header, _ = read_container(tmp_path / "i.lplr")
+    header = read_container(tmp_path / "i.lplr").header
     written = header["settings"]
     assert written == s.to_header(rank=index.rank)
     assert IndexSettings.from_header(written) == s  # the budget's rank is not a setting
@@ -122,8 +122,8 @@ def test_header_round_trip_matches_a_saved_index(tmp_path, small_embeddings, kwa
 
 def test_from_header_defaults_missing_fields_and_rejects_the_rest():
     assert IndexSettings.from_header({"dim": 8, "rank": 2}) == IndexSettings(8, rank=2)
-    with pytest.raises(ValueError, match=r"unknown names \['factor'\]"):
-        IndexSettings.from_header({"dim": 8, "rank": 2, "factor": "x"})
+    with pytest.raises(ValueError, match=r"unknown names \['flavour'\]"):
+        IndexSettings.from_header({"dim": 8, "rank": 2, "flavour": "x"})
     with pytest.raises(ValueError, match="lack 'dim'"):
         IndexSettings.from_header({"rank": 2})
     with pytest.raises(ValueError, match="JSON object, got list"):

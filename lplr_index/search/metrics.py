@@ -1,0 +1,78 @@
+"""Per-metric conventions shared by every backend.
+
+Internally every backend maximises a score: ``2 <q', x'> - ||x'||^2`` for
+``"l2"`` (``q' = q - mean``, ``x' = x_hat - mean``; the squared distance is
+``||q'||^2`` minus it), the inner product for ``"ip"`` and the cosine
+similarity for ``"cosine"``. :func:`finalize` turns scores into what the index
+returns: squared L2 distances (ascending) or similarities (descending), padded
+with ``inf`` / ``-inf`` and id -1 where fewer than k results exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..packing import _unpack
+from ..train import Encoder
+
+METRICS = ("l2", "ip", "cosine")
+
+
+@dataclass(frozen=True, eq=False)
+class CodeView:
+    """What a backend needs: the encoder, the packed codes, the metric.
+
+    Attributes
+    ----------
+    encoder : Encoder
+    codes : ndarray of shape (n, row_bytes), uint8
+        Packed per-vector codes (may be memory-mapped).
+    metric : {"l2", "ip", "cosine"}
+    """
+
+    encoder: Encoder
+    codes: np.ndarray
+    metric: str
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.codes.shape[0])
+
+    def decode_latent(self, packed: np.ndarray) -> np.ndarray:
+        """Float latent coordinates ``L`` of packed code rows (any leading shape)."""
+        enc = self.encoder
+        return enc.lq.decode(_unpack(np.asarray(packed), enc.lq.bits, enc.rank))
+
+
+def prepare_queries(view: CodeView, Q: np.ndarray) -> np.ndarray:
+    """Queries as the scores see them: unit-normalised for cosine."""
+    if view.metric == "cosine":
+        norms = np.linalg.norm(Q, axis=1, keepdims=True)
+        Q = Q / np.where(norms > 0, norms, 1).astype(np.float32)
+    return Q
+
+
+def finalize(view: CodeView, Q: np.ndarray, S: np.ndarray, I: np.ndarray):
+    """Scores (larger is better) to returned distances; ``Q`` are prepared queries."""
+    if view.metric == "l2":
+        Qc = Q - view.encoder.mean
+        qn = np.einsum("ij,ij->i", Qc, Qc)
+        D = np.maximum(qn[:, None] - S, 0)
+    else:
+        D = S
+    D = np.where(I >= 0, D, np.inf if view.metric == "l2" else -np.inf)
+    return np.ascontiguousarray(D, np.float32), np.ascontiguousarray(I, np.int64)
+
+
+def pad_results(D: np.ndarray, I: np.ndarray, k: int, metric: str):
+    """Pad (D, I) to k columns with the worst distance and -1."""
+    nq, have = I.shape
+    D = np.ascontiguousarray(D, np.float32)
+    I = np.ascontiguousarray(I, np.int64)
+    if have < k:
+        fill = np.inf if metric == "l2" else -np.inf
+        D = np.hstack([D, np.full((nq, k - have), fill, np.float32)])
+        I = np.hstack([I, np.full((nq, k - have), -1, np.int64)])
+    return D, I
