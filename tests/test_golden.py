@@ -1,0 +1,65 @@
+"""Frozen files of every format version stay loadable and answer as when written.
+
+``tests/data/format_v1/`` holds version-1 files written by lplr-index 0.1.0 and
+what that library returned for them (see its README.md). They are never rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lplr_index import LPLRIndex
+from lplr_index.fileformat import read_container
+
+V1 = Path(__file__).parent / "data" / "format_v1"
+CASES = sorted(p.stem for p in V1.glob("*.lplr"))
+
+
+def test_the_frozen_files_are_there():
+    assert CASES == ["cosine_b4", "ip_b2", "l2_b2", "paper_rank8"]
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_1_files_load_and_search_as_written(name, mmap):
+    path = V1 / f"{name}.lplr"
+    assert read_container(path).version == 1
+    index = LPLRIndex.load(path, mmap=mmap)
+    assert index.factor == "lstsq" and index.ntotal == 2005
+    expected = np.load(V1 / f"{name}.expected.npz")
+    Q = np.load(V1 / "queries.npy")
+    np.testing.assert_allclose(index.reconstruct(np.arange(40)), expected["reconstruction"], rtol=1e-5, atol=1e-5)
+    for mode in ("auto", "factored", "reconstructed"):
+        D, I = index.search(Q, 5, mode=mode)
+        np.testing.assert_allclose(D, expected["distances"], rtol=1e-4, atol=1e-4)
+        # ids agree, except among results whose distances tie (the added copies of
+        # the first vectors tie with them under cosine)
+        De = expected["distances"]
+        ties = (np.abs(De[:, :, None] - De[:, None, :]) < 1e-5).sum(axis=2) > 1
+        assert ((I == expected["indices"]) | ties).all(), mode
+        assert (np.sort(I, axis=1) == np.sort(expected["indices"], axis=1)).mean() > 0.9
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_version_1_index_resaved_keeps_its_layout_and_arrays(name, tmp_path):
+    path = V1 / f"{name}.lplr"
+    LPLRIndex.load(path).save(tmp_path / "again.lplr")
+    old, new = read_container(path), read_container(tmp_path / "again.lplr")
+    assert new.version == 1 and sorted(new.arrays) == sorted(old.arrays)
+    for key, arr in old.arrays.items():
+        np.testing.assert_array_equal(new.arrays[key], arr)
+    assert new.header["settings"] == {**old.header["settings"], "factor": "lstsq"}
+
+
+def test_version_1_index_accepts_added_vectors(tmp_path):
+    index = LPLRIndex.load(V1 / "l2_b2.lplr")
+    Q = np.load(V1 / "queries.npy")
+    index.add(Q)
+    _, I = index.search(Q, 1)
+    # each query is vector i plus noise: it finds itself (added as 2005 + i) or vector i
+    assert np.isin(I[:, 0] - np.arange(12), [0, 2005]).all()
+    index.save(tmp_path / "more.lplr")
+    assert LPLRIndex.load(tmp_path / "more.lplr").ntotal == 2017
