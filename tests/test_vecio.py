@@ -240,6 +240,26 @@ def test_ids_and_ground_truth_checks(tmp_path, reader, write, fragment):
     assert fragment in str(info.value)
 
 
+def test_verify_false_checks_the_layout_only(tmp_path):
+    """For huge files: the size and a sample of headers are checked, not every row."""
+    X = np.arange(3000 * 2, dtype=np.float32).reshape(3000, 2)
+    X[1234, 1] = np.nan
+    data = bytearray(_fvecs_rows(*[(2, row) for row in X.tolist()]))
+    data[1777 * 12 : 1777 * 12 + 4] = struct.pack("<i", 5)  # a bad header between sampled rows
+    (tmp_path / "x.fvecs").write_bytes(bytes(data))
+    with pytest.raises(VectorFileError, match="row 1777 says 5"):
+        read_vectors(tmp_path / "x.fvecs")
+    Y = read_vectors(tmp_path / "x.fvecs", verify=False)
+    assert Y.shape == (3000, 2) and np.isnan(Y[1234, 1])
+    (tmp_path / "cut.fvecs").write_bytes(bytes(data[:-1]))
+    with pytest.raises(VectorFileError, match="not a multiple of the row size"):
+        read_vectors(tmp_path / "cut.fvecs", verify=False)
+    data[0:4] = struct.pack("<i", 5)  # the first header is always read, the last one sampled
+    (tmp_path / "first.fvecs").write_bytes(bytes(data))
+    with pytest.raises(VectorFileError):
+        read_vectors(tmp_path / "first.fvecs", verify=False)
+
+
 def test_missing_file_and_misplaced_dataset(tmp_path, X):
     with pytest.raises(FileNotFoundError, match="queries file .*missing.fvecs does not exist"):
         read_vectors(tmp_path / "missing.fvecs", what="queries")
