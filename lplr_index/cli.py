@@ -1,64 +1,226 @@
 """Command line: ``lplr-index {build,add,search,info,eval}`` (also ``python -m lplr_index``).
 
-User mistakes (missing files, bad arguments, damaged indexes) print one line,
-``lplr-index: error: ...``, and exit with status 1; usage errors exit with 2.
+User mistakes (missing or unreadable files, bad arguments, parse errors, damaged
+indexes, an output that cannot be written) print one line,
+``lplr-index: error: ...``, naming the flag or the file, and exit with status 1;
+Ctrl-C prints one line and exits with 130. Outputs are checked before any
+expensive work. Long steps show a progress bar on stderr when it is a terminal.
+
+Only numpy and the library's own modules are imported at start-up: faiss and
+scikit-learn load on first use, so ``lplr-index --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from . import __version__
 from ._progress import Progress
 from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overlap, recall_at_k, weighted_f1
-from .fileformat import IndexFileError
+from .fileformat import IndexFileError, check_output_path
 from .index import SEARCH_MODES, LPLRIndex
 from .quantize import SCHEMES
+from .vecio import VectorFileError, hdf5_datasets, hdf5_metric, read_array, read_ground_truth, read_vectors
 
 log = logging.getLogger("lplr_index")
 
+PROG = "lplr-index"
 _QUERY_BATCH = 1024
+#: queries and neighbours shown by ``search`` without ``-o``/``--json``
+_SHOW_QUERIES = 20
+_SHOW_RANKS = 10
+#: bits per coordinate of the float32 vectors an index replaces
+_FLOAT32_BITS = 32
+_MAX_BITS = 8
 
 
 class UserError(Exception):
     """A mistake on the command line: reported in one line, exit status 1."""
 
 
-def _load_array(path: str, what: str, *, ndim: int = 2) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} file {path} does not exist")
-    if p.suffix != ".npy":
-        raise UserError(f"{what} file {path} must be a NumPy .npy file (numpy.save), got suffix {p.suffix!r}")
+# --------------------------------------------------------------- arguments
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 1 (the default prints usage and exits 2)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(1, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]``; the message says what is allowed."""
+    allowed = f">= {low}" if high is None else f"from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _budget(text: str) -> float:
+    """argparse type of ``--bits-per-coordinate``: a finite number > 0."""
     try:
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{what} file {path} is not a readable .npy array ({exc})") from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of bits > 0 (e.g. 1 or 0.5), got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of bits > 0, got {text!r}")
+    return value
+
+
+#: library parameter names -> the flags that set them, for messages from the library
+_FLAGS = {
+    "bits_per_coordinate": "--bits-per-coordinate",
+    "bits_l": "--bits-l",
+    "bits_r": "--bits-r",
+    "refine_iters": "--refine-iters",
+    "rank": "--rank",
+    "seed": "--seed",
+}
+
+
+def _in_user_terms(message: str, names: dict[str, str]) -> str:
+    """Rewrite a library message in the command line's terms.
+
+    ``names`` maps the library's argument names (``X``, ``Q``) to what the user
+    gave (``embeddings file emb.npy``); parameter names become their flags.
+    """
+    for name, flag in _FLAGS.items():  # "rank=40" -> "--rank 40"; "rank-1 index" stays
+        message = re.sub(
+            rf"(?<![\w-]){name}(?:(=)|(?![\w-]))",
+            lambda m, flag=flag: flag + (" " if m.group(1) else ""),
+            message,
+        )
+    for name, shown in names.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", shown, message)
+    return message
+
+
+# ----------------------------------------------------------------- files
+def _load_array(path: str, what: str, *, ndim: int = 2) -> np.ndarray:
+    """Read the array of a command-line argument (the one place the CLI reads arrays).
+
+    Any format of :mod:`lplr_index.vecio`: ``.npy``, ``.npz``, ``.fvecs``,
+    ``.bvecs``, ``.ivecs``, ANN-benchmarks ``.hdf5``; ``PATH:NAME`` picks a
+    member of an ``.npz`` or ``.hdf5`` file. An ``.hdf5`` file gives its
+    ``test`` dataset for queries (``queries``, ``--test``) and ``train`` otherwise.
+
+    Parameters
+    ----------
+    path : str
+        File given on the command line.
+    what : str
+        The argument in the user's terms (``"embeddings"``, ``"--train"``),
+        used in messages as ``"{what} file {path} ..."``.
+    ndim : {1, 2}, default=2
+        2: vectors, shape (n, dim), real finite numbers; 1: labels, shape (n,).
+
+    Returns
+    -------
+    ndarray of shape (n, dim) or (n,)
+        Memory-mapped read-only where possible.
+
+    Raises
+    ------
+    UserError
+        The file is missing, malformed (see :class:`lplr_index.vecio.VectorFileError`),
+        an ``.hdf5`` file without h5py installed, or holds an array of the wrong shape or type.
+    """
+    hdf5 = Path(path).suffix.lower() in (".hdf5", ".h5")
+    dataset = "test" if hdf5 and what in ("queries", "--test") else None
+    try:
+        if ndim == 2:
+            arr = read_vectors(path, what=what, dataset=dataset)
+        else:
+            arr = read_array(path, what=what, dataset=dataset)
+    except FileNotFoundError:
+        raise UserError(f"{what} file {path} does not exist") from None
+    except (VectorFileError, ImportError) as exc:
+        raise UserError(str(exc)) from None
     if arr.ndim != ndim:
         shape = "(n, dim)" if ndim == 2 else "(n,)"
         raise UserError(f"{what} file {path} must hold a {ndim}-D array {shape}, got shape {arr.shape}")
     return arr
 
 
+def _check_output(path: str, flag: str) -> None:
+    """Refuse an output that cannot be written (missing folder, a directory, no permission) before any work."""
+    try:
+        check_output_path(path)
+    except OSError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+# ----------------------------------------------------------------- output
+def _json_number(x: float) -> float | None:
+    """JSON has no inf/NaN: padding distances become null."""
+    return float(x) if math.isfinite(x) else None
+
+
 def _emit(result: dict, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
+        print(json.dumps(result, indent=2, sort_keys=True, allow_nan=False))
         return
     width = max(len(k) for k in result)
     for key, value in result.items():
-        if isinstance(value, float):
+        if value is None:
+            value = _NONE_SHOWN.get(key, "none")
+        elif isinstance(value, float):
             value = f"{value:.6g}"
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:<{width}}  {value}")
+
+
+#: how ``None`` reads in the human-readable tables, per key
+_NONE_SHOWN = {"budget_bits_per_coordinate": "none (explicit rank)"}
+
+
+def _search_table(D: np.ndarray, I: np.ndarray) -> list[str]:
+    """A compact table of the first queries' neighbours: query, rank, id, distance."""
+    nq, k = I.shape
+    shown_q, shown_k = min(nq, _SHOW_QUERIES), min(k, _SHOW_RANKS)
+    id_width = max(2, len(str(int(I.max()))) if I.size else 2)
+    lines = [f"{'query':>5}  {'rank':>4}  {'id':>{id_width}}  distance"]
+    for q in range(shown_q):
+        for r in range(shown_k):
+            lines.append(f"{q:>5}  {r + 1:>4}  {int(I[q, r]):>{id_width}}  {float(D[q, r]):.6g}")
+    if shown_q < nq or shown_k < k:
+        lines.append(
+            f"(showing {shown_q} of {nq} queries and {shown_k} of {k} neighbours each; "
+            "all of them with -o results.npz or --json)"
+        )
+    return lines
+
+
+def _warn_if_larger_than_float32(index: LPLRIndex) -> None:
+    bits = index.bits_per_coordinate
+    if bits > _FLOAT32_BITS:
+        log.warning(
+            "warning: this index stores %.4g bits per coordinate, more than the float32 vectors "
+            "it replaces (%d): with %d vectors of %d dimensions at rank %d, its shared factor, "
+            "quantizer levels and header outweigh the codes; index more vectors, or lower "
+            "--rank or --bits-per-coordinate",
+            bits, _FLOAT32_BITS, index.ntotal, index.dim, index.rank,
+        )
 
 
 def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
@@ -86,198 +248,440 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
     return info
 
 
+# ------------------------------------------------------------- index steps
+def _with_progress(method: Callable, *args, progress: bool | None) -> Any:
+    """Call ``method(*args)``, passing ``progress=`` when the library method accepts it."""
+    if "progress" in inspect.signature(method).parameters:
+        return method(*args, progress=progress)
+    return method(*args)
+
+
+def _progress_setting(args) -> bool | None:
+    """None: a bar when stderr is a terminal; False with --no-progress."""
+    return False if args.no_progress else None
+
+
 def _make_index(args, dim: int) -> LPLRIndex:
-    return LPLRIndex(
-        dim,
-        bits_per_coordinate=args.bits_per_coordinate,
-        rank=args.rank,
-        bits_l=args.bits_l,
-        bits_r=args.bits_r,
-        metric=args.metric,
-        quantizer=args.quantizer,
-        refine_iters=args.refine_iters,
-        seed=args.seed,
-    )
-
-
-def _build_index(args, X) -> LPLRIndex:
     if args.bits_per_coordinate is None and args.rank is None:
         raise UserError("give --bits-per-coordinate B (a storage budget) or --rank R")
     if args.bits_per_coordinate is not None and args.rank is not None:
         raise UserError("give either --bits-per-coordinate or --rank, not both")
+    try:
+        return LPLRIndex(
+            dim,
+            bits_per_coordinate=args.bits_per_coordinate,
+            rank=args.rank,
+            bits_l=args.bits_l,
+            bits_r=args.bits_r,
+            metric=args.metric,
+            quantizer=args.quantizer,
+            refine_iters=args.refine_iters,
+            seed=args.seed,
+        )
+    except OverflowError as exc:
+        raise _budget_overflow(args, exc) from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(_in_user_terms(str(exc), {})) from None
+
+
+def _budget_overflow(args, exc: OverflowError) -> UserError:
+    """A budget so large that the arithmetic on it overflows (e.g. 1e308)."""
+    return UserError(
+        f"--bits-per-coordinate {args.bits_per_coordinate:g} is too large (the computation on it "
+        f"overflows: {exc}); budgets above 32 bits per coordinate store more than the float32 vectors"
+    )
+
+
+def _build_index(args, X, what: str, path: str) -> LPLRIndex:
+    """Validate the options, then build on ``X`` (read from the argument ``what``, file ``path``)."""
     index = _make_index(args, X.shape[1])
     log.info("building on %d x %d vectors ...", X.shape[0], X.shape[1])
     t0 = time.perf_counter()
-    index.build(np.asarray(X))
+    try:
+        _with_progress(index.build, np.asarray(X), progress=_progress_setting(args))
+    except OverflowError as exc:
+        raise _budget_overflow(args, exc) from None
+    except (ValueError, TypeError) as exc:
+        raise UserError(_in_user_terms(str(exc), {"X": f"{what} file {path}"})) from None
     log.info(
         "built in %.2f s: rank %d, %d-bit codes, %.4f bits per coordinate",
         time.perf_counter() - t0, index.rank, index.bits_l, index.bits_per_coordinate,
     )
+    _warn_if_larger_than_float32(index)
     return index
 
 
-def _search(index: LPLRIndex, Q, k: int, mode: str, desc: str = "search"):
+def _save(index: LPLRIndex, path: str, args) -> None:
+    t0 = time.perf_counter()
+    nbytes = _with_progress(index.save, path, progress=_progress_setting(args))
+    log.info("wrote %s (%s) in %.2f s", path, _size(nbytes), time.perf_counter() - t0)
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def _clamp_k(k: int, ntotal: int, flag: str, where: str = "in the index") -> int:
+    """k above the number of vectors is clamped, never allocated (k = 10**6 on 19,000 vectors took 18 GB)."""
+    if k > ntotal:
+        log.warning(
+            "warning: %s %d is more than the %d vectors %s: %d neighbours per query",
+            flag, k, ntotal, where, ntotal,
+        )
+        return ntotal
+    return k
+
+
+def _check_queries(Q: np.ndarray, dim: int, what: str, path: str) -> None:
+    if Q.shape[1] != dim:
+        raise UserError(
+            f"{what} file {path} has {Q.shape[1]} dimensions, but the index holds {dim}-dimensional vectors"
+        )
+
+
+def _batched_search(search: Callable, Q, k: int, desc: str, args):
+    """``search(Q_block, k) -> (D, I)`` over query blocks, with a progress bar."""
     D = np.empty((len(Q), k), np.float32)
     I = np.empty((len(Q), k), np.int64)
-    with Progress(len(Q), desc, unit="queries") as bar:
+    with Progress(len(Q), desc, unit="queries", enabled=_progress_setting(args)) as bar:
         for s in range(0, len(Q), _QUERY_BATCH):
-            D[s : s + _QUERY_BATCH], I[s : s + _QUERY_BATCH] = index.search(
-                np.asarray(Q[s : s + _QUERY_BATCH]), k, mode=mode
-            )
+            D[s : s + _QUERY_BATCH], I[s : s + _QUERY_BATCH] = search(np.asarray(Q[s : s + _QUERY_BATCH]), k)
             bar.update(min(_QUERY_BATCH, len(Q) - s))
     return D, I
 
 
+def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc: str = "search"):
+    def search(block, k):
+        try:
+            return index.search(block, k, mode=args.mode)
+        except (ValueError, TypeError) as exc:
+            raise UserError(_in_user_terms(str(exc), {"Q": f"{what} file {path}"})) from None
+
+    return _batched_search(search, Q, k, desc, args)
+
+
+# ------------------------------------------------------------- subcommands
 def cmd_build(args) -> dict:
+    _check_output(args.output, "-o/--output")
     X = _load_array(args.embeddings, "embeddings")
-    index = _build_index(args, X)
-    index.save(args.output)
+    index = _build_index(args, X, "embeddings", args.embeddings)
+    _save(index, args.output, args)
     return _index_info(index, args.output)
 
 
 def cmd_add(args) -> dict:
+    target = args.output or args.index
+    _check_output(target, "-o/--output" if args.output else "INDEX (updated in place)")
     index = LPLRIndex.load(args.index)
     X = _load_array(args.embeddings, "embeddings")
+    _check_queries(X, index.dim, "embeddings", args.embeddings)
     before = index.ntotal
-    index.add(np.asarray(X))
-    index.save(args.output or args.index)
-    info = _index_info(index, args.output or args.index)
+    log.info("encoding %d vectors ...", len(X))
+    try:
+        _with_progress(index.add, np.asarray(X), progress=_progress_setting(args))
+    except (ValueError, TypeError) as exc:
+        raise UserError(_in_user_terms(str(exc), {"X": f"embeddings file {args.embeddings}"})) from None
+    _warn_if_larger_than_float32(index)
+    _save(index, target, args)
+    info = _index_info(index, target)
     info["added"] = index.ntotal - before
     return info
 
 
 def cmd_search(args) -> dict:
+    if args.output is not None:
+        if Path(args.output).suffix != ".npz":
+            raise UserError(
+                f"-o/--output {args.output}: search results are written as a NumPy .npz archive; "
+                "give a file name ending in .npz"
+            )
+        _check_output(args.output, "-o/--output")
     index = LPLRIndex.load(args.index, mmap=args.mmap)
     Q = _load_array(args.queries, "queries")
+    _check_queries(Q, index.dim, "queries", args.queries)
+    k = _clamp_k(args.k, index.ntotal, "-k")
     t0 = time.perf_counter()
-    D, I = _search(index, Q, args.k, args.mode)
+    D, I = _index_search(index, Q, k, args, "queries", args.queries)
     elapsed = time.perf_counter() - t0
-    result = {"n_queries": len(Q), "k": args.k, "mode": args.mode, "seconds": elapsed}
+    result: dict[str, Any] = {"n_queries": len(Q), "k": k, "mode": args.mode, "seconds": elapsed}
     if args.output:
-        np.savez(args.output, distances=D, indices=I)
+        with open(args.output, "wb") as f:  # a file object: numpy appends no suffix
+            np.savez(f, distances=D, indices=I)
         result["output"] = args.output
-    if args.json or not args.output:
+    if args.json:
         result["indices"] = I.tolist()
-        result["distances"] = [[float(x) for x in row] for row in D]
+        result["distances"] = [[_json_number(x) for x in row] for row in D.tolist()]
+    elif not args.output:
+        result["table"] = _search_table(D, I)
     return result
 
 
 def cmd_info(args) -> dict:
-    return _index_info(LPLRIndex.load(args.index), args.index)
+    index = LPLRIndex.load(args.index)
+    _warn_if_larger_than_float32(index)
+    return _index_info(index, args.index)
+
+
+def _file_ground_truth(args, n_train: int, n_queries: int, k: int) -> np.ndarray | None:
+    """The ``neighbors`` of an ANN-benchmarks --train file, or None where exact search must run.
+
+    Used when --train is an ``.hdf5`` file holding ``neighbors`` and the queries
+    are its own ``test`` set (no --test, or --test naming the same file).
+    """
+    if Path(args.train).suffix.lower() not in (".hdf5", ".h5") or args.test not in (None, args.train):
+        return None
+    try:
+        if "neighbors" not in hdf5_datasets(args.train):
+            log.info("--train file %s holds no 'neighbors': computing exact search", args.train)
+            return None
+        file_metric = hdf5_metric(args.train)
+        gt = read_ground_truth(args.train, what="--train")
+    except (VectorFileError, ImportError) as exc:
+        raise UserError(str(exc)) from None
+    if file_metric is not None and file_metric != args.metric:
+        raise UserError(
+            f"--train file {args.train} holds ground truth for --metric {file_metric}, "
+            f"but --metric is {args.metric}: give --metric {file_metric}"
+        )
+    if gt.shape[0] != n_queries:
+        raise UserError(
+            f"--train file {args.train} holds neighbors of {gt.shape[0]} queries, but its test set has {n_queries}"
+        )
+    if gt.size and (gt.min() < -1 or gt.max() >= n_train):
+        raise UserError(
+            f"--train file {args.train} holds neighbour ids in [{gt.min()}, {gt.max()}], "
+            f"but its train set has {n_train} rows"
+        )
+    if gt.shape[1] < k:
+        log.info(
+            "--train file %s holds %d neighbours per query, fewer than %d: computing exact search",
+            args.train, gt.shape[1], k,
+        )
+        return None
+    return gt[:, :k]
 
 
 def cmd_eval(args) -> dict:
-    Xb = _load_array(args.train, "train embeddings")
-    Xq = _load_array(args.test, "test embeddings")
-    yb = _load_array(args.train_labels, "train labels", ndim=1)
-    yq = _load_array(args.test_labels, "test labels", ndim=1)
-    if len(yb) != len(Xb):
-        raise UserError(f"train labels have {len(yb)} entries, but train embeddings have {len(Xb)} rows")
-    if len(yq) != len(Xq):
-        raise UserError(f"test labels have {len(yq)} entries, but test embeddings have {len(Xq)} rows")
-    index = _build_index(args, Xb)
-    k = max(args.k, args.recall_k)
-    D, I = _search(index, Xq, k, args.mode, desc="compressed search")
-    log.info("exact search ...")
-    _, I_true = exact_knn(np.asarray(Xb), np.asarray(Xq), k, metric=args.metric)
-    y_pred = knn_vote(I[:, : args.k], yb)
-    y_exact = knn_vote(I_true[:, : args.k], yb)
-    return {
-        "k": args.k,
+    hdf5 = Path(args.train).suffix.lower() in (".hdf5", ".h5")
+    if args.test is None and not hdf5:
+        raise UserError("give --test (query embeddings); only an .hdf5 --train file holds its own queries")
+    if (args.train_labels is None) != (args.test_labels is None):
+        raise UserError("give both --train-labels and --test-labels, or neither (recall only)")
+    Xb = _load_array(args.train, "--train")
+    test = args.test or args.train
+    Xq = _load_array(test, "--test")
+    labelled = args.train_labels is not None
+    if labelled:
+        yb = _load_array(args.train_labels, "--train-labels", ndim=1)
+        yq = _load_array(args.test_labels, "--test-labels", ndim=1)
+        if len(yb) != len(Xb):
+            raise UserError(
+                f"--train-labels file {args.train_labels} has {len(yb)} labels, "
+                f"but --train file {args.train} has {len(Xb)} rows"
+            )
+        if len(yq) != len(Xq):
+            raise UserError(
+                f"--test-labels file {args.test_labels} has {len(yq)} labels, "
+                f"but --test file {test} has {len(Xq)} rows"
+            )
+    if Xq.shape[1] != Xb.shape[1]:
+        raise UserError(
+            f"--test file {test} has {Xq.shape[1]} dimensions, "
+            f"but --train file {args.train} has {Xb.shape[1]}"
+        )
+    n = len(Xb)
+    where = f"of --train {args.train}"
+    k_vote = _clamp_k(args.k, n, "-k", where)
+    recall_k = _clamp_k(args.recall_k, n, "--recall-k", where)
+    k = max(k_vote, recall_k)
+    I_true = _file_ground_truth(args, n, len(Xq), k)
+    index = _build_index(args, Xb, "--train", args.train)
+    D, I = _index_search(index, Xq, k, args, "--test", test, desc="compressed search")
+    if I_true is None:
+        xb = np.asarray(Xb)
+        _, I_true = _batched_search(
+            lambda block, k: exact_knn(xb, block, k, metric=args.metric), Xq, k, "exact search", args
+        )
+        ground_truth = "exact search"
+    else:
+        ground_truth = f"{args.train}:neighbors"
+    result = {
+        "k": k_vote,
         "bits_per_coordinate": index.bits_per_coordinate,
         "rank": index.rank,
         "bits_l": index.bits_l,
-        "accuracy": accuracy(yq, y_pred),
-        "weighted_f1": weighted_f1(yq, y_pred),
-        "exact_accuracy": accuracy(yq, y_exact),
-        "exact_weighted_f1": weighted_f1(yq, y_exact),
-        f"recall_{args.recall_k}@{args.recall_k}": recall_at_k(I, I_true, args.recall_k),
-        f"neighbour_overlap@{args.recall_k}": neighbour_overlap(I[:, : args.recall_k], I_true[:, : args.recall_k]),
-        "fit_error": index.fit_error,
     }
+    if labelled:
+        y_pred = knn_vote(I[:, :k_vote], yb)
+        y_exact = knn_vote(I_true[:, :k_vote], yb)
+        result.update({
+            "accuracy": accuracy(yq, y_pred),
+            "weighted_f1": weighted_f1(yq, y_pred),
+            "exact_accuracy": accuracy(yq, y_exact),
+            "exact_weighted_f1": weighted_f1(yq, y_exact),
+        })
+    result.update({
+        f"recall_{recall_k}@{recall_k}": recall_at_k(I, I_true, recall_k),
+        f"neighbour_overlap@{recall_k}": neighbour_overlap(I[:, :recall_k], I_true[:, :recall_k]),
+        "ground_truth": ground_truth,
+        "fit_error": index.fit_error,
+    })
+    return result
 
 
+# ------------------------------------------------------------------ parser
 def _add_index_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bits-per-coordinate", "-b", type=float, help="storage budget (bits per coordinate, everything counted)")
-    p.add_argument("--rank", type=int, help="explicit rank instead of a budget")
-    p.add_argument("--bits-l", type=int, default=None, help="bits per code of each vector (default: chosen from the budget)")
-    p.add_argument("--bits-r", type=int, default=8, help="bits per entry of the shared factor (default: 8)")
-    p.add_argument("--metric", choices=METRICS, default="l2")
-    p.add_argument("--quantizer", choices=SCHEMES, default="mse-col")
-    p.add_argument("--refine-iters", type=int, default=2, help="alternating refinement rounds (default: 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bits-per-coordinate", "-b", type=_budget, metavar="B",
+                   help="storage budget in bits per coordinate, everything counted (e.g. 1 or 0.5)")
+    p.add_argument("--rank", type=_int_in(1), metavar="R", help="explicit rank instead of a budget")
+    p.add_argument("--bits-l", type=_int_in(1, _MAX_BITS), default=None, metavar="BITS",
+                   help=f"bits per code of each vector, 1-{_MAX_BITS} (default: chosen from the budget)")
+    p.add_argument("--bits-r", type=_int_in(1, _MAX_BITS), default=8, metavar="BITS",
+                   help=f"bits per entry of the shared factor, 1-{_MAX_BITS} (default: 8)")
+    p.add_argument("--metric", choices=METRICS, default="l2", help="default: l2")
+    p.add_argument("--quantizer", choices=SCHEMES, default="mse-col", help="default: mse-col")
+    p.add_argument("--refine-iters", type=_int_in(0, 100), default=2, metavar="N",
+                   help="alternating refinement rounds, 0-100 (default: 2)")
+    p.add_argument("--seed", type=_int_in(0), default=0, help="seed of the sketch (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lplr-index", description="Compressed k-NN index (LPLR).")
-    parser.add_argument("--version", action="version", version=f"lplr-index {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no log lines on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The argument parser of ``lplr-index`` (errors: one line, exit status 1)."""
+    parser = _Parser(prog=PROG, description="Compressed k-NN index (LPLR).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no log lines on stderr (warnings and errors still)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (shown only on a terminal anyway)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("build", help="build an index from an (n, dim) .npy file")
-    p.add_argument("embeddings")
-    p.add_argument("-o", "--output", required=True, help="index file to write")
+    p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to index")
+    p.add_argument("-o", "--output", required=True, help="index file to write (its folder must exist)")
     _add_index_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("add", help="encode more vectors into an index (no refit)")
-    p.add_argument("index")
-    p.add_argument("embeddings")
+    p.add_argument("index", help="index file (replaced unless -o is given)")
+    p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to add")
     p.add_argument("-o", "--output", help="write here instead of replacing INDEX")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add)
 
     p = sub.add_parser("search", help="k nearest neighbours of each query")
-    p.add_argument("index")
-    p.add_argument("queries")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("-o", "--output", help="write distances and indices to this .npz")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="factored")
+    p.add_argument("index", help="index file")
+    p.add_argument("queries", help="(n_queries, dim) .npy file")
+    p.add_argument("-k", type=_int_in(1), default=10,
+                   help="neighbours per query (default: 10; at most the index's size)")
+    p.add_argument("-o", "--output", metavar="OUT.npz",
+                   help="write distances and indices (n_queries, k) to this .npz file")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="factored", help="default: factored")
     p.add_argument("--mmap", action="store_true", help="map the codes from the file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print every result as JSON (default: a table of the first queries)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="settings, size and measured bits of an index")
-    p.add_argument("index")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("index", help="index file")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("eval", help="k-NN accuracy, F1 and recall of a compressed index against exact search")
-    p.add_argument("--train", required=True, help="(n, dim) .npy database embeddings")
-    p.add_argument("--train-labels", required=True, help="(n,) .npy labels")
-    p.add_argument("--test", required=True, help="(n_test, dim) .npy query embeddings")
-    p.add_argument("--test-labels", required=True, help="(n_test,) .npy labels")
-    p.add_argument("-k", type=int, default=3, help="neighbours that vote (default: 3)")
-    p.add_argument("--recall-k", type=int, default=10, help="k of recall k@k (default: 10)")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="factored")
+    p = sub.add_parser(
+        "eval",
+        help="k-NN accuracy, F1 and recall of a compressed index against exact search",
+        description="Build an index on --train, search it with --test, and compare with the true "
+        "neighbours: the 'neighbors' of an ANN-benchmarks .hdf5 --train file (whose 'test' set is "
+        "the queries when --test is not given), otherwise an exact search. With labels, also the "
+        "k-NN accuracy and weighted F1. Files: .npy, .npz, .fvecs, .bvecs, .ivecs, .hdf5; "
+        "PATH:NAME picks a member of an .npz or .hdf5 file.",
+    )
+    p.add_argument("--train", required=True,
+                   help="(n, dim) database embeddings, or an ANN-benchmarks .hdf5 file (train, test, neighbors)")
+    p.add_argument("--train-labels", help="(n,) labels (optional: without labels, recall only)")
+    p.add_argument("--test", help="(n_test, dim) query embeddings (default with an .hdf5 --train: its 'test' set)")
+    p.add_argument("--test-labels", help="(n_test,) labels (with --train-labels)")
+    p.add_argument("-k", type=_int_in(1), default=3, help="neighbours that vote (default: 3)")
+    p.add_argument("--recall-k", type=_int_in(1), default=10, help="k of recall k@k (default: 10)")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="factored", help="default: factored")
     _add_index_options(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``lplr-index`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="lplr-index: %(message)s",
-        stream=sys.stderr,
-    )
+def _render(result: dict, args) -> None:
+    table = result.pop("table", None)
+    if table is not None and not args.json:
+        _emit(result, False)
+        print()
+        print("\n".join(table))
+    else:
+        _emit(result, args.json)
+
+
+@contextmanager
+def _log_to_stderr(*, quiet: bool) -> Iterator[None]:
+    """The library's log lines on stderr while a command runs (warnings only with -q).
+
+    The handler sits on the ``lplr_index`` logger, not the root, and is removed
+    afterwards, so ``main`` called from Python leaves the caller's logging as it was.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
     try:
-        result = args.func(args)
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lplr-index`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    int
+        0 on success (and after ``--help``), 1 after a user mistake (one line on
+        stderr), 130 after Ctrl-C.
+    """
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help, --version, or a parse error already printed
+            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        with _log_to_stderr(quiet=args.quiet):
+            result = args.func(args)
+        _render(result, args)
     except (UserError, IndexFileError, ValueError, TypeError, RuntimeError, IndexError) as exc:
-        print(f"lplr-index: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError as exc:
+        print(f"{PROG}: error: not enough memory for this request ({exc or 'MemoryError'})", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `lplr-index search ... | head`: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - suppress the flush error at exit
+        return 0
     except OSError as exc:
-        print(f"lplr-index: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        detail = exc.strerror or str(exc)
+        if exc.filename and str(exc.filename) not in detail:
+            detail = f"{detail}: {exc.filename}"
+        print(f"{PROG}: error: {detail}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("lplr-index: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    _emit(result, getattr(args, "json", False))
     return 0
 
 

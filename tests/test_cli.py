@@ -105,10 +105,84 @@ def test_search_to_npz(capsys, files, tmp_path, extra):
 
 
 def test_search_json(capsys, files):
-    result = run_json(capsys, "search", files["index"], files["test"], "-k", 3)
+    code, out, err = run(capsys, "search", files["index"], files["test"], "-k", 3, "--json")
+    assert code == 0, err
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"))
     assert np.array(result["indices"]).shape == (40, 3)
     assert np.array(result["distances"]).shape == (40, 3)
     assert result["n_queries"] == 40 and result["k"] == 3
+
+
+def test_search_prints_a_compact_table(capsys, files):
+    code, out, err = run(capsys, "search", files["index"], files["test"], "-k", 12)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = lines.index("query  rank   id  distance")
+    rows = [line.split() for line in lines[header + 1 : -1]]
+    assert len(rows) == 20 * 10  # the first 20 of 40 queries, 10 of 12 neighbours each
+    assert lines[-1] == "(showing 20 of 40 queries and 10 of 12 neighbours each; all of them with -o results.npz or --json)"
+    D, I = LPLRIndex.load(files["index"]).search(np.load(files["test"]), 12)
+    for query, rank, id_, dist in rows:
+        q, r = int(query), int(rank) - 1
+        assert int(id_) == I[q, r]
+        assert float(dist) == pytest.approx(D[q, r], rel=1e-5)
+    assert len(out) < 8000  # the whole result as two lines was 60 KB for 1,000 queries
+
+
+def test_search_table_without_a_note_when_everything_fits(capsys, files, tmp_path):
+    few = tmp_path / "few.npy"
+    np.save(few, np.load(files["test"])[:3])
+    code, out, _ = run(capsys, "search", files["index"], few, "-k", 2)
+    assert code == 0
+    assert len(out.splitlines()[out.splitlines().index("query  rank   id  distance") + 1 :]) == 6
+    assert "showing" not in out
+
+
+def test_search_output_is_exactly_the_path_given(capsys, files, tmp_path):
+    target = tmp_path / "neighbours.npz"
+    result = run_json(capsys, "search", files["index"], files["test"], "-k", 2, "-o", target)
+    assert result["output"] == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neighbours.npz"]
+
+
+def test_k_above_the_index_size_is_clamped_with_a_warning(capsys, files, tmp_path):
+    target = tmp_path / "all.npz"
+    code, out, err = run(capsys, "search", files["index"], files["test"], "-k", 10**9, "-o", target)
+    assert code == 0, err
+    assert "warning: -k 1000000000 is more than the 1000 vectors in the index" in err
+    with np.load(target) as result:
+        assert result["indices"].shape == (40, 1000)
+        assert (np.sort(result["indices"], axis=1) == np.arange(1000)).all()  # every vector, once
+
+
+def test_eval_recall_k_above_the_database_is_clamped(capsys, files):
+    result = run_json(
+        capsys, "eval", "--train", files["train"], "--train-labels", files["train_labels"],
+        "--test", files["test"], "--test-labels", files["test_labels"], "-b", "2", "--recall-k", 2000,
+    )
+    assert result["recall_1000@1000"] == 1.0  # every vector retrieved
+    assert result["neighbour_overlap@1000"] == 1.0
+
+
+def test_info_of_an_explicit_rank_index_reads_none_and_warns_above_float32(capsys, tmp_path, small_embeddings):
+    two = tmp_path / "two.npy"
+    np.save(two, small_embeddings[:2])
+    target = tmp_path / "two.lplr"
+    code, out, err = run(capsys, "build", two, "-o", target, "--rank", 1)
+    assert code == 0, err
+    assert "bits per coordinate, more than the float32 vectors it replaces (32)" in err  # 136 observed
+    assert len([line for line in err.splitlines() if "warning" in line]) == 1
+    code, out, err = run(capsys, "info", target)
+    assert code == 0
+    budget = [line for line in out.splitlines() if line.startswith("budget_bits_per_coordinate")]
+    assert budget[0].split(None, 1)[1] == "none (explicit rank)"
+    assert "warning" in err
+    assert run_json(capsys, "info", target)["budget_bits_per_coordinate"] is None
+
+
+def test_no_warning_below_float32(capsys, files):
+    code, _, err = run(capsys, "info", files["index"])
+    assert code == 0 and "warning" not in err
 
 
 def test_add(capsys, files, tmp_path):
@@ -144,27 +218,69 @@ def bad_files(files, tmp_path):
     damaged.write_bytes(bytes(data))
     text = tmp_path / "embeddings.txt"
     text.write_text("1 2 3\n")
-    return {**files, "damaged": damaged, "text": text, "out": tmp_path / "out.lplr", "dir": tmp_path}
+    text_npy = tmp_path / "text.npy"  # a text file with a .npy name
+    text_npy.write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return {**files, "damaged": damaged, "text": text, "text_npy": text_npy, "objects": objects,
+            "out": tmp_path / "out.lplr", "dir": tmp_path}
 
 
-#: id -> argv of a user mistake, built from ``bad_files``
+#: id -> (argv of a user mistake, built from ``bad_files``; text the one error line must hold:
+#: the flag or the file in the user's terms)
 MISTAKES = {
-    "missing-index": lambda f: ["info", f["dir"] / "missing.lplr"],
-    "missing-embeddings": lambda f: ["build", f["dir"] / "missing.npy", "-o", f["out"], "-b", 2],
-    "missing-queries": lambda f: ["search", f["index"], f["dir"] / "missing.npy"],
-    "not-npy": lambda f: ["build", f["text"], "-o", f["out"], "-b", 2],
-    "one-d-embeddings": lambda f: ["build", f["one_d"], "-o", f["out"], "-b", 2],
-    "one-d-queries": lambda f: ["search", f["index"], f["one_d"]],
-    "wrong-query-dim": lambda f: ["search", f["index"], f["wrong_dim"]],
-    "damaged-index": lambda f: ["search", f["damaged"], f["test"]],
-    "index-is-npy": lambda f: ["info", f["train"]],
-    "neither-budget-nor-rank": lambda f: ["build", f["train"], "-o", f["out"]],
-    "both-budget-and-rank": lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--rank", 4],
-    "budget-too-small": lambda f: ["build", f["train"], "-o", f["out"], "-b", 0.01],
-    "k-zero": lambda f: ["search", f["index"], f["test"], "-k", 0],
-    "labels-mismatch": lambda f: ["eval", "--train", f["train"], "--train-labels", f["test_labels"],
-                                  "--test", f["test"], "--test-labels", f["test_labels"], "-b", 2],
-    "output-folder-missing": lambda f: ["build", f["train"], "-o", f["dir"] / "no" / "folder.lplr", "-b", 2],
+    "missing-index": (lambda f: ["info", f["dir"] / "missing.lplr"], "missing.lplr"),
+    "index-is-a-directory": (lambda f: ["info", f["dir"]], "is a directory"),
+    "missing-embeddings": (lambda f: ["build", f["dir"] / "missing.npy", "-o", f["out"], "-b", 2],
+                           "embeddings file"),
+    "missing-queries": (lambda f: ["search", f["index"], f["dir"] / "missing.npy"], "queries file"),
+    "queries-are-a-directory": (lambda f: ["search", f["index"], f["dir"]], "queries file"),
+    "not-npy": (lambda f: ["build", f["text"], "-o", f["out"], "-b", 2], "embeddings file"),
+    "text-named-npy": (lambda f: ["build", f["text_npy"], "-o", f["out"], "-b", 2],
+                       "text.npy is not a NumPy .npy file"),
+    "objects-npy": (lambda f: ["search", f["index"], f["objects"]], "objects.npy holds Python objects"),
+    "one-d-embeddings": (lambda f: ["build", f["one_d"], "-o", f["out"], "-b", 2], "embeddings file"),
+    "one-d-queries": (lambda f: ["search", f["index"], f["one_d"]], "queries file"),
+    "wrong-query-dim": (lambda f: ["search", f["index"], f["wrong_dim"]], "has 31 dimensions"),
+    "wrong-add-dim": (lambda f: ["add", f["index"], f["wrong_dim"], "-o", f["out"]], "wrong_dim.npy has 31"),
+    "damaged-index": (lambda f: ["search", f["damaged"], f["test"]], "damaged.lplr"),
+    "index-is-npy": (lambda f: ["info", f["train"]], "train.npy"),
+    "neither-budget-nor-rank": (lambda f: ["build", f["train"], "-o", f["out"]], "--bits-per-coordinate"),
+    "both-budget-and-rank": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--rank", 4], "--rank"),
+    "budget-too-small": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 0.01], "--bits-per-coordinate"),
+    "budget-overflows": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "1e308"], "--bits-per-coordinate 1e+308"),
+    "budget-infinite": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "inf"], "--bits-per-coordinate"),
+    "budget-negative": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "-1"], "--bits-per-coordinate"),
+    "budget-not-a-number": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "one"], "--bits-per-coordinate"),
+    "rank-above-dim": (lambda f: ["build", f["train"], "-o", f["out"], "--rank", 40], "--rank"),
+    "rank-zero": (lambda f: ["build", f["train"], "-o", f["out"], "--rank", 0], "--rank"),
+    "bits-l-too-wide": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--bits-l", 9], "--bits-l"),
+    "seed-negative": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--seed", -3], "--seed"),
+    "k-zero": (lambda f: ["search", f["index"], f["test"], "-k", 0], "-k"),
+    "k-negative": (lambda f: ["search", f["index"], f["test"], "-k", -1], "-k"),
+    "k-not-an-integer": (lambda f: ["search", f["index"], f["test"], "-k", "2.5"], "-k"),
+    "recall-k-zero": (lambda f: ["eval", "--train", f["train"], "--train-labels", f["train_labels"],
+                                 "--test", f["test"], "--test-labels", f["test_labels"], "-b", 2,
+                                 "--recall-k", 0], "--recall-k"),
+    "labels-mismatch": (lambda f: ["eval", "--train", f["train"], "--train-labels", f["test_labels"],
+                                   "--test", f["test"], "--test-labels", f["test_labels"], "-b", 2],
+                        "--train-labels"),
+    "eval-dims-differ": (lambda f: ["eval", "--train", f["train"], "--train-labels", f["train_labels"],
+                                    "--test", f["wrong_dim"], "--test-labels", f["test_labels"], "-b", 2],
+                         "--test"),
+    "output-folder-missing": (lambda f: ["build", f["train"], "-o", f["dir"] / "no" / "folder.lplr", "-b", 2],
+                              "-o/--output"),
+    "output-is-a-directory": (lambda f: ["build", f["train"], "-o", f["dir"], "-b", 2], "-o/--output"),
+    "search-output-not-npz": (lambda f: ["search", f["index"], f["test"], "-o", f["dir"] / "out.txt"],
+                              "-o/--output"),
+    "search-output-folder-missing": (lambda f: ["search", f["index"], f["test"], "-o", f["dir"] / "no" / "r.npz"],
+                                     "-o/--output"),
+    "add-output-folder-missing": (lambda f: ["add", f["index"], f["test"], "-o", f["dir"] / "no" / "i.lplr"],
+                                  "-o/--output"),
+    "missing-arguments": (lambda f: ["build"], "embeddings, -o/--output"),
+    "unknown-command": (lambda f: ["bild", f["train"]], "'bild'"),
+    "unknown-option": (lambda f: ["info", f["index"], "--frobnicate"], "--frobnicate"),
+    "bad-metric": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--metric", "l3"], "--metric"),
 }
 
 
@@ -179,17 +295,41 @@ def assert_one_error_line(err: str, *, only_line: bool):
 
 @pytest.mark.parametrize("mistake", MISTAKES, ids=str)
 def test_user_mistakes_give_one_line_and_status_1(capsys, bad_files, mistake):
-    code, out, err = run(capsys, *MISTAKES[mistake](bad_files))
+    argv, named = MISTAKES[mistake]
+    code, out, err = run(capsys, *argv(bad_files))
     assert code == 1
-    assert_one_error_line(err, only_line=True)  # -q: no log lines either
+    assert_one_error_line(err, only_line=True)  # -q: no log lines, and no usage block
+    assert named in err, err  # the flag or the file, as the user gave it
+    assert "allow_pickle" not in err  # numpy's advice to unpickle is unsafe
     assert not bad_files["out"].exists()
+    assert not (bad_files["dir"] / "out.txt").exists()
+    assert out == ""
 
 
-def test_usage_errors_exit_with_status_2(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["build"])
-    assert info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+def test_output_is_checked_before_the_build(capsys, files, tmp_path, monkeypatch):
+    def must_not_run(self, *args, **kwargs):
+        raise AssertionError("the build started although the output cannot be written")
+
+    monkeypatch.setattr(LPLRIndex, "build", must_not_run)
+    code, _, err = run(capsys, "build", files["train"], "-o", tmp_path / "missing" / "i.lplr", "-b", 1)
+    assert code == 1 and "missing" in err and "AssertionError" not in err
+
+
+def test_help_exits_0_and_version(capsys):
+    assert main(["--help"]) == 0
+    assert "build" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("lplr-index ")
+
+
+def test_ctrl_c_gives_one_line_and_status_130(capsys, files, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LPLRIndex, "load", interrupted)
+    code, _, err = run(capsys, "info", files["index"])
+    assert code == 130
+    assert err.strip() == "lplr-index: interrupted"
 
 
 # ------------------------------------------------------------ a real process
