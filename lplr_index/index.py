@@ -540,6 +540,12 @@ class LPLRIndex:
             if mode == "fastscan":
                 ids = self._fastscan().candidates(Q, kc)
                 D, I = blas.rerank(st.view, Q, ids, kc if full is not None else kk)
+                short = (ids < 0).any(axis=1)
+                if short.any():
+                    # fast-scan dropped rows (its 16-bit sums saturate on extreme level
+                    # spreads): those queries get the exact scan instead
+                    D[short], I[short] = blas.scan(
+                        st.view, Q[short], D.shape[1], norms2=self._norms2() if self.metric != "ip" else None)
             elif mode == "reconstructed":
                 D, I = self._search_flat(Q, kc)
             else:

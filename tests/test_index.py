@@ -453,7 +453,7 @@ def test_classifier_params_and_clone():
 
 def test_classifier_bad_input(digits):
     X, y = digits
-    with pytest.raises(ValueError, match="y must be 1-D with one label per row of X"):
+    with pytest.raises(ValueError, match=r"inconsistent numbers of samples: \[100, 99\]"):
         LPLRKNeighborsClassifier().fit(X[:100], y[:99])
     with pytest.raises(ValueError, match=r"n_neighbors must be an integer in \[1, inf\]"):
         LPLRKNeighborsClassifier(0).fit(X[:100], y[:100])
