@@ -1,0 +1,187 @@
+"""The search engine: fast-scan candidates re-ranked exactly, the BLAS scan, thread control."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from lplr_index import LPLRIndex, neighbour_overlap, recall_at_k
+from lplr_index.search import blas, fastscan
+from lplr_index.search.topk import merge_results
+
+METRICS = ("l2", "ip", "cosine")
+
+pytestmark = pytest.mark.usefixtures("blas_single_thread")
+
+
+@pytest.fixture(scope="module")
+def built(embeddings):
+    """One 4-bit (fast-scan) index per metric at 1 and 2 bits per coordinate."""
+    return {
+        (metric, b): LPLRIndex(64, bits_per_coordinate=b, metric=metric).build(embeddings)
+        for metric in METRICS
+        for b in (1, 2)
+    }
+
+
+@pytest.mark.parametrize("b", [1, 2])
+@pytest.mark.parametrize("metric", METRICS)
+def test_fastscan_with_default_rerank_equals_the_exact_scan_of_the_codes(built, queries, metric, b, knn_checker):
+    index = built[metric, b]
+    assert index.fastscan_ready and index.bits_l == 4
+    Df, If = index.search(queries, 10)  # auto = fastscan
+    De, Ie = index.search(queries, 10, mode="factored")
+    # the target: recall against exact scoring of the same codes within 0.005
+    assert recall_at_k(If, Ie, 10) >= 0.995  # observed 1.000 at every setting here
+    # distances are the exact ones of the returned ids
+    Xr = index.reconstruct()
+    knn_checker(Xr, queries, Df, If, metric, tol=1e-3 * (1 + np.abs(De).max()))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_rerank_factor_one_is_the_raw_first_stage(built, queries, metric):
+    index = built[metric, 1]
+    _, I1 = index.search(queries, 10, rerank_factor=1)
+    _, Ie = index.search(queries, 10, mode="factored")
+    # the 8-bit lookup tables alone lose a little; re-ranking more recovers it
+    assert 0.85 < recall_at_k(I1, Ie, 10) <= 1.0  # observed 0.92-0.99 (cosine lowest)
+    _, I8 = index.search(queries, 10, rerank_factor=8)
+    assert recall_at_k(I8, Ie, 10) >= recall_at_k(I1, Ie, 10)
+
+
+def test_faiss_holds_exactly_our_codes(built):
+    for index in built.values():
+        assert index._fastscan().codes_match(rows=5000)
+
+
+def test_l2_latent_ranking_is_exact_with_the_orthonormal_factor(built, queries):
+    # the first stage ranks by ||p - l||^2, which equals ||q - x_hat||^2 minus a per-query
+    # constant when R R^T = I; the stored 8-bit factor is orthonormal up to rounding
+    index = built["l2", 2]
+    view = index._state.view
+    ids = index._fastscan().candidates(queries[:20], 40)
+    exact = blas.exact_scores(view, queries[:20], ids)  # 2<q',x'> - |x'|^2, larger is better
+    order = np.argsort(-exact, axis=1, kind="stable")
+    assert neighbour_overlap(np.take_along_axis(ids, order, 1)[:, :10], ids[:, :10]) > 0.8
+
+
+def test_eight_bit_codes_use_the_exact_scan(small_embeddings):
+    index = LPLRIndex(32, bits_per_coordinate=4).build(small_embeddings)
+    assert index.bits_l == 8 and not index.fastscan_ready
+    D1, I1 = index.search(small_embeddings[:5], 3)
+    D2, I2 = index.search(small_embeddings[:5], 3, mode="factored")
+    np.testing.assert_array_equal(I1, I2)
+    with pytest.raises(ValueError, match="mode='fastscan' needs 4-bit codes, this index has 8-bit codes"):
+        index.search(small_embeddings[:5], 3, mode="fastscan")
+
+
+def test_lstsq_factor_is_searched_exactly_by_default(small_embeddings):
+    index = LPLRIndex(32, bits_per_coordinate=1, factor="lstsq").build(small_embeddings)
+    assert index.bits_l == 4 and not index.fastscan_ready
+    # fast-scan can still be asked for: an approximate first stage, re-ranked exactly
+    _, I = index.search(small_embeddings[:50], 5, mode="fastscan", rerank_factor=20)
+    _, Ie = index.search(small_embeddings[:50], 5)
+    assert recall_at_k(I, Ie, 5) > 0.95  # observed 1.0
+
+
+def test_add_extends_the_fastscan_index(embeddings, queries):
+    index = LPLRIndex(64, bits_per_coordinate=1).build(embeddings[:3000])
+    index.search(queries[:2], 1)  # builds the fast-scan index
+    index.add(embeddings[3000:])
+    assert index._fastscan().ntotal == 5000 == index.ntotal
+    D, I = index.search(queries, 10)
+    _, Ie = index.search(queries, 10, mode="factored")
+    assert recall_at_k(I, Ie, 10) >= 0.995
+    assert (I >= 3000).any()
+
+
+def test_single_query_does_not_decode_the_database(built, queries, monkeypatch):
+    index = built["l2", 1]
+    index.search(queries[:1], 10)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("full decode")
+
+    monkeypatch.setattr(blas, "scan", boom)
+    monkeypatch.setattr(blas, "row_norms2", boom)
+    D, I = index.search(queries[:1], 10)
+    assert I.shape == (1, 10) and (I >= 0).all()
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_n_threads_is_restored(built, queries, n_threads):
+    before = faiss.omp_get_max_threads()
+    built["l2", 1].search(queries, 5, n_threads=n_threads)
+    assert faiss.omp_get_max_threads() == before
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("mode", ["auto", "factored", "reconstructed"])
+def test_rescore_with_the_original_vectors(built, embeddings, queries, metric, mode, brute_knn):
+    index = built[metric, 1]
+    D, I = index.search(queries, 10, rescore_with=embeddings, mode=mode)
+    I_true = brute_knn(embeddings, queries, 10, metric)
+    r_codes = recall_at_k(index.search(queries, 10, mode=mode).indices, I_true, 10)
+    r_rescored = recall_at_k(I, I_true, 10)
+    assert r_rescored > r_codes + 0.1  # observed 0.63 -> 0.95 at 1 bit per coordinate
+    # distances are the exact ones of the returned ids against the originals
+    X = embeddings[I].astype(np.float64)
+    q = queries.astype(np.float64)[:, None, :]
+    if metric == "cosine":
+        X = X / np.linalg.norm(X, axis=2, keepdims=True)
+        q = q / np.linalg.norm(q, axis=2, keepdims=True)
+    exact = ((X - q) ** 2).sum(2) if metric == "l2" else (X * q).sum(2)
+    np.testing.assert_allclose(D, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_rescore_with_a_memory_mapped_file(built, embeddings, queries, tmp_path):
+    path = tmp_path / "full.npy"
+    np.save(path, embeddings)
+    index = built["l2", 1]
+    a = index.search(queries, 5, rescore_with=path)
+    b = index.search(queries, 5, rescore_with=np.load(path, mmap_mode="r"))
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (dict(rescore_with=np.zeros((10, 64), np.float32)), ValueError,
+         r"rescore_with must hold the 5000 original vectors of dimension 64 in id order, shape \(5000, 64\), got shape \(10, 64\)"),
+        (dict(rerank_factor=0), ValueError, r"rerank_factor must be an integer in \[1, 1048576\], got 0"),
+        (dict(n_threads=0), ValueError, r"n_threads must be an integer in \[1, 4096\], got 0"),
+        (dict(k=10**9), ValueError, r"k=1000000000 for 200 queries asks for .* GiB of results.*use k <= 5000"),
+    ],
+    ids=["rescore-shape", "rerank-factor", "threads", "huge-k"],
+)
+def test_bad_search_arguments(built, queries, kwargs, exc, match):
+    kwargs = dict(kwargs)
+    k = kwargs.pop("k", 5)
+    with pytest.raises(exc, match=match):
+        built["l2", 1].search(queries, k, **kwargs)
+
+
+def test_huge_queries_are_refused_by_name(built):
+    with pytest.raises(ValueError, match="queries must be finite with entries of magnitude <= 1e.15.*row 0, column 3"):
+        Q = np.zeros((1, 64), np.float32)
+        Q[0, 3] = 1e30
+        built["l2", 1].search(Q, 5)
+
+
+def test_merge_results_is_the_global_top_k():
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((4, 100)).astype(np.float32)
+    parts = []
+    for lo in range(0, 100, 30):
+        part = S[:, lo : lo + 30]
+        order = np.argsort(part, axis=1)[:, :5]
+        parts.append((np.take_along_axis(part, order, 1), order + lo))
+    D, I = merge_results(parts, 5, "l2")
+    np.testing.assert_array_equal(I, np.argsort(S, axis=1)[:, :5])
+
+
+def test_fastscan_refuses_eight_bit_codes(small_embeddings):
+    index = LPLRIndex(32, rank=4, bits_l=8).build(small_embeddings)
+    with pytest.raises(ValueError, match="fast-scan search needs 4-bit codes, this index has 8-bit codes"):
+        fastscan.FastScanScorer(index._state.view)
