@@ -41,7 +41,6 @@ path removes those left by killed saves (see :data:`STALE_TEMP_AGE_S`).
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import json
 import mmap as _mmap
@@ -56,6 +55,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Union
 
 import numpy as np
+
+try:  # POSIX; elsewhere temporary files are not locked and stale ones go by age alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
 
 __all__ = [
     "MAGIC",
@@ -380,19 +389,20 @@ def _remove_stale_temps(dest: Path, now: float | None = None) -> list[Path]:
     for name in names:
         tmp = folder / name
         try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(tmp, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC | _O_BINARY)
         except OSError:
             continue
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live writer holds it
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live writer holds it
             old = now - st.st_mtime > STALE_TEMP_AGE_S
-            if old or not _pid_alive(name[len(prefix):]):
+            if old or (fcntl is not None and not _pid_alive(name[len(prefix):])):
                 # still the file we locked (not a new one under the same name)?
                 if os.stat(tmp, follow_symlinks=False).st_ino == st.st_ino:
                     os.unlink(tmp)
@@ -420,8 +430,8 @@ def _pid_alive(tail: str) -> bool:
 
 def _fsync_folder(folder: Path) -> None:
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+    except OSError:  # folders cannot be opened everywhere (Windows)
         return
     try:
         os.fsync(fd)
@@ -509,13 +519,17 @@ def _write_path(user: Any, dest: Path, lead: bytes, pieces: list, total: int, pr
         mode = None
     tmp = folder / f".{dest.name}{_TMP_TAG}{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY, 0o666)
     except OSError as exc:
         raise type(exc)(exc.errno, f"cannot save to {os.fspath(user)}: {exc.strerror}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if mode is not None:
-            os.fchmod(fd, mode)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if mode is not None:  # the target's bits, whatever the umask
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            else:  # pragma: no cover - Windows
+                os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as f:
             fd = -1  # owned by f now
             size = _write_all(f, lead, pieces, total, progress)
@@ -546,7 +560,11 @@ class _Reader:
             return self.buf[offset : offset + n].tobytes()
         out, pos = [], offset
         while n > 0:
-            piece = os.pread(self.fd, n, pos)
+            if hasattr(os, "pread"):
+                piece = os.pread(self.fd, n, pos)
+            else:  # pragma: no cover - Windows
+                os.lseek(self.fd, pos, os.SEEK_SET)
+                piece = os.read(self.fd, n)
             if not piece:
                 break
             out.append(piece)
@@ -650,7 +668,7 @@ def _read_path(path: str | os.PathLike, *, mmap: bool, verify: bool) -> Containe
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(name, st.st_mode)
         # O_NONBLOCK: should the path have become a FIFO since, open does not hang
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC | _O_BINARY)
     except FileNotFoundError:
         raise IndexFileError(f"{name}: no such file") from None
     except IsADirectoryError:
