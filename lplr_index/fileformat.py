@@ -315,10 +315,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
     Raises
     ------
-    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError
-        (all ``OSError``) with a message naming ``path`` as given.
+    FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError
+        (all ``OSError``) with a message naming ``path`` as given: a missing folder,
+        a parent that is a file, ``path`` a folder (or ending with a separator),
+        ``path`` a FIFO or device, a folder this process cannot write.
     TypeError
         ``path`` is not a str or path-like.
+
+    Examples
+    --------
+    >>> check_output_path("nosuch/emb.lplr")
+    Traceback (most recent call last):
+    FileNotFoundError: cannot save to nosuch/emb.lplr: folder nosuch/ does not exist
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or path-like, got {type(path).__name__}")
