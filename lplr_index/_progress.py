@@ -21,7 +21,7 @@ class Progress:
     desc : str
         Label in front of the bar.
     unit : str, default=""
-        Name of a unit; ``"B"`` shows bytes as KiB/MiB/GiB.
+        Name of a unit; ``"B"`` or ``"bytes"`` shows bytes as KiB/MiB/GiB.
     enabled : bool or None, default=None
         Draw at all; None: only when ``stream`` is a terminal, so logs, pipes
         and CI output stay free of carriage returns.
@@ -84,7 +84,7 @@ class Progress:
 
     def _scale(self) -> tuple[float, str]:
         """Divisor and unit name of the counts shown (bytes are scaled to the total)."""
-        if self.unit == "B":
+        if self.unit in ("B", "bytes"):
             for name, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
                 if self.total >= scale:
                     return scale, name

@@ -75,9 +75,10 @@ def test_redraws_are_rate_limited_but_the_end_is_always_drawn():
     assert "100000/100000" in shown[-2] and "100000/100000" in shown[-1]
 
 
-def test_set_reports_a_position_in_bytes():
+@pytest.mark.parametrize("unit", ["B", "bytes"])
+def test_set_reports_a_position_in_bytes(unit):
     out = FakeTerminal()
-    with Progress(3 * 2**20, "save", unit="B", stream=out) as bar:
+    with Progress(3 * 2**20, "save", unit=unit, stream=out) as bar:
         bar.set(2**20)
         assert "1.0/3.0 MiB" in frames(out.getvalue())[-1]
         bar.set(3 * 2**20)
