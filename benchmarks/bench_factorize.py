@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--extra-1e5x1024", action=argparse.BooleanOptionalAction, default=True,
                    help="also run lplr on 100,000 x 1,024 (the issue's speed target)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_factorize")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "runs" / "bench_factorize")
     args = p.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))

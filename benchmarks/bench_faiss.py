@@ -78,8 +78,8 @@ import lplr_index  # noqa: E402
 from lplr_index import LPLRIndex, accuracy, exact_knn, knn_vote, recall_at_k  # noqa: E402
 from pipelines.image_embedders import IMAGE_MODELS  # noqa: E402  (imports no torch)
 
-DEFAULT_OUT = Path("results") / "bench_faiss"
-SMOKE_OUT = Path("results") / "tmp" / "bench_faiss_smoke"
+DEFAULT_OUT = Path("results") / "runs" / "bench_faiss"  # ignored by git; reference results: --out results/reference/bench_faiss
+SMOKE_OUT = Path("results") / "runs" / "bench_faiss_smoke"
 PIPELINE_DATASETS = ("bbc", "fashion-mnist", "cifar10")  # pipelines datasets --dataset accepts
 IMAGE_DATASETS = ("fashion-mnist", "cifar10")  # of those, the image ones (full size, --model)
 

@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--n-queries", type=int, default=1000)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench_index")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "runs" / "bench_index")
     args = p.parse_args()
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))

@@ -15,7 +15,10 @@ Flags select one dataset at full size, e.g.::
     python -m pipelines.experiment --dataset cifar10 --cifar-dir DIR --model mobilenet_v3_small --full
 
 Embeddings are cached under ``data/cache/embeddings`` (``--cache-dir``); results go to
-``results/experiments/<name>.json``, ``.md`` and ``.png`` (``--out-dir``).
+``results/runs/experiments/<name>.json``, ``.md`` and ``.png`` (``--out-dir``), a folder git
+ignores. The README's reference tables live in ``results/reference/experiments`` and change only
+when a run is pointed there on purpose (``--out-dir results/reference/experiments``).
+Progress bars (tqdm) show on a terminal only.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ DEFAULT_SUBSET = (3000, 1000)
 DEFAULT_RESOLUTION = {"fashion-mnist": 64, "cifar10": 224, "image-folder": 224}
 """Network input size (pixels) per image dataset unless ``--resolution`` is given. 224 is
 the paper's; Fashion-MNIST uses 64 px so that 70,000 images embed in minutes on 2 CPU cores."""
-DEFAULT_OUT_DIR = Path("results") / "experiments"
+DEFAULT_OUT_DIR = Path("results") / "runs" / "experiments"
+"""Where results go by default: ignored by git, so runs never change the checkout. The
+README's tables are in ``results/reference/experiments``, written only with ``--out-dir``."""
 
 
 class UserError(Exception):
@@ -137,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out-dir", type=Path, metavar="DIR", default=DEFAULT_OUT_DIR, help="where results are written")
     g.add_argument("--name", default=None, metavar="STEM", help="file stem of the results (one dataset only)")
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars (shown on a terminal only anyway)")
     g.add_argument("--quiet", action="store_true", help="only warnings and the result tables")
     return p
 
@@ -189,6 +194,11 @@ def _check_args(args: argparse.Namespace) -> None:
     _config(args)
 
 
+def _show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars on a terminal only (not in logs, pipes or CI), unless --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _subset_sizes(args: argparse.Namespace, n_train: int, n_test: int) -> tuple[int, int]:
     if args.full:
         return n_train, n_test
@@ -204,7 +214,7 @@ def _image_embedder(args: argparse.Namespace, dataset: str) -> ImageEmbedder:
     resolution = args.resolution if args.resolution is not None else DEFAULT_RESOLUTION[dataset]
     return ImageEmbedder(args.model, weights=args.weights, resolution=resolution,
                          batch_size=args.batch_size or 64, num_threads=args.threads,
-                         progress=not args.no_progress)
+                         progress=_show_progress(args))
 
 
 def _image_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -> EmbeddedData:
@@ -246,7 +256,7 @@ def _text_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) ->
         data = load_text_file(args.text_file, text_column=args.text_column, label_column=args.label_column)
     tr_idx, te_idx = stratified_split(data.labels, args.test_size, seed=args.data_seed)
     embedder = TextEmbedder(args.text_model, batch_size=args.batch_size or 32, num_threads=args.threads,
-                            progress=not args.no_progress)
+                            progress=_show_progress(args))
     split = f"{len(te_idx)} held out (stratified, seed {args.data_seed})"
     return embed_text_dataset(data, tr_idx, te_idx, embedder, cache, split=split)
 
@@ -298,7 +308,7 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         bits_nq=tuple(args.bits_nq), bits_l=args.bits_l, bits_r=args.bits_r, cr=args.cr,
         seeds=tuple(args.seeds), k=args.k, scopes=tuple(args.scopes), methods=tuple(args.methods),
         quantizer=args.quantizer, tie_break=args.tie_break, index_quantizer=args.index_quantizer,
-        index_bits_l=args.index_bits_l, progress=not args.no_progress,
+        index_bits_l=args.index_bits_l, progress=_show_progress(args),
     )
 
 
