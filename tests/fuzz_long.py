@@ -29,7 +29,8 @@ an ``IndexFileError`` (or another ``ValueError``) naming the file, or when the l
 index answers searches correctly: shape ``(n_queries, k)``, float32 / int64, ids in
 ``[0, ntotal)`` and distinct, ``-1`` only as trailing padding past ``len(index)``
 results with ``inf`` (l2) or ``-inf`` (ip, cosine) distances, finite distances sorted
-best first, and cosine similarities within ``[-1 - 1e-3, 1 + 1e-3]``.
+best first, and cosine similarities within ``[-1 - 1e-3, 1 + 1e-3]``; it must also save and load back as an index that
+answers the same.
 
 Usage::
 
@@ -210,7 +211,8 @@ def m_table_edit(rng, data):
     return m_header_value(rng, data, tableless=False)
 
 
-FLOAT_VALUES = [np.nan, np.inf, -np.inf, 1e19, -1e19, 3.3e38, -3.3e38, 1e30, 1e10, 0.0, -0.0, 1e-45, 1e-39]
+FLOAT_VALUES = [np.nan, np.inf, -np.inf, 1e19, -1e19, 3.3e38, -3.3e38, 1e30, 1e10, 1e6, -1e6, 1e4, 0.0, -0.0,
+                1e-45, 1e-39]
 
 
 def m_array_values(rng, data):
@@ -224,6 +226,12 @@ def m_array_values(rng, data):
     pick = rng.integers(4)
     where = {0: slice(0, 1), 1: slice(a.size - 1, a.size), 2: rng.integers(0, a.size, max(1, a.size // 10)), 3: slice(None)}[pick]
     what = {0: "first", 1: "last", 2: "10% of entries", 3: "all"}[pick]
+    if a.dtype.kind == "f" and rng.integers(6) == 0:  # every float array at once (L and R together)
+        value = float(10 ** rng.uniform(3, 38))
+        for other in _float_arrays(arrays):
+            arrays[other].reshape(-1)[where if arrays[other].size == a.size else slice(None)] = (
+                -value if other.endswith("_lo") else value)
+        return encode(header, arrays, version), f"every float array: {what} = +-{value:.3g}"
     if a.dtype.kind == "f":
         los = [n for n in names if n.endswith("_lo") and n[:-3] + "_hi" in arrays]
         if los and rng.integers(5) == 0:
@@ -234,7 +242,7 @@ def m_array_values(rng, data):
                 return encode(header, arrays, version), f"{lo}/{hi} swapped (levels unordered)"
         value = FLOAT_VALUES[rng.integers(len(FLOAT_VALUES))]
         if rng.integers(4) == 0:
-            value = float(10 ** rng.uniform(15, 38)) * (1 if rng.integers(2) else -1)
+            value = float(10 ** rng.uniform(3, 38)) * (1 if rng.integers(2) else -1)
         flat[where] = value
         desc = f"{name}: {what} = {value!r}"
     elif a.dtype == np.uint8:
@@ -410,12 +418,29 @@ def make_case(bases: dict[str, bytes], seed: int, case: int) -> tuple[str, str, 
 
 
 # ------------------------------------------------------------------------ worker
+#: search modes tried besides the default (which is the fast-scan path when the index has one)
+MODES = ("factored", "reconstructed")
+
+
 def check_search(index, rng) -> str | None:
-    """None if ``index`` answers searches correctly, else what is wrong."""
-    n, live, metric = index.ntotal, len(index), index.metric
+    """None if ``index`` answers searches correctly (default mode and :data:`MODES`), else what is wrong."""
+    import inspect
+
+    modes = [None]
+    if "mode" in inspect.signature(index.search).parameters:
+        modes += list(MODES)
     Q = rng.standard_normal((3, index.dim)).astype(np.float32)
+    for mode in modes:
+        problem = _check_search_mode(index, Q, mode)
+        if problem:
+            return f"mode={mode or 'default'}, {problem}"
+    return None
+
+
+def _check_search_mode(index, Q, mode) -> str | None:
+    n, live, metric = index.ntotal, len(index), index.metric
     for k in sorted({1, 10, min(live, 10**6) + 3}):
-        D, I = index.search(Q, k)
+        D, I = index.search(Q, k) if mode is None else index.search(Q, k, mode=mode)
         D, I = np.asarray(D), np.asarray(I)
         if D.shape != (3, k) or I.shape != (3, k):
             return f"k={k}: shapes {D.shape} {I.shape}, expected (3, {k})"
@@ -465,6 +490,20 @@ def run_case(path: str, mmap: bool) -> tuple[str, str]:
         return f"search-raised-{type(exc).__name__}", str(exc)[:300]
     if problem:
         return "bad-search", problem
+    # what loads can be saved, and loads back as the same index
+    again = path + ".resaved"
+    try:
+        index.save(again)
+        twin = LPLRIndex.load(again)
+        Q = np.random.default_rng(1).standard_normal((2, index.dim)).astype(np.float32)
+        for a, b in zip(index.search(Q, 5), twin.search(Q, 5)):
+            if not np.array_equal(np.asarray(a), np.asarray(b)):
+                return "resave-differs", "the re-saved index answers differently"
+    except BaseException as exc:  # noqa: BLE001
+        return f"resave-raised-{type(exc).__name__}", str(exc)[:300]
+    finally:
+        if os.path.exists(again):
+            os.unlink(again)
     return "loaded", ""
 
 
