@@ -30,7 +30,14 @@ def _normalize_rows(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
-def exact_knn(xb, xq, k: int, metric: str = "l2"):
+#: cap on the (distances, ids) one call may return: n_queries * k * 12 bytes (the
+#: index's ``MAX_RESULT_BYTES``); a larger k than the database is then refused, not padded
+MAX_RESULT_BYTES = 1 << 31
+#: queries per faiss call (and per progress-bar step) in :func:`exact_knn`
+_QUERY_BLOCK = 4096
+
+
+def exact_knn(xb, xq, k: int, metric: str = "l2", *, progress: bool | None = False):
     """Exact k nearest neighbours by brute force (faiss flat index).
 
     Parameters
@@ -44,6 +51,9 @@ def exact_knn(xb, xq, k: int, metric: str = "l2"):
     metric : {"l2", "ip", "cosine"}, default="l2"
         ``"l2"`` returns squared Euclidean distances, ascending; ``"ip"`` inner
         products and ``"cosine"`` cosine similarities, descending.
+    progress : bool or None, default=False
+        Show a progress bar over the queries on stderr; None shows it when
+        stderr is a terminal.
 
     Returns
     -------
@@ -51,6 +61,12 @@ def exact_knn(xb, xq, k: int, metric: str = "l2"):
         Padded with ``inf`` (``"l2"``) or ``-inf`` (similarities).
     indices : ndarray of shape (n_queries, k), int64
         Padded with -1.
+
+    Raises
+    ------
+    ValueError
+        k above the number of database vectors when the padded result
+        (``n_queries * k * 12`` bytes) would exceed :data:`MAX_RESULT_BYTES`.
 
     Examples
     --------
@@ -63,12 +79,28 @@ def exact_knn(xb, xq, k: int, metric: str = "l2"):
     xb = check_matrix(xb, "xb")
     xq = check_matrix(xq, "xq", dim=xb.shape[1], dim_what="the database xb holds")
     k = check_int(k, "k", low=1)
+    n, nq = xb.shape[0], xq.shape[0]
+    if k > n and nq * k * 12 > MAX_RESULT_BYTES:
+        raise ValueError(
+            f"k={k} for {nq} queries asks for {nq * k * 12 / 2**30:.1f} GiB of results, above the "
+            f"{MAX_RESULT_BYTES / 2**30:.0f} GiB one call may return, and the database xb holds only "
+            f"{n} vectors: use k <= {n}"
+        )
     if metric == "cosine":
         xb, xq = _normalize_rows(xb), _normalize_rows(xq)
     import faiss  # ~0.13 s: imported on first use, not with the package
 
+    from ._progress import Progress
+
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    D, I = faiss.knn(xq, xb, min(k, xb.shape[0]), metric=faiss_metric)
+    found = min(k, n)
+    D = np.empty((nq, found), np.float32)
+    I = np.empty((nq, found), np.int64)
+    with Progress(nq, "exact search", unit="queries", enabled=progress) as bar:
+        for s in range(0, nq, _QUERY_BLOCK):
+            e = min(nq, s + _QUERY_BLOCK)
+            D[s:e], I[s:e] = faiss.knn(xq[s:e], xb, found, metric=faiss_metric)
+            bar.update(e - s)
     return _pad(D, I, k, metric)
 
 

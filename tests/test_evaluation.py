@@ -25,6 +25,29 @@ def test_exact_knn_matches_numpy_brute_force(rng, metric, k, knn_checker):
     knn_checker(xb, xq, D, I, metric)
 
 
+def test_exact_knn_in_query_blocks_equals_one_faiss_call(rng, capsys):
+    import faiss
+
+    from lplr_index.evaluation import _QUERY_BLOCK
+
+    xb = rng.standard_normal((300, 8)).astype(np.float32)
+    xq = rng.standard_normal((_QUERY_BLOCK + 5, 8)).astype(np.float32)  # two blocks
+    D, I = exact_knn(xb, xq, 4, progress=True)
+    D1, I1 = faiss.knn(xq, xb, 4)
+    np.testing.assert_array_equal(I, I1)
+    np.testing.assert_array_equal(D, D1)
+    assert f"{_QUERY_BLOCK + 5}/{_QUERY_BLOCK + 5} queries" in capsys.readouterr().err
+    exact_knn(xb, xq[:3], 4)  # default: no bar
+    assert capsys.readouterr().err == ""
+
+
+def test_exact_knn_refuses_padding_past_the_result_cap(rng):
+    xb = rng.standard_normal((50, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"k=1000000000 for 3 queries .* holds only 50 vectors: use k <= 50"):
+        exact_knn(xb, xb[:3], 10**9)
+    assert exact_knn(xb, xb[:3], 60)[1].shape == (3, 60)  # small padding is the documented contract
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_exact_knn_with_ties_is_tie_aware(metric, knn_checker):
     # integer grid points: many equal distances, any of the tied ids is a right answer
