@@ -1,0 +1,563 @@
+"""Build and search on a Dask cluster (the optional extra ``pip install lplr-index[dask]``).
+
+``import lplr_index`` never imports this module (nor dask); it needs ``dask``
+and ``distributed``.
+
+- :func:`build` builds an :class:`~lplr_index.LPLRIndex` from a ``dask.array``
+  on a ``distributed.Client``: the index's own fit (:func:`lplr_index.train.fit`)
+  runs its passes through a :class:`DaskExecutor`, which maps each pass's block
+  function over the array's canonical row blocks on the workers and hands the
+  partial results back in block order, so the file is byte for byte the one a
+  local build of the same rows writes (same BLAS thread count per process:
+  Dask's nannies start workers with one BLAS thread).
+- :class:`ShardedIndex` splits an index's codes into shards held by the
+  workers; a query batch is scored on every shard in parallel with the index's
+  own backends and the per-shard top-k lists are merged.
+
+The client process holds the codes (``n * rank * bits_l / 8`` bytes), the
+seeded sample (16384 rows) and the pass's partial sums; the workers hold the
+blocks they are working on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+    import distributed
+    from distributed.scheduler import KilledWorker
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "lplr_index.distributed needs dask and distributed: pip install 'lplr-index[dask]' "
+        f"({exc})"
+    ) from exc
+
+from ._blocks import BLOCK_ROWS, ExecutingSource, check_block
+from ._validation import check_choice, check_int
+from .index import DEFAULT_RERANK_FACTOR, LPLRIndex, SearchResult
+from .search import blas, fastscan
+from .search.metrics import CodeView, pad_results
+from .search.topk import merge_results
+from .train import Encoder
+
+__all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint"]
+
+#: errors of a lost worker or cancelled task, turned into one RuntimeError
+_LOST = (KilledWorker, distributed.client.FutureCancelledError)
+
+
+def _client(client):
+    if client is not None:
+        if not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client or None, got {type(client).__name__}")
+        return client
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise ValueError(
+            "no distributed.Client is running: start one (distributed.Client('tcp://scheduler:8786'), or "
+            "distributed.LocalCluster()) or pass client="
+        ) from None
+
+
+# ------------------------------------------------------------------ the build
+def _run_block(fn: Callable, block, start: int, name: str, dim: int, *args):
+    """On a worker: ``fn`` on one canonical block, checked and converted to float32."""
+    return fn(check_block(block, name, start, dim), *args)
+
+
+def _same(block):
+    return block
+
+
+def _read_npy_rows(path: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a ``.npy`` file, read through a map that is closed again."""
+    X = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.array(X[start:stop])
+    finally:
+        del X
+
+
+def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
+    """A ``dask.array`` over a ``.npy`` file, read by the workers in row chunks.
+
+    Each chunk task opens the file itself (memory-mapped, then closed), so the
+    graph holds only the path: the file must be readable at the same path on
+    every worker (a shared file system).
+
+    Parameters
+    ----------
+    path : str or path-like
+    chunk_rows : int, default=BLOCK_ROWS
+        Rows per chunk, >= 1.
+
+    Returns
+    -------
+    dask.array.Array of shape (n, dim)
+    """
+    import os
+
+    from ._blocks import open_npy
+
+    path = os.fspath(path)
+    chunk_rows = check_int(chunk_rows, "chunk_rows", low=1)
+    X = open_npy(path, "path")
+    if X.ndim != 2:
+        raise ValueError(f"path: {path} holds an array of shape {X.shape}, expected (n_vectors, n_dimensions)")
+    (n, dim), dtype = X.shape, X.dtype
+    del X
+    parts = [
+        da.from_delayed(dask.delayed(_read_npy_rows, pure=True)(path, s, min(s + chunk_rows, n)),
+                        shape=(min(s + chunk_rows, n) - s, dim), dtype=dtype)
+        for s in range(0, n, chunk_rows)
+    ]
+    return da.concatenate(parts, axis=0)
+
+
+class DaskExecutor(ExecutingSource):
+    """The rows of a ``dask.array``, with passes run on a Dask cluster.
+
+    Implements the executor interface of :func:`lplr_index.train.fit`: the
+    array is rechunked to canonical row blocks (:data:`lplr_index._blocks.BLOCK_ROWS`
+    rows, all columns); :meth:`imap` scatters a pass's arguments once to every
+    worker, maps the block function over the blocks on the workers with at
+    most ``max_in_flight`` blocks submitted at a time, and yields the results
+    in block order. Given to ``LPLRIndex.build`` (or :func:`build`), the fit's
+    passes run on the cluster.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, dim)
+        Real numbers (float or integer dtype), known chunk sizes, any chunking.
+    client : distributed.Client, default=None
+        The current client (``distributed.get_client()``) when None.
+    name : str, default="X"
+        The array's name in error messages.
+    max_in_flight : int, default=None
+        Blocks submitted and not yet handed back, >= 1; twice the cluster's
+        threads when None (bounds the results waiting on the workers).
+    workers : list of str, default=None
+        Worker addresses to run on (all when None).
+    """
+
+    def __init__(self, X: Any, client=None, *, name: str = "X", max_in_flight: int | None = None,
+                 workers: Sequence[str] | None = None):
+        if not isinstance(X, da.Array):
+            raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__} (LPLRIndex.build takes "
+                            "in-memory arrays, memory maps, .npy paths and iterables of blocks)")
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D array of shape (n_vectors, n_dimensions), got shape {X.shape}")
+        if any(np.isnan(c) for cs in X.chunks for c in cs):
+            raise ValueError(f"{name} has unknown chunk sizes (shape {X.shape}): call {name}.compute_chunk_sizes() "
+                             "first")
+        if np.dtype(X.dtype).kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers (float or integer dtype), got dtype {X.dtype}")
+        n, dim = int(X.shape[0]), int(X.shape[1])
+        if n == 0 or dim == 0:
+            raise ValueError(f"{name} must hold at least one row and one column, got shape {X.shape}")
+        self.client = _client(client)
+        self.name = name
+        self.n, self.dim = n, dim
+        self.workers = None if workers is None else list(workers)
+        if max_in_flight is None:
+            threads = sum(self.client.nthreads(self.workers).values()) if self.workers else sum(
+                self.client.nthreads().values())
+            max_in_flight = 2 * max(1, threads)
+        self.max_in_flight = check_int(max_in_flight, "max_in_flight", low=1)
+        rows = (BLOCK_ROWS,) * (n // BLOCK_ROWS) + ((n % BLOCK_ROWS,) if n % BLOCK_ROWS else ())
+        self.X = X
+        self._blocks = X.rechunk((rows, (dim,))).to_delayed().ravel()
+        self._pass = 0
+
+    def _submit(self, delayed_task):
+        return self.client.compute(delayed_task, workers=self.workers)
+
+    def imap(self, fn: Callable, *args) -> Iterator[Any]:
+        """``fn(block, *args)`` of every canonical block, run on the workers, in block order.
+
+        ``args`` are scattered once to every worker for the pass. A worker lost
+        mid-pass has its tasks recomputed by Dask; when Dask gives up (a task's
+        workers died ``distributed.scheduler.allowed-failures`` times) this
+        raises RuntimeError and the build leaves nothing behind.
+        """
+        self._pass += 1
+        # unique keys (hash=False): a later pass's equal arguments never meet this pass's release
+        scattered = self.client.scatter(list(args), broadcast=True, workers=self.workers, hash=False) if args else []
+        tag = f"lplr-{getattr(fn, '__name__', 'fn')}-{self._pass}-{id(self):x}"
+        window: deque = deque()
+        todo = iter(range(len(self._blocks)))
+
+        def submit_next() -> None:
+            i = next(todo, None)
+            if i is not None:
+                task = dask.delayed(_run_block, pure=False)(
+                    fn, self._blocks[i], i * BLOCK_ROWS, self.name, self.dim, *scattered,
+                    dask_key_name=f"{tag}-{i}")
+                window.append((i, self._submit(task)))
+
+        try:
+            for _ in range(self.max_in_flight):
+                submit_next()
+            while window:
+                i, future = window.popleft()
+                try:
+                    out = future.result()
+                except _LOST as exc:
+                    stop = min((i + 1) * BLOCK_ROWS, self.n)
+                    raise RuntimeError(
+                        f"the Dask cluster lost block {i} (rows {i * BLOCK_ROWS}-{stop - 1} of {self.name}) in pass "
+                        f"{self._pass}: {type(exc).__name__}: {exc}. Nothing was built; check the workers' memory "
+                        "and logs and run it again"
+                    ) from exc
+                del future
+                submit_next()
+                yield out
+        finally:
+            pending = [f for _, f in window]
+            window.clear()
+            if pending:  # an error or an abandoned pass: stop the blocks still queued
+                self.client.cancel(pending)
+            del scattered  # released when the last task using them is done
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first_row, block)`` of every canonical block, computed on the workers, in order."""
+        for i, block in enumerate(self.imap(_same)):
+            yield i * BLOCK_ROWS, block
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows at sorted indices ``rows``, float32 (checked), gathered from the cluster."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, self.dim), np.float32)
+        try:
+            got = self.client.compute(self.X[rows], workers=self.workers).result()
+        except _LOST as exc:
+            raise RuntimeError(f"the Dask cluster lost the sample rows of {self.name}: {type(exc).__name__}: {exc}. "
+                               "Nothing was built; run it again") from exc
+        return check_block(got, self.name, 0, self.dim, rows=rows)
+
+
+def build(X: Any, client=None, *, progress: bool | None = None, max_in_flight: int | None = None,
+          **index_settings) -> LPLRIndex:
+    """Build an :class:`~lplr_index.LPLRIndex` from a ``dask.array`` on a Dask cluster.
+
+    The index's own build runs on a :class:`DaskExecutor`: the rank is chosen
+    from the budget as in :meth:`LPLRIndex.build`, the seeded sample (16384
+    rows) is gathered to the client, and the ``2 + refine_iters`` passes (one
+    per LPLR/refinement round and one to encode) run on the workers over
+    canonical row blocks, their partial sums reduced on the client in block
+    order. The result is byte for byte the index a local build of the same
+    rows gives (with one BLAS thread in the client and the workers), whatever
+    X's chunking and the number of workers. Nothing is returned (or saved)
+    unless every pass completed.
+
+    Parameters
+    ----------
+    X : dask.array.Array of shape (n, dim)
+        Database vectors, any chunking (rechunked to canonical row blocks).
+    client : distributed.Client, default=None
+        The current client when None.
+    progress : bool, default=None
+        As in :meth:`LPLRIndex.build`.
+    max_in_flight : int, default=None
+        As in :class:`DaskExecutor`.
+    **index_settings
+        Keyword arguments of :class:`LPLRIndex` (``bits_per_coordinate``,
+        ``rank``, ``metric``, ``seed``, ...); ``dim`` is X's.
+
+    Returns
+    -------
+    LPLRIndex
+
+    Examples
+    --------
+    >>> import dask.array as da, distributed                    # doctest: +SKIP
+    >>> client = distributed.Client("tcp://scheduler:8786")     # doctest: +SKIP
+    >>> X = da.from_zarr("embeddings.zarr")                     # doctest: +SKIP
+    >>> index = build(X, bits_per_coordinate=1)                 # doctest: +SKIP
+    >>> index.save("embeddings.lplr")                           # doctest: +SKIP
+    """
+    source = DaskExecutor(X, client, max_in_flight=max_in_flight)
+    dim = index_settings.pop("dim", source.dim)
+    if dim != source.dim:
+        raise ValueError(f"dim={dim} was given, but X holds {source.dim}-dimensional vectors")
+    return LPLRIndex(source.dim, **index_settings).build(source, progress=progress)
+
+
+# ----------------------------------------------------------- sharded search
+def encoder_fingerprint(encoder: Encoder, metric: str, settings: dict | None = None) -> str:
+    """SHA-256 of everything that decides how vectors are encoded and scored.
+
+    Two shards can be searched together only if their fingerprints are equal:
+    the same settings, seed, metric, and encoder bytes (mean, both quantizers'
+    levels, the shared factor's codes, the encoder kind).
+    """
+    h = hashlib.sha256()
+    meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed), "normalize": bool(encoder.normalize),
+            "lq": [encoder.lq.scheme, int(encoder.lq.bits)], "rq": [encoder.rq.scheme, int(encoder.rq.bits)],
+            "settings": settings}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for a in (encoder.mean, encoder.lq.lo, encoder.lq.hi, encoder.rcodes, encoder.rq.lo, encoder.rq.hi):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _index_parts(index: LPLRIndex):
+    """(encoder, codes, metric, ids or None) of a built index.
+
+    Reads the index's state: the index has no public accessor for its encoder
+    and code store yet (see the report of issue 11).
+    """
+    if not isinstance(index, LPLRIndex):
+        raise TypeError(f"index must be an LPLRIndex, got {type(index).__name__}")
+    if not index.is_built:
+        raise ValueError("index is empty: build it before sharding")
+    if getattr(index, "n_removed", 0):
+        raise ValueError(f"index has {index.n_removed} removed vectors still stored: call index.compact() before "
+                         "sharding it")
+    st = index._state
+    ids = np.array(index.ids) if getattr(index, "has_user_ids", False) else None
+    return st.encoder, st.store.codes, st.metric, ids
+
+
+class Shard:
+    """Rows ``first_row ..`` of an index's codes with its frozen encoder: what one worker holds.
+
+    Searches with the index's own backends (:mod:`lplr_index.search`) and
+    caches the fast-scan structure and row norms it builds (on the worker).
+    """
+
+    def __init__(self, encoder: Encoder, codes: np.ndarray, metric: str, first_row: int, fastscan_ok: bool,
+                 ids: np.ndarray | None = None):
+        self.view = CodeView(encoder, np.ascontiguousarray(codes), metric)
+        self.first_row = int(first_row)
+        self.fastscan_ok = bool(fastscan_ok)
+        self.ids = ids
+        self._cache: dict[str, Any] = {}
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._cache = {}
+
+    @property
+    def ntotal(self) -> int:
+        return self.view.ntotal
+
+    def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int):
+        """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none)."""
+        n = self.ntotal
+        kk = min(k, n)
+        if mode == "fastscan":
+            if "fastscan" not in self._cache:
+                self._cache["fastscan"] = fastscan.FastScanScorer(self.view)
+            kc = min(n, max(kk, rerank_factor * kk))
+            D, I = blas.rerank(self.view, Q, self._cache["fastscan"].candidates(Q, kc), kk)
+        else:
+            norms2 = None
+            if self.view.metric != "ip":
+                if "norms2" not in self._cache:
+                    self._cache["norms2"] = blas.row_norms2(self.view)
+                norms2 = self._cache["norms2"]
+            D, I = blas.scan(self.view, Q, kk, norms2=norms2)
+        ok = I >= 0
+        rows = np.maximum(I, 0)
+        I = np.where(ok, self.ids[rows] if self.ids is not None else rows + self.first_row, -1)
+        return D, I
+
+
+def _search_shard(shard: Shard, Q, k, mode, rerank_factor):
+    return shard.search(Q, k, mode, rerank_factor)
+
+
+def _shard_bounds(n: int, n_shards: int) -> list[int]:
+    """Row boundaries of ``n_shards`` shards, on multiples of the scan's block where possible.
+
+    Shards that start on a multiple of :data:`lplr_index.search.blas.BLOCK_ROWS`
+    score exactly the blocks a single-machine scan scores, so their exact
+    scores are bit for bit the same.
+    """
+    step = blas.BLOCK_ROWS
+    n_blocks = -(-n // step)
+    if n_blocks >= n_shards:
+        cuts = [min(n, round(i * n_blocks / n_shards) * step) for i in range(n_shards + 1)]
+    else:
+        cuts = [round(i * n / n_shards) for i in range(n_shards + 1)]
+    cuts[-1] = n
+    return cuts
+
+
+class ShardedIndex:
+    """An index's codes split into shards held by Dask workers, searched in parallel.
+
+    Each shard holds the index's frozen encoder and a row range of its codes
+    (sent once, to one worker each, round robin). A search sends the query
+    batch to every shard; each scores it with the index's own backends
+    (fast-scan + exact re-ranking from the codes, or the exact BLAS scan) and
+    returns its top k with global ids; the lists are merged with
+    :func:`lplr_index.search.topk.merge_results` (ties: the earlier shard,
+    i.e. the lower row). ``mode="factored"`` gives exactly the results of
+    ``index.search`` on one machine; in ``"fastscan"`` mode every shard
+    re-ranks its own ``rerank_factor * k`` best candidates, a superset of the
+    single-machine candidate list, so results are at least as good.
+
+    Parameters
+    ----------
+    index : LPLRIndex
+        A built index without removed rows.
+    n_shards : int, default=None
+        Shards, 1 to ``index.ntotal``; one per worker when None.
+    client : distributed.Client, default=None
+        The current client when None.
+
+    Attributes
+    ----------
+    bounds : list of int
+        Row boundaries: shard ``i`` holds rows ``bounds[i]:bounds[i + 1]``.
+    fingerprint : str
+        :func:`encoder_fingerprint` of the shards' common encoder.
+    """
+
+    def __init__(self, index: LPLRIndex, n_shards: int | None = None, *, client=None):
+        self._init([index], n_shards, client)
+
+    @classmethod
+    def from_indexes(cls, indexes: Sequence[LPLRIndex], *, client=None) -> "ShardedIndex":
+        """One shard per index, rows in order (ids ``0 .. ntotal - 1`` across them).
+
+        The indexes must share the encoder (the same trained index, with
+        different vectors added): settings, seed and encoder bytes are compared
+        and a mismatch raises ValueError naming the first index that differs.
+        """
+        indexes = list(indexes)
+        if not indexes:
+            raise ValueError("indexes must hold at least one LPLRIndex, got none")
+        self = cls.__new__(cls)
+        self._init(indexes, None, client)
+        return self
+
+    def _init(self, indexes, n_shards, client) -> None:
+        self.client = _client(client)
+        parts = [_index_parts(ix) for ix in indexes]
+        first = indexes[0]
+        prints = [encoder_fingerprint(enc, metric, ix.settings.to_header(rank=ix.rank))
+                  for ix, (enc, _, metric, _) in zip(indexes, parts)]
+        for j, (ix, fp) in enumerate(zip(indexes, prints)):
+            if fp != prints[0]:
+                raise ValueError(_mismatch(first, ix, j))
+        self.fingerprint = prints[0]
+        self.dim, self.metric = first.dim, parts[0][2]
+        self.fastscan_ready = bool(first.fastscan_ready)
+        self._bits_l = first.bits_l
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("the Dask cluster has no workers to hold shards")
+        if len(indexes) == 1:
+            enc, codes, metric, ids = parts[0]
+            n = len(codes)
+            n_shards = len(workers) if n_shards is None else check_int(n_shards, "n_shards", low=1, high=n)
+            cuts = _shard_bounds(n, min(n_shards, n))
+            pieces = [(enc, codes[a:b], metric, a, None if ids is None else ids[a:b])
+                      for a, b in zip(cuts[:-1], cuts[1:])]
+        else:
+            if any(p[3] is not None for p in parts):
+                raise ValueError("from_indexes merges indexes with default ids (rows 0 .. n - 1) only; "
+                                 "an index given has user ids")
+            cuts = list(np.cumsum([0] + [len(p[1]) for p in parts]))
+            pieces = [(p[0], p[1], p[2], cuts[j], None) for j, p in enumerate(parts)]
+        self.bounds = [int(c) for c in cuts]
+        self.ntotal = self.bounds[-1]
+        self._futures = []
+        for j, (enc, codes, metric, start, ids) in enumerate(pieces):
+            shard = Shard(enc, np.array(codes), metric, start, self.fastscan_ready, ids)
+            w = workers[j % len(workers)]
+            self._futures.append(self.client.scatter(shard, workers=[w], hash=False))
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._futures)
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    def __repr__(self) -> str:
+        return f"ShardedIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, n_shards={self.n_shards})"
+
+    def search(self, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None) -> SearchResult:
+        """The ``k`` nearest stored vectors of each query, over all shards.
+
+        Parameters
+        ----------
+        Q : array-like of shape (n_queries, dim)
+        k : int
+            >= 1; results past :attr:`ntotal` are padded with ``inf`` / -1.
+        mode : {"auto", "fastscan", "factored"}, default="auto"
+            As in :meth:`LPLRIndex.search`.
+        rerank_factor : int, default=None
+            Fast-scan candidates per result on each shard (the index's default when None).
+
+        Returns
+        -------
+        SearchResult
+            ``(distances, indices)``, float32 and int64, shape (n_queries, k).
+        """
+        k = check_int(k, "k", low=1)
+        mode = check_choice(mode, "mode", ("auto", "fastscan", "factored"))
+        factor = DEFAULT_RERANK_FACTOR if rerank_factor is None else check_int(
+            rerank_factor, "rerank_factor", low=1, high=1 << 20)
+        Q = check_block(Q, "queries", 0, self.dim)
+        if Q.shape[0] == 0:
+            raise ValueError(f"queries must hold at least one row, got shape {Q.shape}")
+        if mode == "auto":
+            mode = "fastscan" if self.fastscan_ready else "factored"
+        if mode == "fastscan" and self._bits_l != 4:
+            raise ValueError(f"mode='fastscan' needs 4-bit codes, this index has {self._bits_l}-bit codes "
+                             "(use mode='factored' or 'auto')")
+        if self._futures is None:
+            raise RuntimeError("this ShardedIndex is closed")
+        q = self.client.scatter(Q, broadcast=True, hash=False)
+        try:
+            futures = [self.client.submit(_search_shard, s, q, k, mode, factor, pure=False) for s in self._futures]
+            try:
+                parts = self.client.gather(futures)
+            except _LOST as exc:
+                raise RuntimeError(f"a shard was lost with its worker ({type(exc).__name__}: {exc}); build the "
+                                   "ShardedIndex again") from exc
+        finally:
+            del q
+        D, I = merge_results(parts, min(k, self.ntotal), self.metric)
+        return SearchResult(*pad_results(D, I, k, self.metric))
+
+    def close(self) -> None:
+        """Release the shards on the workers."""
+        if self._futures:
+            self.client.cancel(self._futures)
+        self._futures = None
+
+    def __enter__(self) -> "ShardedIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _mismatch(a: LPLRIndex, b: LPLRIndex, j: int) -> str:
+    """Why index ``j`` cannot be merged with index 0."""
+    sa, sb = a.settings.to_header(rank=a.rank), b.settings.to_header(rank=b.rank)
+    diff = [f"{key}={sb.get(key)!r} (index 0 has {sa.get(key)!r})" for key in sorted(set(sa) | set(sb))
+            if sa.get(key) != sb.get(key)]
+    what = ", ".join(diff) if diff else "the same settings but a different trained encoder (mean, quantizer levels or shared factor)"
+    return (f"indexes[{j}] cannot be merged with indexes[0]: {what}. Shards must share one trained encoder: "
+            "build (or load) one index and add each shard's vectors to a copy of it")
