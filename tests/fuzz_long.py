@@ -22,7 +22,8 @@ seeded generator (the case is reproducible from ``(seed, case)`` alone):
 ``combo``
     two or three of the checksum-valid edits above.
 
-Each mutated file is loaded in a worker process under a memory limit
+Each mutated file is loaded (read, memory-mapped, or from bytes, in turn) in a
+worker process under a memory limit
 (``RLIMIT_AS``, 2 GiB) and a timeout, many cases per worker; a worker that dies or
 hangs is re-run case by case to name the culprit. A case passes when loading raises
 an ``IndexFileError`` (or another ``ValueError``) naming the file, or when the loaded
@@ -471,17 +472,31 @@ def _check_search_mode(index, Q, mode) -> str | None:
     return None
 
 
-def run_case(path: str, mmap: bool) -> tuple[str, str]:
-    """(outcome, detail): outcome is "rejected", "loaded" or a failure class."""
+#: how case ``c`` is loaded: ``LOADERS[c % 3]``
+LOADERS = ("read", "mmap", "bytes")
+
+
+def run_case(path: str, how: str) -> tuple[str, str]:
+    """(outcome, detail) of loading ``path`` by ``how`` (one of :data:`LOADERS`).
+
+    The outcome is "rejected", "loaded" or a failure class. Errors must name the
+    file (``<bytes>`` for ``LPLRIndex.from_bytes``).
+    """
     from lplr_index import LPLRIndex
 
+    name = path
     try:
-        index = LPLRIndex.load(path, mmap=mmap)
+        if how == "bytes" and hasattr(LPLRIndex, "from_bytes"):
+            name = "<bytes>"
+            with open(path, "rb") as f:
+                index = LPLRIndex.from_bytes(f.read())
+        else:
+            index = LPLRIndex.load(path, mmap=how == "mmap")
     except ValueError as exc:
         message = str(exc)
-        if path not in message:
+        if name not in message:
             return "error-without-file-name", f"{type(exc).__name__}: {message[:300]}"
-        return "rejected", message[len(path) :][:120]
+        return "rejected", message[message.index(name) + len(name) :][:120]
     except BaseException as exc:  # noqa: BLE001 - what escapes is the finding
         return f"load-raised-{type(exc).__name__}", str(exc)[:300]
     try:
@@ -508,13 +523,13 @@ def run_case(path: str, mmap: bool) -> tuple[str, str]:
 
 
 def worker() -> None:
-    """Read ``[case, path, mmap]`` lines from stdin; print one JSON result line per case."""
+    """Read ``[case, path, how]`` lines from stdin; print one JSON result line per case."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     for line in sys.stdin:
-        case, path, mmap = json.loads(line)
-        outcome, detail = run_case(path, mmap)
+        case, path, how = json.loads(line)
+        outcome, detail = run_case(path, how)
         print(json.dumps([case, outcome, detail]), flush=True)
 
 
@@ -538,10 +553,10 @@ def _spawn(lines: list[str], timeout: float) -> tuple[dict, str]:
 
 
 def run_batch(items: list[tuple[int, str, bool]]) -> dict[int, tuple[str, str]]:
-    """Outcomes of ``(case, path, mmap)`` items, in worker processes; culprits named."""
+    """Outcomes of ``(case, path, how)`` items, in worker processes; culprits named."""
     lines = [json.dumps([c, p, m]) + "\n" for c, p, m in items]
     done, tail = _spawn(lines, BATCH_TIMEOUT_S)
-    for (case, path, mmap), line in zip(items, lines):
+    for (case, _, _), line in zip(items, lines):
         if case not in done:  # the worker died or hung: this case alone
             one, why = _spawn([line], CASE_TIMEOUT_S)
             done[case] = one.get(case, ("worker-died-or-hung", why))
@@ -569,7 +584,7 @@ def fuzz(cases: int, seed: int = 0, *, start: int = 0, batch: int = 100, workers
                 path = tmp / f"case-{case}.lplr"
                 path.write_bytes(data)
                 meta[case] = (base, kind, desc)
-                items.append((case, str(path), bool(case % 2)))
+                items.append((case, str(path), LOADERS[case % 3]))
             batches.append(items)
         counts: dict = defaultdict(Counter)
         failures: dict = defaultdict(list)
@@ -635,8 +650,9 @@ def main(argv=None) -> int:
             base, kind, data, desc = make_case(bases, args.seed, args.case)
             path = Path(args.keep) if args.keep else Path(tmp) / "case.lplr"
             path.write_bytes(data)
-            (outcome, detail), = run_batch([(args.case, str(path), bool(args.case % 2))]).values()
-            print(f"case {args.case} [{base}, {kind}] {desc}\n  mmap={bool(args.case % 2)} -> {outcome}: {detail}")
+            how = LOADERS[args.case % 3]
+            (outcome, detail), = run_batch([(args.case, str(path), how)]).values()
+            print(f"case {args.case} [{base}, {kind}] {desc}\n  loaded by {how} -> {outcome}: {detail}")
             return 0 if outcome in ("rejected", "loaded") else 1
     result = fuzz(args.cases, args.seed, start=args.start, batch=args.batch, workers=args.workers,
                   log=lambda s: print(s, file=sys.stderr, flush=True))

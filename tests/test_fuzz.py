@@ -167,7 +167,7 @@ def test_a_case_that_kills_its_worker_is_named(monkeypatch):
         return done, ""
 
     monkeypatch.setattr(fuzz_long, "_spawn", fake_spawn)
-    out = fuzz_long.run_batch([(c, f"case-{c}.lplr", False) for c in range(4)])
+    out = fuzz_long.run_batch([(c, f"case-{c}.lplr", "read") for c in range(4)])
     assert out == {0: ("rejected", ""), 1: ("rejected", ""), 2: ("worker-died-or-hung", "worker exited with -11: "),
                    3: ("rejected", "")}
     assert calls == [[0, 1, 2, 3], [2], [3]]
@@ -176,6 +176,8 @@ def test_a_case_that_kills_its_worker_is_named(monkeypatch):
 def test_worker_loads_under_a_memory_limit_in_another_process(tmp_path):
     foreign = tmp_path / "foreign.lplr"
     foreign.write_bytes(b"hello\n")
-    out = fuzz_long.run_batch([(0, str(foreign), False), (1, str(tmp_path / "missing.lplr"), True)])
+    out = fuzz_long.run_batch([(0, str(foreign), "read"), (1, str(tmp_path / "missing.lplr"), "mmap"),
+                               (2, str(foreign), "bytes")])
     assert out[0] == ("rejected", ": not an lplr-index file (wrong magic bytes)")
     assert out[1] == ("rejected", ": no such file")
+    assert out[2] == ("rejected", ": not an lplr-index file (wrong magic bytes)")
