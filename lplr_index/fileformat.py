@@ -78,6 +78,7 @@ __all__ = [
     "container_to_bytes",
     "container_nbytes",
     "check_output_path",
+    "source_name",
 ]
 
 MAGIC = b"LPLRIDX\x00"
@@ -602,9 +603,24 @@ class _Reader:
         return raw
 
 
-def _source_name(source: Any) -> str:
+def source_name(source: Any) -> str:
+    """How error messages name a ``source`` of :func:`read_container`.
+
+    The path as given for a path, the file name of a file object opened on a path,
+    ``"<bytes>"`` for bytes-like objects, ``"<TypeName>"`` for other file objects.
+
+    Examples
+    --------
+    >>> import io
+    >>> source_name("emb.lplr"), source_name(b"..."), source_name(io.BytesIO())
+    ('emb.lplr', '<bytes>', '<BytesIO>')
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
     name = getattr(source, "name", None)
-    if isinstance(name, (str, bytes, os.PathLike)) and not isinstance(name, int):
+    if isinstance(name, (str, bytes, os.PathLike)):
         return os.fsdecode(name)
     return f"<{type(source).__name__}>"
 
@@ -646,7 +662,7 @@ def read_container(source: Source, *, mmap: bool = False, verify: bool = True) -
     if isinstance(source, (bytes, bytearray, memoryview)):
         buf = np.frombuffer(source, dtype=np.uint8)
         buf.setflags(write=False)
-        return _parse(_Reader("<bytes>", buf.size, buf=buf), mmap=False, verify=verify)
+        return _parse(_Reader(source_name(source), buf.size, buf=buf), mmap=False, verify=verify)
     if isinstance(source, (str, os.PathLike)):
         return _read_path(source, mmap=mmap, verify=verify)
     if isinstance(source, io.TextIOBase):
@@ -656,7 +672,7 @@ def read_container(source: Source, *, mmap: bool = False, verify: bool = True) -
             "source must be a path, a readable binary file object or bytes, "
             f"got {type(source).__name__}"
         )
-    name = _source_name(source)
+    name = source_name(source)
     try:
         data = source.read()
     except OSError as exc:
@@ -669,7 +685,7 @@ def read_container(source: Source, *, mmap: bool = False, verify: bool = True) -
 
 
 def _read_path(path: str | os.PathLike, *, mmap: bool, verify: bool) -> Container:
-    name = os.fsdecode(os.fspath(path))
+    name = source_name(path)
     try:
         # refuse FIFOs and devices before opening them (opening can block or act)
         st = os.stat(path)

@@ -685,3 +685,62 @@ def test_large_and_strided_arrays_are_written_in_chunks_without_a_whole_copy(tmp
 def test_read_arrays_are_read_only(saved, mmap):
     for arr in read_container(saved[0], mmap=mmap).arrays.values():
         assert not arr.flags.writeable
+
+
+# ------------------------------------ the index through bytes and file objects
+def test_index_to_bytes_and_file_objects_match_the_file(saved, tmp_path):
+    path, data, index = saved
+    assert index.to_bytes() == data
+    buf = io.BytesIO()
+    assert index.save(buf) == len(data)
+    assert buf.getvalue() == data
+    with open(tmp_path / "via-object.lplr", "wb") as f:
+        index.save(f)
+    assert (tmp_path / "via-object.lplr").read_bytes() == data
+    Q = np.random.default_rng(0).standard_normal((5, index.dim)).astype(np.float32)
+    expected = index.search(Q, 7)
+    buf.seek(0)
+    with open(path, "rb") as f:
+        copies = [LPLRIndex.from_bytes(data), LPLRIndex.from_bytes(bytearray(data)), LPLRIndex.load(buf),
+                  LPLRIndex.load(f), LPLRIndex.load(memoryview(data))]
+    for copy in copies:
+        assert copy.to_bytes() == data
+        for got, want in zip(copy.search(Q, 7), expected):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("how", ["bytes", "bytesio", "file-object"])
+def test_index_from_damaged_bytes_or_objects_names_the_source(saved, tmp_path, how):
+    _, data, _ = saved
+    bad = flip(data, len(data) - 1)
+    if how == "bytes":
+        source, load = bad, LPLRIndex.from_bytes
+    elif how == "bytesio":
+        source, load = io.BytesIO(bad), LPLRIndex.load
+    else:
+        (tmp_path / "bad.lplr").write_bytes(bad)
+        source, load = open(tmp_path / "bad.lplr", "rb"), LPLRIndex.load
+    try:
+        with pytest.raises(IndexFileError) as info:
+            load(source)
+    finally:
+        if how == "file-object":
+            source.close()
+    assert str(info.value).startswith(f"{fileformat.source_name(source)}: damaged"), str(info.value)
+
+
+def test_index_from_bytes_refuses_other_types(saved):
+    with pytest.raises(TypeError, match="got str"):
+        LPLRIndex.from_bytes(str(saved[0]))
+
+
+@pytest.mark.parametrize("how", ["bytes", "bytesio"])
+def test_inconsistent_content_from_bytes_or_objects_names_the_source(saved, how):
+    # content checks (after the container checks) name the source the same way
+    _, data, _ = saved
+    header, _ = split_file(data)
+    bad = with_header(data, mutate(["ntotal"], 998)(header))
+    source = bad if how == "bytes" else io.BytesIO(bad)
+    with pytest.raises(IndexFileError) as info:
+        LPLRIndex.load(source)
+    assert str(info.value).startswith(f"{fileformat.source_name(source)}: "), str(info.value)
