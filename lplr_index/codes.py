@@ -7,6 +7,10 @@ it) sees exactly what it saw before; when the capacity runs out the buffer
 grows geometrically (one copy per doubling, amortised O(1) per row). A
 memory-mapped buffer (an index loaded with ``mmap=True``) is copied into memory
 on the first append.
+
+Rewriting rows (:meth:`CodeStore.replaced`, after ``update``) and dropping rows
+(:meth:`CodeStore.taken`, after ``compact``) also return new stores over new
+buffers: O(n) bytes copied per call, and the old store is never changed.
 """
 
 from __future__ import annotations
@@ -59,3 +63,22 @@ class CodeStore:
             buf = grown
         buf[self.n : need] = rows
         return CodeStore(buf, need)
+
+    def replaced(self, rows: np.ndarray, new: np.ndarray) -> "CodeStore":
+        """A store whose rows ``rows`` hold ``new``; this store is left as it is.
+
+        Parameters
+        ----------
+        rows : ndarray of shape (m,), int64
+            Distinct row numbers in ``[0, n)``.
+        new : ndarray of shape (m, row_bytes), uint8
+            Their new packed codes.
+        """
+        buf = np.empty((max(self._buf.shape[0], self.n), self.row_bytes), np.uint8)
+        buf[: self.n] = self.codes
+        buf[np.asarray(rows, np.int64)] = np.asarray(new, np.uint8)
+        return CodeStore(buf, self.n)
+
+    def taken(self, keep: np.ndarray) -> "CodeStore":
+        """A store of the rows ``keep`` (increasing row numbers), in that order, without spare rows."""
+        return CodeStore(np.ascontiguousarray(self.codes[np.asarray(keep, np.int64)]), len(keep))
