@@ -13,7 +13,6 @@ scikit-learn load on first use, so ``lplr-index --help`` answers at once.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from . import __version__
 from ._progress import Progress
 from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overlap, recall_at_k, weighted_f1
 from .fileformat import IndexFileError, check_output_path
-from .index import SEARCH_MODES, LPLRIndex
+from .index import MAX_RESULT_BYTES, SEARCH_MODES, LPLRIndex
 from .quantize import SCHEMES
 from .vecio import VectorFileError, hdf5_datasets, hdf5_metric, read_array, read_ground_truth, read_vectors
 
@@ -100,8 +99,10 @@ _FLAGS = {
 def _in_user_terms(message: str, names: dict[str, str]) -> str:
     """Rewrite a library message in the command line's terms.
 
-    ``names`` maps the library's argument names (``X``, ``Q``) to what the user
-    gave (``embeddings file emb.npy``); parameter names become their flags.
+    ``names`` maps the library's argument names (``X``, ``queries``) to what the
+    user gave (``embeddings file emb.npy``): a one-letter name (``X``) wherever it
+    stands as a word, a longer one only where it opens the message (``queries``
+    is also an ordinary word); parameter names become their flags.
     """
     for name, flag in _FLAGS.items():  # "rank=40" -> "--rank 40"; "rank-1 index" stays
         message = re.sub(
@@ -110,7 +111,8 @@ def _in_user_terms(message: str, names: dict[str, str]) -> str:
             message,
         )
     for name, shown in names.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}\b", shown, message)
+        where = r"(?<![\w-])" if len(name) == 1 else "^"
+        message = re.sub(rf"{where}{re.escape(name)}\b", shown, message)
     return message
 
 
@@ -249,13 +251,6 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
 
 
 # ------------------------------------------------------------- index steps
-def _with_progress(method: Callable, *args, progress: bool | None) -> Any:
-    """Call ``method(*args)``, passing ``progress=`` when the library method accepts it."""
-    if "progress" in inspect.signature(method).parameters:
-        return method(*args, progress=progress)
-    return method(*args)
-
-
 def _progress_setting(args) -> bool | None:
     """None: a bar when stderr is a terminal; False with --no-progress."""
     return False if args.no_progress else None
@@ -298,7 +293,7 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
     log.info("building on %d x %d vectors ...", X.shape[0], X.shape[1])
     t0 = time.perf_counter()
     try:
-        _with_progress(index.build, np.asarray(X), progress=_progress_setting(args))
+        index.build(np.asarray(X), progress=_progress_setting(args))
     except OverflowError as exc:
         raise _budget_overflow(args, exc) from None
     except (ValueError, TypeError) as exc:
@@ -313,7 +308,7 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
 
 def _save(index: LPLRIndex, path: str, args) -> None:
     t0 = time.perf_counter()
-    nbytes = _with_progress(index.save, path, progress=_progress_setting(args))
+    nbytes = index.save(path, progress=_progress_setting(args))
     log.info("wrote %s (%s) in %.2f s", path, _size(nbytes), time.perf_counter() - t0)
 
 
@@ -335,6 +330,18 @@ def _clamp_k(k: int, ntotal: int, flag: str, where: str = "in the index") -> int
     return k
 
 
+def _check_result_size(n_queries: int, k: int, flag: str, what: str, path: str) -> None:
+    """Refuse results above the library's cap before allocating them (n_queries * k * 12 bytes)."""
+    nbytes = n_queries * k * 12
+    if nbytes > MAX_RESULT_BYTES:
+        raise UserError(
+            f"{flag} {k} for the {n_queries} queries of {what} file {path} needs "
+            f"{nbytes / 2**30:.1f} GiB of results, above the {MAX_RESULT_BYTES / 2**30:.0f} GiB limit: "
+            f"lower {flag} or split the queries into files of at most "
+            f"{MAX_RESULT_BYTES // (12 * k)} rows"
+        )
+
+
 def _check_queries(Q: np.ndarray, dim: int, what: str, path: str) -> None:
     if Q.shape[1] != dim:
         raise UserError(
@@ -342,25 +349,20 @@ def _check_queries(Q: np.ndarray, dim: int, what: str, path: str) -> None:
         )
 
 
-def _batched_search(search: Callable, Q, k: int, desc: str, args):
-    """``search(Q_block, k) -> (D, I)`` over query blocks, with a progress bar."""
+def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc: str = "search"):
+    """Search the queries ``Q`` (argument ``what``, file ``path``) in blocks, with a progress bar."""
     D = np.empty((len(Q), k), np.float32)
     I = np.empty((len(Q), k), np.int64)
     with Progress(len(Q), desc, unit="queries", enabled=_progress_setting(args)) as bar:
         for s in range(0, len(Q), _QUERY_BATCH):
-            D[s : s + _QUERY_BATCH], I[s : s + _QUERY_BATCH] = search(np.asarray(Q[s : s + _QUERY_BATCH]), k)
-            bar.update(min(_QUERY_BATCH, len(Q) - s))
+            block = np.asarray(Q[s : s + _QUERY_BATCH])
+            try:
+                D[s : s + len(block)], I[s : s + len(block)] = index.search(block, k, mode=args.mode)
+            except (ValueError, TypeError) as exc:
+                shown = f"{what} file {path}"
+                raise UserError(_in_user_terms(str(exc), {"Q": shown, "queries": shown})) from None
+            bar.update(len(block))
     return D, I
-
-
-def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc: str = "search"):
-    def search(block, k):
-        try:
-            return index.search(block, k, mode=args.mode)
-        except (ValueError, TypeError) as exc:
-            raise UserError(_in_user_terms(str(exc), {"Q": f"{what} file {path}"})) from None
-
-    return _batched_search(search, Q, k, desc, args)
 
 
 # ------------------------------------------------------------- subcommands
@@ -381,7 +383,7 @@ def cmd_add(args) -> dict:
     before = index.ntotal
     log.info("encoding %d vectors ...", len(X))
     try:
-        _with_progress(index.add, np.asarray(X), progress=_progress_setting(args))
+        index.add(np.asarray(X), progress=_progress_setting(args))
     except (ValueError, TypeError) as exc:
         raise UserError(_in_user_terms(str(exc), {"X": f"embeddings file {args.embeddings}"})) from None
     _warn_if_larger_than_float32(index)
@@ -403,6 +405,7 @@ def cmd_search(args) -> dict:
     Q = _load_array(args.queries, "queries")
     _check_queries(Q, index.dim, "queries", args.queries)
     k = _clamp_k(args.k, index.ntotal, "-k")
+    _check_result_size(len(Q), k, "-k", "queries", args.queries)
     t0 = time.perf_counter()
     D, I = _index_search(index, Q, k, args, "queries", args.queries)
     elapsed = time.perf_counter() - t0
@@ -497,14 +500,12 @@ def cmd_eval(args) -> dict:
     k_vote = _clamp_k(args.k, n, "-k", where)
     recall_k = _clamp_k(args.recall_k, n, "--recall-k", where)
     k = max(k_vote, recall_k)
+    _check_result_size(len(Xq), k, "--recall-k" if recall_k >= k_vote else "-k", "--test", test)
     I_true = _file_ground_truth(args, n, len(Xq), k)
     index = _build_index(args, Xb, "--train", args.train)
     D, I = _index_search(index, Xq, k, args, "--test", test, desc="compressed search")
     if I_true is None:
-        xb = np.asarray(Xb)
-        _, I_true = _batched_search(
-            lambda block, k: exact_knn(xb, block, k, metric=args.metric), Xq, k, "exact search", args
-        )
+        _, I_true = exact_knn(Xb, Xq, k, metric=args.metric, progress=_progress_setting(args))
         ground_truth = "exact search"
     else:
         ground_truth = f"{args.train}:neighbors"

@@ -155,6 +155,24 @@ def test_k_above_the_index_size_is_clamped_with_a_warning(capsys, files, tmp_pat
         assert (np.sort(result["indices"], axis=1) == np.arange(1000)).all()  # every vector, once
 
 
+@pytest.mark.parametrize("command", ["search", "eval"])
+def test_results_above_the_cap_are_refused_before_any_work(capsys, files, monkeypatch, command):
+    import lplr_index.cli as cli
+
+    monkeypatch.setattr(cli, "MAX_RESULT_BYTES", 40 * 5 * 12 - 1)  # 40 queries x k=5 is one byte too many
+    monkeypatch.setattr(LPLRIndex, "search", lambda *a, **kw: pytest.fail("searched"))
+    if command == "search":
+        argv = ["search", files["index"], files["test"], "-k", 5]
+    else:
+        argv = ["eval", "--train", files["train"], "--train-labels", files["train_labels"], "--test", files["test"],
+                "--test-labels", files["test_labels"], "-b", 2, "-k", 3, "--recall-k", 5]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert_one_error_line(err, only_line=True)
+    flag = "-k" if command == "search" else "--recall-k"
+    assert f"{flag} 5 for the 40 queries of" in err and "test.npy" in err and "split the queries" in err
+
+
 def test_eval_recall_k_above_the_database_is_clamped(capsys, files):
     result = run_json(
         capsys, "eval", "--train", files["train"], "--train-labels", files["train_labels"],
