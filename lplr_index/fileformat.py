@@ -99,6 +99,8 @@ _ALIGN = 8
 _MAX_HEADER = 1 << 24
 _DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<f8": np.float64, "<i8": np.int64}
 _TMP_TAG = ".lplr-tmp."
+#: characters of the target's name kept in a temporary file's name (which stays under 255)
+_TMP_NAME_CHARS = 200
 
 Source = Union[str, os.PathLike, BinaryIO, bytes, bytearray, memoryview]
 Target = Union[str, os.PathLike, BinaryIO]
@@ -380,6 +382,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _tmp_prefix(dest: Path) -> str:
+    """Start of the names of ``dest``'s temporary files: ``.{name}.lplr-tmp.``."""
+    return f".{dest.name[:_TMP_NAME_CHARS]}{_TMP_TAG}"
+
+
 def _remove_stale_temps(dest: Path, now: float | None = None) -> list[Path]:
     """Remove temporary files of killed saves to ``dest``; return what was removed.
 
@@ -388,7 +395,7 @@ def _remove_stale_temps(dest: Path, now: float | None = None) -> list[Path]:
     machine or the file is older than :data:`STALE_TEMP_AGE_S`.
     """
     folder = dest.parent if str(dest.parent) else Path(".")
-    prefix = f".{dest.name}{_TMP_TAG}"
+    prefix = _tmp_prefix(dest)
     now = time.time() if now is None else now
     removed = []
     try:
@@ -526,7 +533,7 @@ def _write_path(user: Any, dest: Path, lead: bytes, pieces: list, total: int, pr
         mode = stat.S_IMODE(os.stat(dest).st_mode)
     except FileNotFoundError:
         mode = None
-    tmp = folder / f".{dest.name}{_TMP_TAG}{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = folder / f"{_tmp_prefix(dest)}{os.getpid()}.{secrets.token_hex(4)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY, 0o666)
     except OSError as exc:

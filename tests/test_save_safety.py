@@ -471,3 +471,11 @@ def test_load_error_types_stay_index_file_errors(tmp_path):
     # the save side raises OSError subclasses; the load side always IndexFileError
     with pytest.raises(IndexFileError, match="no such file"):
         LPLRIndex.load(tmp_path / "nothing.lplr")
+
+
+def test_longest_file_name_still_saves_and_cleans(saved_small, tmp_path, dead_pid):
+    name = "i" * 250 + ".lplr"  # 255 characters: the longest name most file systems allow
+    stale = tmp_path / f".{name[:200]}{TMP_TAG}{dead_pid}.deadbeef"
+    stale.write_bytes(b"x")
+    saved_small.save(tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == [name]
