@@ -31,7 +31,12 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     """The wheel built from a copy of the checkout (the checkout itself stays untouched)."""
-    pytest.importorskip("setuptools")
+    setuptools = pytest.importorskip("setuptools")
+    major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
+    assert (major, minor) >= (70, 1), (
+        f"setuptools {setuptools.__version__} has no built-in bdist_wheel: install the test extra "
+        "(pip install -e '.[test]'), which asks for setuptools>=70.1"
+    )
     src = tmp_path_factory.mktemp("src") / "lplr-index"
     shutil.copytree(ROOT, src, ignore=_ignore)
     out = tmp_path_factory.mktemp("wheel")
