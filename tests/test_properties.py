@@ -148,7 +148,14 @@ def test_search_contract(knn_checker, case):
         X[n // 2 :] = X[: n - n // 2]
     index = LPLRIndex(d, rank=case["rank"], bits_l=case["bits_l"], metric=metric).build(X)
     Q = rng.standard_normal((nq, d)).astype(np.float32)
-    D, I = index.search(Q, k)
+    stored = index.reconstruct()
+    for mode in (None, "factored", "reconstructed"):  # None: the default (fast scan where it applies)
+        D, I = index.search(Q, k) if mode is None else index.search(Q, k, mode=mode)
+        check_contract(knn_checker, stored, Q, D, I, k, n, metric)
+
+
+def check_contract(knn_checker, stored, Q, D, I, k, n, metric):
+    nq, d = Q.shape
     assert D.shape == (nq, k) and I.shape == (nq, k)
     assert D.dtype == np.float32 and I.dtype == np.int64
     real = min(k, n)
@@ -161,7 +168,6 @@ def test_search_contract(knn_checker, case):
     assert np.isfinite(D[:, :real]).all()
     if metric == "cosine":
         assert (np.abs(D[:, :real]) <= 1 + 1e-3).all()
-    stored = index.reconstruct()
     scale = float(np.abs(stored).max() + np.abs(Q).max() + 1.0)
     tol = 16 * d * EPS32 * scale**2
     knn_checker(stored, Q, D[:, :real], I[:, :real], metric, tol=tol)
