@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ._blocks import ArraySource, LocalExecutor, check_block
+from ._blocks import ArraySource, LocalExecutor, check_block, open_npy, open_source
 from ._validation import check_bits, check_choice, check_int, check_positive_float
 from ._version import __version__
 from .codes import CodeStore
@@ -33,6 +33,7 @@ from .fileformat import (
     container_nbytes,
     container_to_bytes,
     read_container,
+    source_name,
     write_container,
 )
 from .packing import _unpack, packed_nbytes
@@ -498,10 +499,9 @@ class LPLRIndex:
         return best
 
     # ------------------------------------------------------------ build / add
-    def _source(self, X, name: str) -> ArraySource:
-        if isinstance(X, (str, os.PathLike)):
-            X = _open_npy(X, name)
-        return ArraySource(X, name, dim=self.dim)
+    def _source(self, X, name: str):
+        """The rows of an input of build/add/update (see :func:`lplr_index._blocks.open_source`)."""
+        return open_source(X, name, dim=self.dim)
 
     def build(self, X, *, ids=None, progress: bool | None = None) -> "LPLRIndex":
         """Learn the shared factor from ``X`` and store ``X``'s codes, replacing any content.
@@ -1059,8 +1059,7 @@ class LPLRIndex:
             or from a newer format version; the message names the file.
         """
         c = read_container(source, mmap=mmap)
-        name = getattr(source, "name", None) if not isinstance(source, (str, os.PathLike)) else os.fspath(source)
-        name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else name
+        name = source_name(source)
         try:
             return cls._from_container(c.header, c.arrays, c.version, mmap)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
@@ -1267,12 +1266,7 @@ def _normalize(X: np.ndarray) -> np.ndarray:
 
 def _open_npy(path, name: str) -> np.ndarray:
     """A ``.npy`` file, memory-mapped (never unpickled)."""
-    try:
-        return np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(2, f"{name}: no such file", os.fspath(path)) from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{name}: {os.fspath(path)} is not a readable NumPy .npy file ({exc})") from None
+    return open_npy(path, name)
 
 
 def _rescore(full, Q: np.ndarray, I: np.ndarray, k: int, metric: str):
