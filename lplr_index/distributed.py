@@ -77,13 +77,29 @@ def _same(block):
     return block
 
 
-def _read_npy_rows(path: str, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a ``.npy`` file, read through a map that is closed again."""
-    X = np.load(path, mmap_mode="r", allow_pickle=False)
-    try:
-        return np.array(X[start:stop])
-    finally:
-        del X
+class _NpyRows:
+    """A ``.npy`` file as a lazy array: each read opens it memory-mapped, copies the rows, closes it.
+
+    Pickles as its path, so the tasks of :func:`from_npy` carry no data.
+    """
+
+    def __init__(self, path: str, shape: tuple, dtype):
+        self.path, self.shape, self.dtype, self.ndim = path, tuple(shape), np.dtype(dtype), len(shape)
+
+    def __getitem__(self, index):
+        X = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.array(X[index])
+        finally:
+            del X
+
+
+#: name of a dask array made by from_npy -> its file (the sample is then read row by row)
+_NPY_PATHS: dict[str, str] = {}
+
+
+def _take_npy_rows(path: str, rows: np.ndarray) -> np.ndarray:
+    return _NpyRows(path, (0, 0), np.float32)[rows]
 
 
 def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
@@ -91,11 +107,13 @@ def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
 
     Each chunk task opens the file itself (memory-mapped, then closed), so the
     graph holds only the path: the file must be readable at the same path on
-    every worker (a shared file system).
+    every worker (a shared file system). :class:`DaskExecutor` reads the
+    seeded sample of such an array row by row instead of whole chunks.
 
     Parameters
     ----------
     path : str or path-like
+        A ``.npy`` file of shape (n, dim), real numbers, C order.
     chunk_rows : int, default=BLOCK_ROWS
         Rows per chunk, >= 1.
 
@@ -107,19 +125,18 @@ def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
 
     from ._blocks import open_npy
 
-    path = os.fspath(path)
+    path = os.path.abspath(os.fspath(path))
     chunk_rows = check_int(chunk_rows, "chunk_rows", low=1)
     X = open_npy(path, "path")
-    if X.ndim != 2:
-        raise ValueError(f"path: {path} holds an array of shape {X.shape}, expected (n_vectors, n_dimensions)")
-    (n, dim), dtype = X.shape, X.dtype
+    if X.ndim != 2 or not X.flags.c_contiguous:
+        raise ValueError(f"path: {path} holds an array of shape {X.shape} (C order: {X.flags.c_contiguous}), "
+                         "expected a C-order (n_vectors, n_dimensions) array")
+    lazy = _NpyRows(path, X.shape, X.dtype)
     del X
-    parts = [
-        da.from_delayed(dask.delayed(_read_npy_rows, pure=True)(path, s, min(s + chunk_rows, n)),
-                        shape=(min(s + chunk_rows, n) - s, dim), dtype=dtype)
-        for s in range(0, n, chunk_rows)
-    ]
-    return da.concatenate(parts, axis=0)
+    arr = da.from_array(lazy, chunks=(chunk_rows, -1), asarray=True, inline_array=True,
+                        name=f"from-npy-{dask.base.tokenize(path, os.path.getmtime(path), chunk_rows)}")
+    _NPY_PATHS[arr.name] = path
+    return arr
 
 
 class DaskExecutor(ExecutingSource):
@@ -214,7 +231,7 @@ class DaskExecutor(ExecutingSource):
                     stop = min((i + 1) * BLOCK_ROWS, self.n)
                     raise RuntimeError(
                         f"the Dask cluster lost block {i} (rows {i * BLOCK_ROWS}-{stop - 1} of {self.name}) in pass "
-                        f"{self._pass}: {type(exc).__name__}: {exc}. Nothing was built; check the workers' memory "
+                        f"{self._pass}: {type(exc).__name__}: {str(exc).rstrip('.')}. Nothing was built; check the workers' memory "
                         "and logs and run it again"
                     ) from exc
                 del future
@@ -237,10 +254,14 @@ class DaskExecutor(ExecutingSource):
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return np.zeros((0, self.dim), np.float32)
+        path = _NPY_PATHS.get(self.X.name)
         try:
-            got = self.client.compute(self.X[rows], workers=self.workers).result()
+            if path is not None:  # only the sampled rows are read
+                got = self.client.submit(_take_npy_rows, path, rows, workers=self.workers, pure=False).result()
+            else:
+                got = self.client.compute(self.X[rows], workers=self.workers).result()
         except _LOST as exc:
-            raise RuntimeError(f"the Dask cluster lost the sample rows of {self.name}: {type(exc).__name__}: {exc}. "
+            raise RuntimeError(f"the Dask cluster lost the sample rows of {self.name}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
                                "Nothing was built; run it again") from exc
         return check_block(got, self.name, 0, self.dim, rows=rows)
 

@@ -32,7 +32,7 @@ def test_import_lplr_index_does_not_import_dask():
 def client(blas_single_thread):
     distributed = pytest.importorskip("distributed")
     one_thread = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   env=one_thread) as cluster, distributed.Client(cluster) as c:
         yield c
 
@@ -232,3 +232,26 @@ def test_merging_indexes_with_other_settings_or_encoders_is_refused(ld, client, 
     with pytest.raises(ValueError, match=r"indexes\[2\] cannot be merged .* a different trained encoder"):
         ld.ShardedIndex.from_indexes([a, a, c], client=client)
     assert ld.encoder_fingerprint(a._state.encoder, "l2") != ld.encoder_fingerprint(c._state.encoder, "l2")
+
+
+def test_a_build_dask_gives_up_on_raises_a_clear_error_and_saves_nothing(data, tmp_path, blas_single_thread):
+    """With allowed-failures=0 the first killed worker ends the build: a RuntimeError naming the block.
+
+    (With one worker, its death also loses the pass's scattered arguments: Dask
+    reports the tasks as cancelled rather than as KilledWorker.)
+    """
+    import dask
+    import distributed
+
+    from lplr_index import distributed as ld
+
+    marker = str(tmp_path / "kill")
+    out = tmp_path / "index.lplr"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        X = dask_array(data, (7001, DIM)).map_blocks(_kill_worker_once, marker, dtype=np.float32)
+        with pytest.raises(RuntimeError, match=r"the Dask cluster lost block \d+ \(rows \d+-\d+ of X\) in pass 1: "
+                                               r"(KilledWorker|FutureCancelledError).*[^.]\. Nothing was built"):
+            ld.build(X, c, **SETTINGS).save(out)
+    assert not out.exists()
