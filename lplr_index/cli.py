@@ -20,14 +20,15 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from . import __version__
 from ._progress import Progress
+from ._validation import MAX_BITS
 from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overlap, recall_at_k, weighted_f1
 from .fileformat import IndexFileError, check_output_path
 from .index import MAX_RESULT_BYTES, SEARCH_MODES, LPLRIndex
@@ -43,7 +44,6 @@ _SHOW_QUERIES = 20
 _SHOW_RANKS = 10
 #: bits per coordinate of the float32 vectors an index replaces
 _FLOAT32_BITS = 32
-_MAX_BITS = 8
 
 
 class UserError(Exception):
@@ -293,7 +293,7 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
     log.info("building on %d x %d vectors ...", X.shape[0], X.shape[1])
     t0 = time.perf_counter()
     try:
-        index.build(np.asarray(X), progress=_progress_setting(args))
+        index.build(_blocks_of(X, args), progress=_progress_setting(args))
     except OverflowError as exc:
         raise _budget_overflow(args, exc) from None
     except (ValueError, TypeError) as exc:
@@ -304,6 +304,13 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
     )
     _warn_if_larger_than_float32(index)
     return index
+
+
+def _blocks_of(X, args):
+    """``X`` read ``--block-rows`` rows at a time (re-blocked: the index does not depend on it)."""
+    from ._blocks import ArraySource
+
+    return ArraySource(X, "X", read_rows=getattr(args, "block_rows", None))
 
 
 def _save(index: LPLRIndex, path: str, args) -> None:
@@ -383,7 +390,7 @@ def cmd_add(args) -> dict:
     before = index.ntotal
     log.info("encoding %d vectors ...", len(X))
     try:
-        index.add(np.asarray(X), progress=_progress_setting(args))
+        index.add(_blocks_of(X, args), progress=_progress_setting(args))
     except (ValueError, TypeError) as exc:
         raise UserError(_in_user_terms(str(exc), {"X": f"embeddings file {args.embeddings}"})) from None
     _warn_if_larger_than_float32(index)
@@ -538,15 +545,21 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits-per-coordinate", "-b", type=_budget, metavar="B",
                    help="storage budget in bits per coordinate, everything counted (e.g. 1 or 0.5)")
     p.add_argument("--rank", type=_int_in(1), metavar="R", help="explicit rank instead of a budget")
-    p.add_argument("--bits-l", type=_int_in(1, _MAX_BITS), default=None, metavar="BITS",
-                   help=f"bits per code of each vector, 1-{_MAX_BITS} (default: chosen from the budget)")
-    p.add_argument("--bits-r", type=_int_in(1, _MAX_BITS), default=8, metavar="BITS",
-                   help=f"bits per entry of the shared factor, 1-{_MAX_BITS} (default: 8)")
+    p.add_argument("--bits-l", type=_int_in(1, MAX_BITS), default=None, metavar="BITS",
+                   help=f"bits per code of each vector, 1-{MAX_BITS} (default: chosen from the budget)")
+    p.add_argument("--bits-r", type=_int_in(1, MAX_BITS), default=8, metavar="BITS",
+                   help=f"bits per entry of the shared factor, 1-{MAX_BITS} (default: 8)")
     p.add_argument("--metric", choices=METRICS, default="l2", help="default: l2")
     p.add_argument("--quantizer", choices=SCHEMES, default="mse-col", help="default: mse-col")
     p.add_argument("--refine-iters", type=_int_in(0, 100), default=2, metavar="N",
                    help="alternating refinement rounds, 0-100 (default: 2)")
     p.add_argument("--seed", type=_int_in(0), default=0, help="seed of the sketch (default: 0)")
+
+
+def _add_block_rows(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block-rows", type=_int_in(1), default=None, metavar="N",
+                   help="rows read from the embeddings file at a time (default: 16384); the index does not "
+                        "depend on it, the file is never read whole into memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to index")
     p.add_argument("-o", "--output", required=True, help="index file to write (its folder must exist)")
     _add_index_options(p)
+    _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_build)
 
@@ -568,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index file (replaced unless -o is given)")
     p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to add")
     p.add_argument("-o", "--output", help="write here instead of replacing INDEX")
+    _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add)
 
