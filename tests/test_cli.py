@@ -173,6 +173,24 @@ def test_results_above_the_cap_are_refused_before_any_work(capsys, files, monkey
     assert f"{flag} 5 for the 40 queries of" in err and "test.npy" in err and "split the queries" in err
 
 
+@pytest.mark.parametrize(
+    ("terminal", "extra", "drawn"),
+    [(True, [], True), (True, ["--no-progress"], False), (False, [], False)],
+    ids=["terminal", "terminal-no-progress", "pipe"],
+)
+def test_progress_bars_on_a_terminal_only(capsys, files, monkeypatch, terminal, extra, drawn):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+    code = main([*extra, "-q", "eval", "--train", str(files["train"]), "--train-labels", str(files["train_labels"]),
+                 "--test", str(files["test"]), "--test-labels", str(files["test_labels"]), "-b", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    json.loads(out)  # bars never mix into the output
+    for bar in ("compressed search: [", "exact search: ["):
+        assert (bar in err) is drawn, err
+
+
 def test_eval_recall_k_above_the_database_is_clamped(capsys, files):
     result = run_json(
         capsys, "eval", "--train", files["train"], "--train-labels", files["train_labels"],
