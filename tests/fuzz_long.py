@@ -22,16 +22,16 @@ seeded generator (the case is reproducible from ``(seed, case)`` alone):
 ``combo``
     two or three of the checksum-valid edits above.
 
-Each mutated file is loaded (read, memory-mapped, or from bytes, in turn) in a
-worker process under a memory limit
-(``RLIMIT_AS``, 2 GiB) and a timeout, many cases per worker; a worker that dies or
-hangs is re-run case by case to name the culprit. A case passes when loading raises
-an ``IndexFileError`` (or another ``ValueError``) naming the file, or when the loaded
-index answers searches correctly: shape ``(n_queries, k)``, float32 / int64, ids in
-``[0, ntotal)`` and distinct, ``-1`` only as trailing padding past ``len(index)``
-results with ``inf`` (l2) or ``-inf`` (ip, cosine) distances, finite distances sorted
-best first, and cosine similarities within ``[-1 - 1e-3, 1 + 1e-3]``; it must also save and load back as an index that
-answers the same.
+Each mutated file is loaded (read, memory-mapped, or from bytes, in turn) in a worker
+process under a memory limit (``RLIMIT_AS``, 2 GiB) and a timeout, many cases per
+worker; a worker that dies or hangs is re-run case by case to name the culprit. A case
+passes when loading raises an ``IndexFileError`` (or another ``ValueError``) naming the
+file, or when the loaded index answers searches correctly: shape ``(n_queries, k)``,
+float32 / int64, ids among the live ids (``0 .. ntotal - 1`` without user ids) and
+distinct, ``-1`` only as trailing padding past ``len(index)`` results with ``inf`` (l2)
+or ``-inf`` (ip, cosine) distances, finite distances sorted best first, and cosine
+similarities within ``[-1 - 1e-3, 1 + 1e-3]``; it must also save and load back as an
+index that answers the same.
 
 Usage::
 
@@ -59,12 +59,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: index settings of the base files, one per metric and one rank-8 8-bit minmax index
+#: index settings of the base files: one per metric, one rank-8 8-bit minmax index, and
+#: one ip index with user ids and removed vectors
 BASES = {
     "l2": dict(bits_per_coordinate=2, metric="l2"),
     "ip": dict(bits_per_coordinate=2, metric="ip"),
     "cosine": dict(bits_per_coordinate=2, metric="cosine"),
     "rank8-minmax": dict(rank=8, bits_l=8, quantizer="minmax", refine_iters=0),
+    "ids-removed": dict(rank=6, bits_l=4, metric="ip"),
 }
 DIM, N_BASE = 32, 300
 MEMORY_LIMIT = 2 << 30
@@ -95,7 +97,13 @@ def build_bases(folder: Path, seed: int = 0) -> dict[str, Path]:
     out = {}
     for name, settings in BASES.items():
         path = Path(folder) / f"base-{name}.lplr"
-        LPLRIndex(DIM, **settings).build(X).save(path)
+        if name == "ids-removed":
+            ids = rng.choice(2**40, N_BASE, replace=False) * 1000 + 7  # sparse, large user ids
+            index = LPLRIndex(DIM, **settings).build(X, ids=ids)
+            index.remove(ids[::10])
+        else:
+            index = LPLRIndex(DIM, **settings).build(X)
+        index.save(path)
         out[name] = path
     return out
 
@@ -408,7 +416,7 @@ def make_case(bases: dict[str, bytes], seed: int, case: int) -> tuple[str, str, 
     """(base name, mutation kind, mutated bytes, description) of case ``case``; seeded."""
     rng = np.random.default_rng([seed, case])
     names = sorted(bases)
-    base = names[case % len(names)]
+    base = names[rng.integers(len(names))]
     weights = np.array([KIND_WEIGHTS[k] for k in KINDS])
     kind = KINDS[rng.choice(len(KINDS), p=weights / weights.sum())]
     for _ in range(20):  # an edit that changes nothing (a value replaced by itself) is drawn again
@@ -440,6 +448,8 @@ def check_search(index, rng) -> str | None:
 
 def _check_search_mode(index, Q, mode) -> str | None:
     n, live, metric = index.ntotal, len(index), index.metric
+    # the ids a search may return: the live ids (user ids, removed ones left out), or 0..ntotal-1
+    live_ids = np.asarray(index.live_ids) if hasattr(index, "live_ids") else np.arange(n)
     for k in sorted({1, 10, min(live, 10**6) + 3}):
         D, I = index.search(Q, k) if mode is None else index.search(Q, k, mode=mode)
         D, I = np.asarray(D), np.asarray(I)
@@ -447,9 +457,10 @@ def _check_search_mode(index, Q, mode) -> str | None:
             return f"k={k}: shapes {D.shape} {I.shape}, expected (3, {k})"
         if D.dtype != np.float32 or I.dtype != np.int64:
             return f"k={k}: dtypes {D.dtype} {I.dtype}, expected float32 int64"
-        real = I >= 0
-        if ((I < -1) | (I >= n)).any():
-            return f"k={k}: ids outside [0, {n}) and -1: {I[(I < -1) | (I >= n)][:5].tolist()}"
+        real = I != -1
+        unknown = real & ~np.isin(I, live_ids)
+        if unknown.any():
+            return f"k={k}: ids neither live ids nor -1: {I[unknown][:5].tolist()}"
         want = min(k, live)
         if (real.sum(1) != want).any():
             return f"k={k}: {real.sum(1).tolist()} results per query, expected {want} (ntotal {n}, len {live})"
