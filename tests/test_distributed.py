@@ -89,6 +89,13 @@ def test_dask_build_of_a_npy_file_read_by_the_workers(ld, client, data, referenc
     assert ld.build(X, **SETTINGS).to_bytes() == reference  # the current client
 
 
+def test_add_from_a_dask_array_matches_add_from_the_array(ld, client, data):
+    base = LPLRIndex(DIM, **SETTINGS).build(data[:5000])
+    want = LPLRIndex.from_bytes(base.to_bytes()).add(data)
+    got = LPLRIndex.from_bytes(base.to_bytes()).add(ld.DaskExecutor(dask_array(data, (4321, DIM)), client))
+    assert got.to_bytes() == want.to_bytes()
+
+
 def test_dask_build_of_4_bit_cosine_codes(ld, client, data):
     settings = dict(bits_per_coordinate=2.0, metric="cosine", seed=5)
     local = LPLRIndex(DIM, **settings).build(data)
@@ -209,6 +216,19 @@ def test_sharded_search_pads_past_the_end_and_checks_its_arguments(ld, client, i
         assert sharded.n_shards == 2  # one per worker
         with pytest.raises(ValueError, match=r"mode='fastscan' needs 4-bit codes, this index has 8-bit codes"):
             sharded.search(queries, 3, mode="fastscan")
+
+
+def test_sharded_search_returns_user_ids(ld, client, data, queries):
+    if not hasattr(LPLRIndex, "has_user_ids"):
+        pytest.skip("this LPLRIndex has no user ids")
+    ids = 10 * np.arange(N, dtype=np.int64)[::-1] + 7
+    index = LPLRIndex(DIM, rank=6, bits_l=4).build(data, ids=ids)  # ids cost 8 bytes a vector: no budget
+    with ld.ShardedIndex(index, 2, client=client) as sharded:
+        D, I = sharded.search(queries, 5, mode="factored")
+    D0, I0 = index.search(queries, 5, mode="factored")
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_array_equal(D, D0)
+    assert np.isin(I, ids).all()
 
 
 def test_merging_indexes_that_share_the_encoder(ld, client, indexes, data, queries):
