@@ -1,0 +1,115 @@
+"""LPLRIndex.plan: layout and file size exactly as built, peak memory as tracemalloc measures it."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import faiss  # noqa: F401 - imported before any measurement: its first import allocates
+import numpy as np
+import pytest
+
+from lplr_index import LPLRIndex
+from lplr_index.index import IndexPlan
+
+pytestmark = pytest.mark.usefixtures("blas_single_thread")
+
+
+def data(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, dim), dtype=np.float32) * (0.97 ** np.arange(dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "kw"),
+    [
+        (3000, 32, dict(bits_per_coordinate=2)),
+        (2500, 64, dict(bits_per_coordinate=0.5, metric="cosine")),
+        (4000, 48, dict(bits_per_coordinate=3, bits_l=8, quantizer="minmax")),
+        (1000, 16, dict(rank=5, bits_l=3, bits_r=4)),
+        (1500, 40, dict(rank=12, factor="lstsq", refine_iters=0, quantizer="minmax", bits_l=8)),
+        (600, 24, dict(bits_per_coordinate=1.5, metric="ip", refine_iters=0)),
+    ],
+    ids=["b2", "b0.5-cosine", "b3-8bit-minmax", "rank5-3bit", "paper-lstsq", "ip-no-refine"],
+)
+def test_file_bytes_and_layout_are_those_of_a_real_build(n, dim, kw):
+    plan = LPLRIndex.plan(n, dim, **kw)
+    index = LPLRIndex(dim, **kw).build(data(n, dim))
+    assert (plan.rank, plan.bits_l) == (index.rank, index.bits_l)
+    assert plan.file_bytes == index.nbytes == len(index.to_bytes())
+    assert plan.bits_per_coordinate == index.bits_per_coordinate
+    assert plan.fastscan == index.fastscan_ready
+    assert plan.search_mode == ("fastscan" if index.fastscan_ready else "factored")
+
+
+def measured_peaks(n: int, dim: int, kw: dict, nq: int, k: int) -> tuple[int, int, int]:
+    """(build peak, first-search peak, faiss's fast-scan bytes) of a real build and search."""
+    X = data(n, dim, seed=n)
+    index = LPLRIndex(dim, **kw)
+    tracemalloc.start()
+    try:
+        index.build(X)
+        build = tracemalloc.get_traced_memory()[1]
+        Q = X[np.random.default_rng(1).choice(n, nq)] + 0.01
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        index.search(Q, k)
+        search = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    fs = index._cache.get("fastscan")
+    return build, search, 0 if fs is None else fs.index.codes.size()
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "kw", "nq", "k"),
+    [
+        (50_000, 128, dict(bits_per_coordinate=1), 1000, 10),
+        (100_000, 64, dict(bits_per_coordinate=2, metric="cosine"), 100, 10),
+        (60_000, 48, dict(rank=20, bits_l=8, factor="lstsq", refine_iters=0), 500, 20),
+        (50_000, 64, dict(rank=24, bits_l=4, metric="ip", refine_iters=0), 300, 100),
+    ],
+    ids=["fastscan-b1", "fastscan-cosine", "factored-8bit", "fastscan-ip-k100"],
+)
+def test_peak_memory_within_5_percent_of_tracemalloc(n, dim, kw, nq, k):
+    plan = LPLRIndex.plan(n, dim, n_queries=nq, k=k, **kw)
+    build, search, fs_bytes = measured_peaks(n, dim, kw, nq, k)
+    # observed: build -0.9 %, -0.9 %, +1.0 %, -0.9 %; search -0.1 %, 0.0 %, +1.2 %, 0.0 %
+    assert plan.build_peak_bytes == pytest.approx(build, rel=0.05)
+    assert plan.search_peak_bytes == pytest.approx(search, rel=0.05)
+    assert plan.fastscan_bytes == fs_bytes  # faiss's own copy, counted exactly
+
+
+def test_plan_is_a_small_frozen_dataclass():
+    plan = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)
+    assert isinstance(plan, IndexPlan)
+    with pytest.raises(AttributeError):
+        plan.rank = 3
+    assert plan.n_queries == 1000 and plan.k == 10 and plan.search_mode == "fastscan"
+    assert plan.bits_per_coordinate == pytest.approx(8 * plan.file_bytes / (100_000 * 384))
+    # more queries, more memory; a bigger budget, a larger rank
+    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, n_queries=5000, k=100).search_peak_bytes \
+        > plan.search_peak_bytes
+    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=2).rank > plan.rank
+
+
+@pytest.mark.parametrize(
+    ("args", "kw", "exc", "match"),
+    [
+        ((0, 32), dict(bits_per_coordinate=1), ValueError, r"n must be an integer in \[1, inf\], got 0"),
+        ((100, 0), dict(rank=2), ValueError, r"dim must be an integer in \[1, inf\], got 0"),
+        ((100, 32), dict(), ValueError, "give exactly one of bits_per_coordinate"),
+        ((100, 32), dict(rank=4, metric="hamming"), ValueError, "metric must be one of"),
+        ((3, 32), dict(rank=4), ValueError, "rank=4 needs at least 4 vectors to build on, got n=3"),
+        ((100, 32), dict(bits_per_coordinate=0.01), ValueError, "cannot hold even a rank-1 index"),
+        ((100, 32), dict(rank=4, n_queries=0), ValueError, r"n_queries must be an integer in \[1, inf\]"),
+        ((100, 32), dict(rank=4, k=1.5), TypeError, "k must be an integer"),
+        ((100, 32), dict(rank=4, mode="reconstructed"), ValueError, "mode must be one of 'auto', 'fastscan', 'factored'"),
+        ((100, 32), dict(rank=4, bits_l=8, mode="fastscan"), ValueError, "mode='fastscan' needs 4-bit codes"),
+        ((100, 32), dict(rank=4, colour="red"), TypeError, "colour"),
+    ],
+    ids=["n0", "dim0", "no-budget", "metric", "rank-above-n", "budget-too-small", "nq0", "k-float",
+         "mode", "fastscan-8bit", "unknown-setting"],
+)
+def test_bad_plan_arguments(args, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        LPLRIndex.plan(*args, **kw)
