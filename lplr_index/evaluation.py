@@ -7,6 +7,8 @@ inside the functions that use them, so that ``import lplr_index`` stays fast.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -20,6 +22,8 @@ __all__ = [
     "knn_vote",
     "accuracy",
     "weighted_f1",
+    "RateDistortion",
+    "rate_distortion",
 ]
 
 METRICS = ("l2", "ip", "cosine")
@@ -310,3 +314,131 @@ def weighted_f1(y_true, y_pred) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
+# ------------------------------------------------------------ rate-distortion
+class RateDistortion(NamedTuple):
+    """How a compressed matrix's error compares with the Gaussian rate-distortion reference.
+
+    Attributes
+    ----------
+    bits_per_coordinate : float
+        The rate the reference is given (``b``: ``b * dim`` bits per vector).
+    mse : float
+        The compressed matrix's squared error per vector, ``||X - X_hat||_F^2 / n``.
+    reference_mse : float
+        The least squared error per vector of ANY code of ``b * dim`` bits per vector
+        on Gaussian data with ``X``'s covariance (reverse water-filling on the
+        covariance eigenvalues after removing the mean; the mean is free).
+    ratio : float
+        ``mse / reference_mse`` (1 is ideal; lower is better).
+    equivalent_bits : float
+        Bits per coordinate at which the reference reaches ``mse``: an ideal coder
+        would need that many bits for the same error.
+    relative_error, reference_relative_error : float
+        ``sqrt(n * mse) / ||X||_F`` and the same for the reference.
+    """
+
+    bits_per_coordinate: float
+    mse: float
+    reference_mse: float
+    ratio: float
+    equivalent_bits: float
+    relative_error: float
+    reference_relative_error: float
+
+
+def _water_fill(eig: np.ndarray, bits: float) -> float:
+    """Least total distortion of ``bits`` bits on independent Gaussians of variances ``eig``."""
+    eig = np.sort(np.maximum(np.asarray(eig, np.float64), 0))[::-1]
+    eig = eig[eig > eig[0] * 1e-15] if eig.size and eig[0] > 0 else eig[:0]
+    if bits <= 0 or eig.size == 0:
+        return float(eig.sum())
+    # rate(theta) = sum over eig > theta of 0.5 log2(eig / theta), decreasing in theta;
+    # bisect on log(theta)
+    log_eig = np.log(eig)
+    lo, hi = log_eig[-1] - 2 * np.log(2) * bits - 1, log_eig[0]
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        rate = (log_eig - mid).clip(min=0).sum() / (2 * np.log(2))
+        lo, hi = (mid, hi) if rate > bits else (lo, mid)
+    theta = np.exp(hi)
+    return float(np.minimum(eig, theta).sum())
+
+
+def _bits_for(eig: np.ndarray, distortion: float) -> float:
+    """Inverse of :func:`_water_fill`: bits at which the reference reaches ``distortion``."""
+    total = _water_fill(eig, 0.0)
+    if distortion >= total:
+        return 0.0
+    lo, hi = 0.0, 64.0 * len(eig)
+    if _water_fill(eig, hi) > distortion:
+        return float("inf")
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _water_fill(eig, mid) > distortion else (lo, mid)
+    return hi
+
+
+def rate_distortion(X, X_hat, bits_per_coordinate: float, *, block: int = 65536) -> RateDistortion:
+    """Compare a compressed matrix with the Gaussian rate-distortion reference.
+
+    Parameters
+    ----------
+    X : array-like of shape (n, dim)
+        The original vectors (in memory or memory-mapped; read in row blocks).
+    X_hat : array-like of shape (n, dim), or an object with ``reconstruct(ids)``
+        The decoded vectors, or an index built from ``X`` in the same row order
+        (its ``reconstruct`` is called block by block).
+    bits_per_coordinate : float
+        The rate of the compressed matrix, everything stored counted (for an
+        index: ``index.bits_per_coordinate``).
+
+    Returns
+    -------
+    RateDistortion
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((4000, 8)) * [4, 2, 1, 1, .5, .5, .1, .1]
+    >>> r = rate_distortion(X, np.zeros_like(X) + X.mean(0), 1.0)
+    >>> round(r.ratio, 1) > 1, r.reference_mse < r.mse
+    (True, True)
+    """
+    b = float(bits_per_coordinate)
+    if not np.isfinite(b) or b < 0:
+        raise ValueError(f"bits_per_coordinate must be a finite number >= 0, got {bits_per_coordinate}")
+    n, d = np.shape(X)[0], np.shape(X)[1]
+    if n < 2:
+        raise ValueError(f"X must hold at least 2 vectors to estimate a covariance, got {n}")
+    index_like = hasattr(X_hat, "reconstruct") and not isinstance(X_hat, np.ndarray)
+    if not index_like and tuple(np.shape(X_hat)) != (n, d):
+        raise ValueError(f"X_hat must have the shape of X {(n, d)}, got {tuple(np.shape(X_hat))}")
+    s1 = np.zeros(d)
+    s2 = np.zeros((d, d))
+    err = 0.0
+    for s in range(0, n, block):
+        xb = check_matrix(np.asarray(X[s : s + block]), "X").astype(np.float64)
+        if index_like:
+            hb = X_hat.reconstruct(np.arange(s, s + len(xb))).astype(np.float64)
+        else:
+            hb = np.asarray(X_hat[s : s + block], np.float64)
+        s1 += xb.sum(0)
+        s2 += xb.T @ xb
+        err += float(((xb - hb) ** 2).sum())
+    mean = s1 / n
+    cov = (s2 - n * np.outer(mean, mean)) / n
+    eig = np.linalg.eigvalsh(cov)
+    ref = _water_fill(eig, b * d)
+    mse = err / n
+    norm2 = float(np.trace(s2))
+    return RateDistortion(
+        bits_per_coordinate=b,
+        mse=mse,
+        reference_mse=ref,
+        ratio=mse / ref if ref > 0 else float("inf"),
+        equivalent_bits=_bits_for(eig, mse) / d,
+        relative_error=float(np.sqrt(err / norm2)) if norm2 > 0 else 0.0,
+        reference_relative_error=float(np.sqrt(n * ref / norm2)) if norm2 > 0 else 0.0,
+    )
