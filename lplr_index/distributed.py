@@ -45,10 +45,17 @@ from .index import DEFAULT_RERANK_FACTOR, LPLRIndex, SearchResult
 from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
+from .fileformat import IndexFileError, read_container, write_container
+from .packing import packed_nbytes
+from .quantize import Quantizer
 from .train import Encoder
 
-__all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint"]
+__all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint", "MANIFEST"]
 
+#: "format" of a shard file's header and of a sharded index's manifest
+SHARD_FORMAT, MANIFEST_FORMAT = "lplr-index-shard", "lplr-index-manifest"
+#: the manifest's file name in a sharded index's folder
+MANIFEST = "manifest.json"
 #: errors of a lost worker or cancelled task, turned into one RuntimeError
 _LOST = (KilledWorker, distributed.client.FutureCancelledError)
 
@@ -356,15 +363,35 @@ class Shard:
 
     Searches with the index's own backends (:mod:`lplr_index.search`) and
     caches the fast-scan structure and row norms it builds (on the worker).
+    Saved as a shard file (:meth:`save`, :meth:`load`): a checksummed container
+    (:mod:`lplr_index.fileformat`) holding the codes, the encoder and its
+    :func:`encoder_fingerprint`, checked again when loaded.
+
+    Parameters
+    ----------
+    encoder : Encoder
+    codes : ndarray of shape (rows, row_bytes), uint8
+        Packed codes of the shard's rows.
+    metric : {"l2", "ip", "cosine"}
+    first_row : int
+        Row of the whole index where the shard starts.
+    settings : dict
+        The index's settings header (``index.settings.to_header(rank=...)``).
+    ids : ndarray of shape (rows,), int64, default=None
+        User ids of the rows (None: the row numbers).
     """
 
-    def __init__(self, encoder: Encoder, codes: np.ndarray, metric: str, first_row: int, fastscan_ok: bool,
+    def __init__(self, encoder: Encoder, codes: np.ndarray, metric: str, first_row: int, settings: dict,
                  ids: np.ndarray | None = None):
-        self.view = CodeView(encoder, np.ascontiguousarray(codes), metric)
+        self.view = CodeView(encoder, codes, metric)
         self.first_row = int(first_row)
-        self.fastscan_ok = bool(fastscan_ok)
+        self.settings = settings
         self.ids = ids
         self._cache: dict[str, Any] = {}
+
+    @property
+    def fingerprint(self) -> str:
+        return encoder_fingerprint(self.view.encoder, self.view.metric, self.settings)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_cache"}
@@ -372,6 +399,54 @@ class Shard:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._cache = {}
+
+    def save(self, path) -> int:
+        """Write the shard to ``path`` (atomically); returns the bytes written."""
+        enc = self.view.encoder
+        header = {"format": SHARD_FORMAT, "shard_version": 1, "metric": self.view.metric, "kind": enc.kind,
+                  "seed": int(enc.seed), "normalize": bool(enc.normalize), "lq": [enc.lq.scheme, int(enc.lq.bits)],
+                  "rq": [enc.rq.scheme, int(enc.rq.bits)], "first_row": self.first_row, "settings": self.settings,
+                  "fingerprint": self.fingerprint}
+        arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "l_lo": enc.lq.lo, "l_hi": enc.lq.hi,
+                  "rcodes": np.asarray(enc.rcodes, np.uint8), "r_lo": enc.rq.lo, "r_hi": enc.rq.hi}
+        if self.ids is not None:
+            arrays["ids"] = np.asarray(self.ids, np.int64)
+        return write_container(path, header, arrays)
+
+    @classmethod
+    def load(cls, path, *, mmap: bool = True, fingerprint: str | None = None) -> "Shard":
+        """Read a shard file; its codes memory-mapped when ``mmap``.
+
+        Raises
+        ------
+        IndexFileError
+            The file is missing, damaged, not a shard file, or its content does
+            not give its recorded fingerprint, or not ``fingerprint`` (when given).
+        """
+        c = read_container(path, mmap=mmap)
+        h, a = c.header, c.arrays
+        name = str(path)
+        if not isinstance(h, dict) or h.get("format") != SHARD_FORMAT:
+            raise IndexFileError(f"{name}: not an lplr-index shard file (format "
+                                 f"{h.get('format') if isinstance(h, dict) else None!r})")
+        try:
+            lq = Quantizer(h["lq"][0], int(h["lq"][1]), np.array(a["l_lo"]), np.array(a["l_hi"]))
+            rq = Quantizer(h["rq"][0], int(h["rq"][1]), np.array(a["r_lo"]), np.array(a["r_hi"]))
+            enc = Encoder(np.array(a["mean"]), lq, np.array(a["rcodes"]), rq, h["kind"], int(h["seed"]),
+                          bool(h["normalize"]))
+            codes = a["codes"]
+            if codes.ndim != 2 or codes.shape[1] != packed_nbytes(enc.rank, lq.bits):
+                raise ValueError(f"codes of shape {codes.shape} do not hold rank-{enc.rank} {lq.bits}-bit rows")
+            ids = np.array(a["ids"]) if "ids" in a else None
+            shard = cls(enc, codes if mmap else np.array(codes), h["metric"], int(h["first_row"]), h["settings"], ids)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise IndexFileError(f"{name}: damaged or inconsistent shard content ({exc})") from None
+        if shard.fingerprint != h["fingerprint"]:
+            raise IndexFileError(f"{name}: the shard's encoder does not give its recorded fingerprint (damaged)")
+        if fingerprint is not None and shard.fingerprint != fingerprint:
+            raise IndexFileError(f"{name}: this shard was built with another encoder (settings, seed or training "
+                                 "data) than the manifest's other shards; it cannot be searched with them")
+        return shard
 
     @property
     def ntotal(self) -> int:
@@ -401,6 +476,18 @@ class Shard:
 
 def _search_shard(shard: Shard, Q, k, mode, rerank_factor):
     return shard.search(Q, k, mode, rerank_factor)
+
+
+def _save_shard(shard: Shard, path: str) -> int:
+    return shard.save(path)
+
+
+def _load_shard(path: str, first_row: int, rows: int, fingerprint: str, mmap: bool) -> Shard:
+    shard = Shard.load(path, mmap=mmap, fingerprint=fingerprint)
+    if shard.first_row != first_row or shard.ntotal != rows:
+        raise IndexFileError(f"{path}: holds rows {shard.first_row}-{shard.first_row + shard.ntotal - 1}, but the "
+                             f"manifest lists rows {first_row}-{first_row + rows - 1}")
+    return shard
 
 
 def _shard_bounds(n: int, n_shards: int) -> list[int]:
@@ -433,6 +520,10 @@ class ShardedIndex:
     ``index.search`` on one machine; in ``"fastscan"`` mode every shard
     re-ranks its own ``rerank_factor * k`` best candidates, a superset of the
     single-machine candidate list, so results are at least as good.
+
+    :meth:`save` writes the shards as files next to a manifest and
+    :meth:`load` gives them back, each read by a worker; shards whose encoder
+    differs from the manifest's (:func:`encoder_fingerprint`) are refused.
 
     Parameters
     ----------
@@ -501,14 +592,109 @@ class ShardedIndex:
         self.bounds = [int(c) for c in cuts]
         self.ntotal = self.bounds[-1]
         self._futures = []
+        settings = first.settings.to_header(rank=first.rank)
         for j, (enc, codes, metric, start, ids) in enumerate(pieces):
-            shard = Shard(enc, np.array(codes), metric, start, self.fastscan_ready, ids)
+            shard = Shard(enc, np.array(codes), metric, start, settings, ids)
             w = workers[j % len(workers)]
             self._futures.append(self.client.scatter(shard, workers=[w], hash=False))
 
+    def save(self, folder) -> str:
+        """Write every shard to a file in ``folder`` (by the worker holding it) and a manifest.
+
+        The folder (created if missing) must be writable at the same path by
+        the workers (a shared file system). Shard files are
+        ``shard-00000.lplrs``, ...; the manifest ``manifest.json`` lists them
+        with their rows and the common :attr:`fingerprint`, and is written
+        last (atomically), so a folder with a manifest holds complete shards.
+
+        Returns
+        -------
+        str
+            The manifest's path.
+        """
+        import os
+
+        folder = os.path.abspath(os.fspath(folder))
+        os.makedirs(folder, exist_ok=True)
+        files = [f"shard-{j:05d}.lplrs" for j in range(self.n_shards)]
+        done = [self.client.submit(_save_shard, f, os.path.join(folder, name), pure=False)
+                for f, name in zip(self._live(), files)]
+        self.client.gather(done)
+        manifest = {"format": MANIFEST_FORMAT, "manifest_version": 1, "fingerprint": self.fingerprint,
+                    "dim": self.dim, "metric": self.metric, "bits_l": self._bits_l,
+                    "fastscan_ready": self.fastscan_ready, "ntotal": self.ntotal,
+                    "shards": [{"file": name, "first_row": a, "rows": b - a}
+                               for name, a, b in zip(files, self.bounds[:-1], self.bounds[1:])]}
+        path = os.path.join(folder, MANIFEST)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder, *, client=None, mmap: bool = True) -> "ShardedIndex":
+        """Load the shards listed by ``folder``'s manifest, each on a worker (round robin).
+
+        Each worker reads its shard file (codes memory-mapped when ``mmap``),
+        so the codes never pass through this process. Every shard's encoder
+        must give the manifest's fingerprint.
+
+        Raises
+        ------
+        IndexFileError
+            A missing or malformed manifest, or a shard file that is missing,
+            damaged, of other rows than the manifest says, or built with another
+            encoder (the message names the file).
+        """
+        import os
+
+        self = cls.__new__(cls)
+        self.client = _client(client)
+        folder = os.path.abspath(os.fspath(folder))
+        path = os.path.join(folder, MANIFEST)
+        try:
+            with open(path) as f:
+                m = json.load(f)
+            if m.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format is {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            entries = [(os.path.join(folder, e["file"]), int(e["first_row"]), int(e["rows"])) for e in m["shards"]]
+            meta = (m["fingerprint"], int(m["dim"]), m["metric"], int(m["bits_l"]), bool(m["fastscan_ready"]))
+        except FileNotFoundError:
+            raise IndexFileError(f"{path}: no such file (a sharded index's folder holds {MANIFEST})") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise IndexFileError(f"{path}: not a readable sharded-index manifest ({exc})") from None
+        starts = [e[1] for e in entries]
+        if not entries or starts != list(np.cumsum([0] + [e[2] for e in entries[:-1]])):
+            raise IndexFileError(f"{path}: the shards' rows are not consecutive from 0")
+        workers = sorted(self.client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("the Dask cluster has no workers to hold shards")
+        self.fingerprint, self.dim, self.metric, self._bits_l, self.fastscan_ready = meta
+        self._futures = [
+            self.client.submit(_load_shard, file, first, rows, self.fingerprint, mmap,
+                               workers=[workers[j % len(workers)]], pure=False)
+            for j, (file, first, rows) in enumerate(entries)]
+        distributed.wait(self._futures)
+        for fut in self._futures:
+            if fut.status == "error":
+                exc = fut.exception()
+                self.close()
+                raise exc
+        self.bounds = starts + [starts[-1] + entries[-1][2]]
+        self.ntotal = self.bounds[-1]
+        return self
+
+    def _live(self) -> list:
+        if self._futures is None:
+            raise RuntimeError("this ShardedIndex is closed")
+        return self._futures
+
     @property
     def n_shards(self) -> int:
-        return len(self._futures)
+        return len(self.bounds) - 1
 
     def __len__(self) -> int:
         return self.ntotal
@@ -546,11 +732,10 @@ class ShardedIndex:
         if mode == "fastscan" and self._bits_l != 4:
             raise ValueError(f"mode='fastscan' needs 4-bit codes, this index has {self._bits_l}-bit codes "
                              "(use mode='factored' or 'auto')")
-        if self._futures is None:
-            raise RuntimeError("this ShardedIndex is closed")
+        shards = self._live()
         q = self.client.scatter(Q, broadcast=True, hash=False)
         try:
-            futures = [self.client.submit(_search_shard, s, q, k, mode, factor, pure=False) for s in self._futures]
+            futures = [self.client.submit(_search_shard, s, q, k, mode, factor, pure=False) for s in shards]
             try:
                 parts = self.client.gather(futures)
             except _LOST as exc:

@@ -275,3 +275,34 @@ def test_a_build_dask_gives_up_on_raises_a_clear_error_and_saves_nothing(data, t
                                                r"(KilledWorker|FutureCancelledError).*[^.]\. Nothing was built"):
             ld.build(X, c, **SETTINGS).save(out)
     assert not out.exists()
+
+
+def test_saved_shards_load_on_the_workers_and_search_the_same(ld, client, indexes, queries, tmp_path):
+    from lplr_index import IndexFileError
+
+    index = indexes("l2", 1.0)
+    with ld.ShardedIndex(index, 3, client=client) as sharded:
+        manifest = sharded.save(tmp_path / "sharded")
+        want = sharded.search(queries, 10, mode="factored")
+    assert sorted(os.listdir(tmp_path / "sharded")) == ["manifest.json"] + [f"shard-0000{j}.lplrs" for j in range(3)]
+    with ld.ShardedIndex.load(tmp_path / "sharded", client=client) as loaded:
+        assert (loaded.bounds, loaded.fingerprint) == (sharded.bounds, sharded.fingerprint)
+        got = loaded.search(queries, 10, mode="factored")
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.distances, want.distances)
+
+    # a shard of another encoder (same settings, other seed) dropped in: refused, naming the file
+    other = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=2).build(index.reconstruct())
+    with ld.ShardedIndex(other, 3, client=client) as foreign:
+        foreign.save(tmp_path / "foreign")
+    shard1 = tmp_path / "sharded" / "shard-00001.lplrs"
+    original = shard1.read_bytes()
+    shard1.write_bytes((tmp_path / "foreign" / "shard-00001.lplrs").read_bytes())
+    with pytest.raises(IndexFileError, match=r"shard-00001.lplrs: this shard was built with another encoder"):
+        ld.ShardedIndex.load(tmp_path / "sharded", client=client)
+    shard1.write_bytes(original[: len(original) // 2])  # truncated
+    with pytest.raises(IndexFileError, match=r"shard-00001.lplrs"):
+        ld.ShardedIndex.load(tmp_path / "sharded", client=client)
+    with pytest.raises(IndexFileError, match=r"manifest.json: no such file"):
+        ld.ShardedIndex.load(tmp_path, client=client)
+    assert manifest.endswith("manifest.json")
