@@ -238,8 +238,8 @@ class DaskExecutor(ExecutingSource):
                     stop = min((i + 1) * BLOCK_ROWS, self.n)
                     raise RuntimeError(
                         f"the Dask cluster lost block {i} (rows {i * BLOCK_ROWS}-{stop - 1} of {self.name}) in pass "
-                        f"{self._pass}: {type(exc).__name__}: {str(exc).rstrip('.')}. Nothing was built; check the workers' memory "
-                        "and logs and run it again"
+                        f"{self._pass}: {type(exc).__name__}: {str(exc).rstrip('.')}. Nothing was built; check the "
+                        "workers' memory and logs and run it again"
                     ) from exc
                 del future
                 submit_next()
@@ -268,8 +268,8 @@ class DaskExecutor(ExecutingSource):
             else:
                 got = self.client.compute(self.X[rows], workers=self.workers).result()
         except _LOST as exc:
-            raise RuntimeError(f"the Dask cluster lost the sample rows of {self.name}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
-                               "Nothing was built; run it again") from exc
+            raise RuntimeError(f"the Dask cluster lost the sample rows of {self.name}: {type(exc).__name__}: "
+                               f"{str(exc).rstrip('.')}. Nothing was built; run it again") from exc
         return check_block(got, self.name, 0, self.dim, rows=rows)
 
 
@@ -764,6 +764,7 @@ def _mismatch(a: LPLRIndex, b: LPLRIndex, j: int) -> str:
     sa, sb = a.settings.to_header(rank=a.rank), b.settings.to_header(rank=b.rank)
     diff = [f"{key}={sb.get(key)!r} (index 0 has {sa.get(key)!r})" for key in sorted(set(sa) | set(sb))
             if sa.get(key) != sb.get(key)]
-    what = ", ".join(diff) if diff else "the same settings but a different trained encoder (mean, quantizer levels or shared factor)"
+    what = ", ".join(diff) if diff else ("the same settings but a different trained encoder (mean, quantizer levels "
+                                         "or shared factor)")
     return (f"indexes[{j}] cannot be merged with indexes[0]: {what}. Shards must share one trained encoder: "
             "build (or load) one index and add each shard's vectors to a copy of it")

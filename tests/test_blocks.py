@@ -188,7 +188,8 @@ def test_reblock_gives_canonical_blocks_of_the_same_rows(data):
     np.testing.assert_array_equal(np.concatenate([b for _, b in got]), X)
 
 
-@pytest.mark.parametrize("make", [lambda X, p: ChunkedSource(pieces(X)), lambda X, p: IterableSource(Reiterable(pieces(X))),
+@pytest.mark.parametrize("make", [lambda X, p: ChunkedSource(pieces(X)),
+                                  lambda X, p: IterableSource(Reiterable(pieces(X))),
                                   lambda X, p: ArraySource(np.load(p, mmap_mode="r"))],
                          ids=["chunked", "iterable", "memmap"])
 def test_take_gathers_the_sample_rows(make, data):
