@@ -636,9 +636,10 @@ class LPLRIndex:
         )
 
     # ------------------------------------------------------------ build / add
-    def _source(self, X, name: str):
-        """The rows of an input of build/add/update (see :func:`lplr_index._blocks.open_source`)."""
-        return open_source(X, name, dim=self.dim)
+    def _source(self, X, name: str, spool_dir=None):
+        """The rows of an input of build/add/update (see :func:`lplr_index._blocks.open_source`);
+        a one-shot iterator is spooled to ``spool_dir`` (``tempfile.gettempdir()`` when None)."""
+        return open_source(X, name, dim=self.dim, spool_dir=spool_dir)
 
     def build(self, X, *, ids=None, progress: bool | None = None) -> "LPLRIndex":
         """Learn the shared factor from ``X`` and store ``X``'s codes, replacing any content.
@@ -1053,7 +1054,14 @@ class LPLRIndex:
         gathered allowed rows 7.5, 12, 15, 23 and 30 ms: they cross at about 0.2.
         """
         if mask is None:
-            return blas.rerank(st.view, Q, self._fastscan().candidates(Q, kc), keep)
+            cand = self._fastscan().candidates(Q, kc)
+            D, I = blas.rerank(st.view, Q, cand, keep)
+            short = (cand < 0).any(axis=1)
+            if short.any():
+                # fast-scan dropped rows (its 16-bit sums saturate on extreme level
+                # spreads; seen on edited files): those queries get the exact scan
+                D[short], I[short] = self._scan(st, Q[short], keep, None, n_ok)
+            return D, I
         frac = n_ok / st.n
         if frac < FILTER_SCAN_FRACTION:
             return self._scan(st, Q, keep, mask, n_ok)

@@ -101,7 +101,10 @@ class Quantizer:
         dtype = np.float64 if X.dtype == np.float64 else np.float32
         width = self.hi.astype(np.float64) - self.lo
         safe = np.where(width > 0, width, 1.0)
-        inv = np.where(width > 0, (self.levels - 1) / safe, 0.0).astype(dtype)
+        inv = np.where(width > 0, (self.levels - 1) / safe, 0.0)
+        if np.abs(inv).max(initial=0) > 1e36:
+            dtype = np.float64  # ranges narrower than ~1e-36 overflow float32's 1 / width
+        inv = inv.astype(dtype)
         lo = self.lo.astype(dtype)
         top = self.levels - 1
         codes = np.empty(X.shape, np.uint8)
@@ -109,8 +112,9 @@ class Quantizer:
         # row blocks keep the float temporaries in cache
         rows = max(1, _BLOCK_ELEMENTS // max(1, X.shape[-1]))
         for s in range(0, X.shape[0], rows):
-            t = X[s : s + rows] - lo
-            t *= inv
+            t = X[s : s + rows].astype(dtype, copy=False) - lo
+            with np.errstate(over="ignore"):  # far outside the range: +-inf, clipped below
+                t *= inv
             t += dtype(0.5)
             np.floor(t, out=t)
             if return_clipped:

@@ -60,6 +60,9 @@ def finalize(view: CodeView, Q: np.ndarray, S: np.ndarray, I: np.ndarray):
         Qc = Q - view.encoder.mean
         qn = np.einsum("ij,ij->i", Qc, Qc)
         D = np.maximum(qn[:, None] - S, 0)
+    elif view.metric == "cosine":
+        # a cosine is in [-1, 1]; float32 norms of extreme (edited) levels can round past it
+        D = np.clip(S, -1.0, 1.0)
     else:
         D = S
     D = np.where(I >= 0, D, np.inf if view.metric == "l2" else -np.inf)
