@@ -13,6 +13,7 @@ scikit-learn load on first use, so ``lplr-index --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -292,18 +293,57 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
     index = _make_index(args, X.shape[1])
     log.info("building on %d x %d vectors ...", X.shape[0], X.shape[1])
     t0 = time.perf_counter()
+    ids = _load_ids(args, len(X))
     try:
-        index.build(_blocks_of(X, args), progress=_progress_setting(args))
+        index.build(_blocks_of(X, args), ids=ids, progress=_progress_setting(args))
     except OverflowError as exc:
         raise _budget_overflow(args, exc) from None
     except (ValueError, TypeError) as exc:
-        raise UserError(_in_user_terms(str(exc), {"X": f"{what} file {path}"})) from None
+        raise UserError(_user_message(args, exc, {"X": f"{what} file {path}"})) from None
     log.info(
         "built in %.2f s: rank %d, %d-bit codes, %.4f bits per coordinate",
         time.perf_counter() - t0, index.rank, index.bits_l, index.bits_per_coordinate,
     )
     _warn_if_larger_than_float32(index)
     return index
+
+
+def _load_ids(args, n: int | None = None) -> np.ndarray | None:
+    """The ``--ids FILE`` of a command (integer ids, shape (n,)), or None without it."""
+    path = getattr(args, "ids", None)
+    if path is None:
+        return None
+    ids = np.asarray(_load_array(path, "--ids", ndim=1))
+    if ids.dtype.kind not in "iu":
+        raise UserError(f"--ids file {path} must hold integer ids, got dtype {ids.dtype}")
+    if n is not None and len(ids) != n:
+        raise UserError(f"--ids file {path} holds {len(ids)} ids, but there are {n} vectors")
+    return ids
+
+
+def _user_message(args, exc: Exception, names: dict[str, str]) -> str:
+    """The library's message in the user's terms; one about ``ids`` names the --ids file."""
+    message = str(exc)
+    if getattr(args, "ids", None) is not None and message.startswith("ids"):
+        return f"--ids file {args.ids}: {message.removeprefix('ids').lstrip(': ')}"
+    return _in_user_terms(message, names)
+
+
+def _search_extras(args) -> dict:
+    """``allowed`` and ``rescore_with`` of ``search --allowed / --rescore-with`` (loaded once)."""
+    extras = getattr(args, "_search_extras", None)
+    if extras is None:
+        extras = {}
+        if getattr(args, "allowed", None) is not None:
+            allowed = np.asarray(_load_array(args.allowed, "--allowed", ndim=1))
+            if allowed.dtype != bool and allowed.dtype.kind not in "iu":
+                raise UserError(f"--allowed file {args.allowed} must hold integer ids or a boolean mask over "
+                                f"ids, got dtype {allowed.dtype}")
+            extras["allowed"] = allowed
+        if getattr(args, "rescore_with", None) is not None:
+            extras["rescore_with"] = _load_array(args.rescore_with, "--rescore-with")
+        args._search_extras = extras
+    return extras
 
 
 def _blocks_of(X, args):
@@ -364,10 +404,13 @@ def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc:
         for s in range(0, len(Q), _QUERY_BATCH):
             block = np.asarray(Q[s : s + _QUERY_BATCH])
             try:
-                D[s : s + len(block)], I[s : s + len(block)] = index.search(block, k, mode=args.mode)
+                D[s : s + len(block)], I[s : s + len(block)] = index.search(
+                    block, k, mode=args.mode, **_search_extras(args))
             except (ValueError, TypeError) as exc:
                 shown = f"{what} file {path}"
-                raise UserError(_in_user_terms(str(exc), {"Q": shown, "queries": shown})) from None
+                names = {"Q": shown, "queries": shown, "allowed": f"--allowed file {getattr(args, 'allowed', '')}",
+                         "rescore_with": f"--rescore-with file {getattr(args, 'rescore_with', '')}"}
+                raise UserError(_in_user_terms(str(exc), names)) from None
             bar.update(len(block))
     return D, I
 
@@ -388,11 +431,12 @@ def cmd_add(args) -> dict:
     X = _load_array(args.embeddings, "embeddings")
     _check_queries(X, index.dim, "embeddings", args.embeddings)
     before = index.ntotal
+    ids = _load_ids(args, len(X))
     log.info("encoding %d vectors ...", len(X))
     try:
-        index.add(_blocks_of(X, args), progress=_progress_setting(args))
+        index.add(_blocks_of(X, args), ids=ids, progress=_progress_setting(args))
     except (ValueError, TypeError) as exc:
-        raise UserError(_in_user_terms(str(exc), {"X": f"embeddings file {args.embeddings}"})) from None
+        raise UserError(_user_message(args, exc, {"X": f"embeddings file {args.embeddings}"})) from None
     _warn_if_larger_than_float32(index)
     _save(index, target, args)
     info = _index_info(index, target)
@@ -426,6 +470,46 @@ def cmd_search(args) -> dict:
         result["distances"] = [[_json_number(x) for x in row] for row in D.tolist()]
     elif not args.output:
         result["table"] = _search_table(D, I)
+    return result
+
+
+def cmd_remove(args) -> dict:
+    target = args.output or args.index
+    _check_output(target, "-o/--output" if args.output else "INDEX (updated in place)")
+    index = LPLRIndex.load(args.index)
+    ids = _load_ids(args)
+    before = len(index)
+    try:
+        index.remove(ids)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(_user_message(args, exc, {})) from None
+    if args.compact:
+        index.compact()
+    _save(index, target, args)
+    info = _index_info(index, target)
+    info["removed"] = before - len(index)
+    info["live"] = len(index)
+    info["n_removed_stored"] = index.n_removed
+    return info
+
+
+def cmd_plan(args) -> dict:
+    if args.bits_per_coordinate is None and args.rank is None:
+        raise UserError("give --bits-per-coordinate B (a storage budget) or --rank R")
+    if args.bits_per_coordinate is not None and args.rank is not None:
+        raise UserError("give either --bits-per-coordinate or --rank, not both")
+    try:
+        plan = LPLRIndex.plan(
+            args.n, args.dim, bits_per_coordinate=args.bits_per_coordinate, rank=args.rank,
+            n_queries=args.queries, k=args.k, bits_l=args.bits_l, bits_r=args.bits_r, metric=args.metric,
+            quantizer=args.quantizer, refine_iters=args.refine_iters, seed=args.seed,
+        )
+    except (ValueError, TypeError) as exc:
+        raise UserError(_in_user_terms(str(exc), {"n": "--n", "dim": "--dim"})) from None
+    result = dataclasses.asdict(plan)
+    if not args.json:
+        for key in ("file_bytes", "build_peak_bytes", "search_peak_bytes", "fastscan_bytes"):
+            result[key] = f"{result[key]} ({_size(result[key])})"
     return result
 
 
@@ -573,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build an index from an (n, dim) .npy file")
     p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to index")
     p.add_argument("-o", "--output", required=True, help="index file to write (its folder must exist)")
+    p.add_argument("--ids", metavar="FILE", help="(n,) integer ids of the vectors (default: 0 .. n-1)")
     _add_index_options(p)
     _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -582,9 +667,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index file (replaced unless -o is given)")
     p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to add")
     p.add_argument("-o", "--output", help="write here instead of replacing INDEX")
+    p.add_argument("--ids", metavar="FILE", help="(n,) integer ids of the vectors (default: after the largest id)")
     _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add)
+
+    p = sub.add_parser("remove", help="remove vectors by id (searches never return them)")
+    p.add_argument("index", help="index file (replaced unless -o is given)")
+    p.add_argument("--ids", metavar="FILE", required=True, help="(m,) integer ids of the vectors to remove")
+    p.add_argument("--compact", action="store_true", help="also drop the removed rows from the file")
+    p.add_argument("-o", "--output", help="write here instead of replacing INDEX")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("search", help="k nearest neighbours of each query")
     p.add_argument("index", help="index file")
@@ -595,9 +689,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write distances and indices (n_queries, k) to this .npz file")
     p.add_argument("--mode", choices=SEARCH_MODES, default="factored", help="default: factored")
     p.add_argument("--mmap", action="store_true", help="map the codes from the file")
+    p.add_argument("--allowed", metavar="FILE",
+                   help="only these may be returned: (m,) integer ids, or a boolean mask over ids")
+    p.add_argument("--rescore-with", metavar="FILE",
+                   help="(ntotal, dim) original vectors in the index's row order: re-score the candidates exactly")
     p.add_argument("--json", action="store_true",
                    help="print every result as JSON (default: a table of the first queries)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("plan", help="rank, file size and peak memory of a build and a search, without data")
+    p.add_argument("--n", type=_int_in(1), required=True, metavar="N", help="vectors to index")
+    p.add_argument("--dim", type=_int_in(1), required=True, metavar="D", help="their dimension")
+    _add_index_options(p)
+    p.add_argument("--queries", type=_int_in(1), default=1000, metavar="NQ",
+                   help="queries per search call for the search peak (default: 1000)")
+    p.add_argument("-k", type=_int_in(1), default=10, help="neighbours per query (default: 10)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("info", help="settings, size and measured bits of an index")
     p.add_argument("index", help="index file")

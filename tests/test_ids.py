@@ -341,3 +341,99 @@ def test_increasing_ids_are_saved_as_a_bitmap_when_smaller(X, tmp_path):
     # sparse increasing ids: the int64 array is smaller
     sparse = make(X[:20], ids=np.arange(20) * 10**6)
     assert "ids" in read_container(sparse.to_bytes()).arrays
+
+
+# ------------------------------------------------------------ command line
+CLI_IDS = np.arange(N) * 3 + 7  # increasing: saved as an id bitmap
+@pytest.fixture
+def cli_files(tmp_path, X):
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    arrays = {
+        "X": X, "Q": X[:6] + 0.01, "ids": CLI_IDS, "more": X[:3], "more_ids": np.array([1, 2, 3]),
+        "gone": CLI_IDS[:2], "dup": np.array([7, 7]), "unknown": np.array([5000]),
+        "float_ids": np.array([1.5]), "mask_short": np.zeros(5, bool),
+    }
+    paths = {}
+    for name, arr in arrays.items():
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], arr)
+    paths["index"] = tmp_path / "i.lplr"
+    yield paths
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def cli(capsys, *argv):
+    import json
+
+    from lplr_index.cli import main
+
+    code = main(["-q", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 and "--json" in argv else out), err
+
+
+def test_cli_ids_remove_allowed_rescore(capsys, cli_files, X):
+    user_ids = CLI_IDS
+    f = cli_files
+    code, info, err = cli(capsys, "build", f["X"], "-o", f["index"], "--rank", 12, "--bits-l", 4, "--ids", f["ids"],
+                          "--json")
+    assert code == 0, err
+    assert info["storage_bytes"]["ids"] == (3 * N + 4) // 8 + 1  # bits for ids 0 .. 6003
+    code, res, err = cli(capsys, "search", f["index"], f["Q"], "-k", 3, "--json")
+    assert np.array_equal(np.array(res["indices"])[:, 0], user_ids[:6])
+    code, info, err = cli(capsys, "remove", f["index"], "--ids", f["gone"], "--json")
+    assert code == 0 and info["removed"] == 2 and info["live"] == N - 2 and info["n_removed_stored"] == 2
+    code, res, _ = cli(capsys, "search", f["index"], f["Q"], "-k", 3, "--mode", "fastscan", "--json")
+    assert not np.isin(res["indices"], user_ids[:2]).any()
+    allowed = user_ids[10:20]
+    np.save(f["X"].parent / "allowed.npy", allowed)
+    code, res, _ = cli(capsys, "search", f["index"], f["Q"], "-k", 3, "--allowed", f["X"].parent / "allowed.npy",
+                       "--json")
+    assert code == 0 and np.isin(res["indices"], allowed).all()
+    mask = np.zeros(int(user_ids.max()) + 1, bool)
+    mask[allowed] = True
+    np.save(f["X"].parent / "mask.npy", mask)
+    code, res2, _ = cli(capsys, "search", f["index"], f["Q"], "-k", 3, "--allowed", f["X"].parent / "mask.npy",
+                        "--json")
+    assert res2["indices"] == res["indices"]
+    code, res, _ = cli(capsys, "search", f["index"], f["Q"], "-k", 3, "--rescore-with", f["X"], "--json")
+    exact = ((X[2:6] - (X[2:6] + 0.01)) ** 2).sum(1)
+    np.testing.assert_allclose(np.array(res["distances"])[2:, 0], exact, rtol=1e-4)
+    code, info, err = cli(capsys, "add", f["index"], f["more"], "--ids", f["more_ids"], "--json")
+    assert code == 0, err
+    assert LPLRIndex.load(f["index"]).ids[-3:].tolist() == [1, 2, 3]
+    code, info, _ = cli(capsys, "remove", f["index"], "--ids", f["more_ids"], "--compact", "--json")
+    assert info["ntotal"] == N - 2 and info["n_removed_stored"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("remove", "{index}", "--ids", "{dup}"), "--ids file {dup}: holds id 7 more than once"),
+        (("remove", "{index}", "--ids", "{unknown}"), "--ids file {unknown}: no vector has id 5000"),
+        (("remove", "{index}", "--ids", "{float_ids}"), "--ids file {float_ids} must hold integer ids, got dtype float64"),
+        (("add", "{index}", "{more}", "--ids", "{dup}"), "--ids file {dup} holds 2 ids, but there are 3 vectors"),
+        (("add", "{index}", "{more}", "--ids", "{more_ids}"), "--ids file {more_ids}: id 1 is already in the index"),
+        (("search", "{index}", "{Q}", "--allowed", "{mask_short}"),
+         r"--allowed file {mask_short}, a boolean mask over ids, must have shape (2000,)"),
+        (("search", "{index}", "{Q}", "--allowed", "{float_ids}"), "--allowed file {float_ids} must hold integer ids or a "
+                                                                 "boolean mask over ids, got dtype float64"),
+        (("search", "{index}", "{Q}", "--rescore-with", "{Q}"),
+         "--rescore-with file {Q} must hold the 2000 original vectors of dimension 32 in id order"),
+        (("search", "{index}", "{Q}", "--rescore-with", "{dup}"), "--rescore-with file {dup} must hold a 2-D array"),
+    ],
+    ids=["remove-dup", "remove-unknown", "remove-float", "add-ids-length", "add-taken", "mask-length",
+         "allowed-float", "rescore-shape", "rescore-1-D"],
+)
+def test_cli_bad_ids_and_filters(capsys, cli_files, argv, message):
+    f = cli_files
+    assert cli(capsys, "build", f["X"], "-o", f["index"], "--rank", 12, "--bits-l", 4)[0] == 0
+    before = f["index"].read_bytes()
+    code, out, err = cli(capsys, *(a.format(**f) for a in argv))
+    assert code == 1 and err.count("\n") == 1
+    assert message.format(**f) in err
+    assert f["index"].read_bytes() == before

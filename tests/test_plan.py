@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tracemalloc
 
 import faiss  # noqa: F401 - imported before any measurement: its first import allocates
@@ -113,3 +114,21 @@ def test_plan_is_a_small_frozen_dataclass():
 def test_bad_plan_arguments(args, kw, exc, match):
     with pytest.raises(exc, match=match):
         LPLRIndex.plan(*args, **kw)
+
+
+def test_plan_command_line(capsys):
+    import json
+
+    from lplr_index.cli import main
+
+    assert main(["-q", "plan", "--n", "100000", "--dim", "384", "-b", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {**dataclasses.asdict(LPLRIndex.plan(100_000, 384, bits_per_coordinate=1))}
+    assert main(["-q", "plan", "--n", "5000", "--dim", "64", "--rank", "8", "--bits-l", "8", "--queries", "10",
+                 "-k", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "search_mode          factored" in text and "file_bytes" in text and "KiB)" in text
+    assert main(["-q", "plan", "--n", "5000", "--dim", "64"]) == 1
+    assert "give --bits-per-coordinate B (a storage budget) or --rank R" in capsys.readouterr().err
+    assert main(["-q", "plan", "--n", "3", "--dim", "64", "--rank", "8"]) == 1
+    assert "--rank 8 needs at least 8 vectors to build on, got --n=3" in capsys.readouterr().err
