@@ -540,6 +540,14 @@ class ShardedIndex:
         Row boundaries: shard ``i`` holds rows ``bounds[i]:bounds[i + 1]``.
     fingerprint : str
         :func:`encoder_fingerprint` of the shards' common encoder.
+
+    Examples
+    --------
+    >>> client = distributed.Client("tcp://scheduler:8786")      # doctest: +SKIP
+    >>> index = LPLRIndex.load("embeddings.lplr", mmap=True)      # doctest: +SKIP
+    >>> with ShardedIndex(index, client=client) as sharded:       # doctest: +SKIP
+    ...     D, I = sharded.search(queries, k=10)
+    ...     sharded.save("/shared/embeddings.shards")             # later: ShardedIndex.load(folder)
     """
 
     def __init__(self, index: LPLRIndex, n_shards: int | None = None, *, client=None):
