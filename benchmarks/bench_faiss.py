@@ -76,6 +76,8 @@ import faiss_report  # noqa: E402
 
 import lplr_index  # noqa: E402
 from lplr_index import LPLRIndex, accuracy, exact_knn, knn_vote, recall_at_k  # noqa: E402
+from lplr_index.evaluation import rate_distortion  # noqa: E402
+from lplr_index.index import DEFAULT_RERANK_FACTOR  # noqa: E402
 from pipelines.image_embedders import IMAGE_MODELS  # noqa: E402  (imports no torch)
 
 DEFAULT_OUT = Path("results") / "runs" / "bench_faiss"  # ignored by git; reference results: --out results/reference/bench_faiss
@@ -92,8 +94,9 @@ LPLR_VARIANTS: dict[str, dict[str, Any]] = {
     # same settings as one already run at a budget is skipped there
     "bl4": {"bits_l": 4},
     "bl8": {"bits_l": 8},
-    # the paper's LPLR: B = B' = 8, one global min/max quantizer, no refinement
-    "paper": {"bits_l": 8, "bits_r": 8, "quantizer": "minmax", "refine_iters": 0},
+    # the paper's LPLR: B = B' = 8, one global min/max quantizer, no refinement, its
+    # least-squares factor (uncentred)
+    "paper": {"bits_l": 8, "bits_r": 8, "quantizer": "minmax", "refine_iters": 0, "factor": "lstsq"},
 }
 
 
@@ -303,6 +306,29 @@ class Timing:
     latency_n: int
 
 
+def measure_threads(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
+                    args: argparse.Namespace) -> tuple[np.ndarray, dict[int, Timing]]:
+    """:func:`measure_search` once per thread count of ``args.speed_threads``.
+
+    faiss's OpenMP threads and the BLAS threads (threadpoolctl) are set for each
+    measurement and restored afterwards.
+    """
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    timings: dict[int, Timing] = {}
+    I = None
+    try:
+        for t in args.speed_threads:
+            faiss.omp_set_num_threads(t)
+            with threadpool_limits(t):
+                I, timings[t] = measure_search(search, xq, batch=args.batch, repeats=args.repeats,
+                                               latency_queries=args.latency_queries, time_cap_s=args.time_cap)
+    finally:
+        faiss.omp_set_num_threads(before)
+    return I, timings
+
+
 def measure_search(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], xq: np.ndarray, *,
                    batch: int, repeats: int, latency_queries: int, time_cap_s: float
                    ) -> tuple[np.ndarray, Timing]:
@@ -385,7 +411,12 @@ def quality(ctx: Context, I: np.ndarray) -> dict[str, float | None]:
 
 def _row(ctx: Context, *, method: str, family: str, param: str, mode: str, targets: Sequence[float],
          nbytes: int, code_bits: float | None, train_s: float, add_s: float, I: np.ndarray,
-         timing: Timing, notes: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+         timing: dict[int, Timing], notes: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One result row; ``qps`` and ``latency_ms`` are those of the first thread count measured,
+    ``qps_{t}t`` and ``latency_ms_{t}t`` those of each."""
+    per_thread = {f"{key}_{t}t": val for t, tm in timing.items() for key, val in (
+        ("qps", min(ctx.args.batch, len(ctx.data.xq)) / tm.batch_s), ("latency_ms", tm.latency_ms))}
+    timing = next(iter(timing.values()))
     bits = nbytes * 8.0 / (ctx.n * ctx.dim)
     slack = ctx.args.slack
     within = None if not targets else bool(bits <= min(targets) * (1 + slack))
@@ -402,6 +433,7 @@ def _row(ctx: Context, *, method: str, family: str, param: str, mode: str, targe
         **quality(ctx, I), "notes": notes,
         # other processes share the cores: the 1-minute load average when the row finished
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "timed_threads": list(ctx.args.speed_threads), **per_thread,
     }
     if extra:
         row.update(extra)
@@ -417,11 +449,9 @@ def run_flat(ctx: Context) -> dict[str, Any]:
                 timing=timing, notes="exact reference")
 
 
-def _time_faiss(ctx: Context, index: faiss.Index) -> tuple[np.ndarray, Timing]:
+def _time_faiss(ctx: Context, index: faiss.Index) -> tuple[np.ndarray, dict[int, Timing]]:
     k = ctx.args.k
-    return measure_search(lambda q: index.search(q, k), ctx.data.xq, batch=ctx.args.batch,
-                          repeats=ctx.args.repeats, latency_queries=ctx.args.latency_queries,
-                          time_cap_s=ctx.args.time_cap)
+    return measure_threads(lambda q: index.search(q, k), ctx.data.xq, ctx.args)
 
 
 def run_faiss_family(ctx: Context, family: fb.Family, xtrain: np.ndarray,
@@ -473,7 +503,8 @@ def run_faiss_family(ctx: Context, family: fb.Family, xtrain: np.ndarray,
 
 def lplr_settings_key(index: LPLRIndex) -> tuple:
     """Resolved settings of an (unbuilt) LPLRIndex, to skip variants that coincide."""
-    return (index.budget, index.bits_l, index.bits_r, index.quantizer, index.refine_iters, index.seed)
+    return (index.budget, index.bits_l, index.bits_r, index.quantizer, index.refine_iters, index.seed,
+            index.factor)
 
 
 def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], None],
@@ -524,27 +555,28 @@ def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], Non
         raise RuntimeError(f"LPLRIndex.nbytes={index.nbytes} but the saved file has {nbytes} bytes")
     codes = index.storage_breakdown()["codes"]
     param = (f"rank={index.rank}, bl={index.bits_l}, br={index.bits_r}, {index.quantizer}, "
-             f"refine={index.refine_iters}")
+             f"refine={index.refine_iters}, {index.factor}")
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for mode in ("factored", "reconstructed"):
+    rd = rate_distortion(ctx.data.xb, index, index.bits_per_coordinate)
+    modes = ("fastscan", "factored") if index.fastscan_ready else ("factored",)
+    for mode in modes:
         try:
-            I, timing = measure_search(lambda q: index.search(q, args.k, mode=mode), ctx.data.xq,
-                                       batch=args.batch, repeats=args.repeats,
-                                       latency_queries=args.latency_queries, time_cap_s=args.time_cap)
+            I, timing = measure_threads(lambda q: index.search(q, args.k, mode=mode), ctx.data.xq, args)
         except Exception as exc:  # a library failure is a result to report, not a reason to stop
             msg = f"search(mode={mode!r}) raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             log(f"  {family} [{mode}] {param}: ERROR {msg}")
             skipped.append({"family": family, "budget": budget, "reason": f"{param}: {msg}", "error": True})
             continue
-        note = ("first search decodes all vectors into a float32 flat index (kept in RAM)"
-                if mode == "reconstructed" else "first search computes per-vector norms")
+        note = (f"fast-scan + exact re-rank of {DEFAULT_RERANK_FACTOR}k candidates" if mode == "fastscan"
+                else "exact scan of the codes (BLAS); first search computes per-vector norms")
         rows.append(_row(ctx, method=f"LPLR {variant}", family="LPLR", param=param, mode=mode,
                          targets=[budget], nbytes=nbytes, code_bits=codes * 8.0 / (ctx.n * ctx.dim),
                          train_s=build_s, add_s=0.0, I=I, timing=timing, notes=note,
                          extra={"rank": index.rank, "bits_l": index.bits_l, "bits_r": index.bits_r,
                                 "quantizer": index.quantizer, "fit_error": index.fit_error,
-                                "variant": variant}))
+                                "factor": index.factor, "variant": variant,
+                                "rd_ratio": rd.ratio, "rd_equivalent_bits": rd.equivalent_bits}))
         log("  " + faiss_report.one_line(rows[-1], args.k))
     del index
     return rows, skipped
@@ -649,6 +681,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--time-cap", type=float, default=60.0,
                    help="soft cap in seconds on each timing loop of a row (fewer repeats when slow)")
     g.add_argument("--threads", type=int, default=None, help="faiss OpenMP and BLAS threads (default: all cores)")
+    g.add_argument("--speed-threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts at which every row's speed is measured (the first is the "
+                        "tables' QPS and latency)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--report", type=Path, default=None, metavar="JSON",
                    help="only rewrite the Markdown table and plots of an earlier run's JSON (next to it)")
@@ -658,6 +693,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.synthetic = True
         args.n, args.dim, args.n_queries = 5000, 64, 200
         args.repeats, args.latency_queries, args.time_cap = 1, 10, 2.0
+        args.speed_threads = args.speed_threads[:1]
         args.opq_niter = 5 if args.opq_niter is None else args.opq_niter
         if args.lplr_variants == list(LPLR_VARIANTS):
             args.lplr_variants = ["default", "paper"]

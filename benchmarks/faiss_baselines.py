@@ -226,6 +226,26 @@ def _pca_sq8(d: int) -> list[FaissSetting]:
     return [FaissSetting("PCA+SQ8", f"m={m}", f"PCA{m},SQ8", order=m) for m in range(1, d + 1)]
 
 
+def _pcar_pqfs(d: int) -> list[FaissSetting]:
+    # PCA to m dims, a random rotation, one 4-bit fast-scan code per latent dimension: the
+    # closest faiss analogue of LPLRIndex's rotated latent with 4-bit codes
+    return [FaissSetting("PCAR+PQfs4", f"m={m}", f"PCAR{m},PQ{m}x4fs", order=m) for m in range(2, d + 1, 2)]
+
+
+def _pca_pqfs(d: int) -> list[FaissSetting]:
+    return [FaissSetting("PCA+PQfs4", f"m={m}", f"PCA{m},PQ{m}x4fs", order=m) for m in range(2, d + 1, 2)]
+
+
+def _opq_pqfs(d: int) -> list[FaissSetting]:
+    return [FaissSetting("OPQ+PQfs4", f"M={m}x4", f"OPQ{m},PQ{m}x4fs", order=m) for m in _divisors(d)]
+
+
+def _rabitq_fs(d: int) -> list[FaissSetting]:
+    # RaBitQ's fast-scan index (IVF-free), behind a random rotation; 1 to 9 bits
+    names = {b: f"RR{d},RaBitQfs" if b == 1 else f"RR{d},RaBitQfs{b}" for b in range(1, 10)}
+    return [FaissSetting("RaBitQfs", f"{b}bit", f, order=b) for b, f in names.items()]
+
+
 def _lsh_maker(nbits: int) -> Callable[[int], faiss.Index]:
     def make(d: int) -> faiss.Index:
         # random rotation/projection to nbits dims, thresholds trained (per-dim medians)
@@ -248,7 +268,10 @@ def default_families() -> list[Family]:
     list of Family
         PQ (8-bit sub-quantizers), PQ fast-scan (4-bit), OPQ + PQ, SQ4, SQ8 (native rate
         only), RaBitQ behind a random rotation (1 to 9 bits; 1 bit always reported),
-        PCA + SQ8, and LSH (random rotation, trained thresholds).
+        PCA + SQ8, LSH (random rotation, trained thresholds), and the fast-scan rivals:
+        PCA + random rotation + PQ fast-scan with one 4-bit code per latent dimension
+        (``PCAR{m},PQ{m}x4fs``), the same without rotation, OPQ + PQ fast-scan, and
+        RaBitQ fast-scan (1 to 9 bits).
     """
     return [
         Family("PQ", _pq),
@@ -259,6 +282,11 @@ def default_families() -> list[Family]:
         Family("RaBitQ", _rabitq, reference=_rabitq_ref, affine_shared=True),
         Family("PCA+SQ8", _pca_sq8, affine_shared=True),
         Family("LSH", _lsh, affine_shared=True),
+        # the fast-scan rivals of a fast-scan LPLRIndex
+        Family("PCAR+PQfs4", _pcar_pqfs, affine_shared=True),
+        Family("PCA+PQfs4", _pca_pqfs, affine_shared=True),
+        Family("OPQ+PQfs4", _opq_pqfs),
+        Family("RaBitQfs", _rabitq_fs, affine_shared=True),
     ]
 
 

@@ -12,7 +12,8 @@ import numpy as np
 
 __all__ = ["write_json", "one_line", "markdown", "plots"]
 
-FAMILY_ORDER = ["Flat", "LPLR", "PQ", "PQfs4", "OPQ+PQ", "SQ4", "SQ8", "RaBitQ", "PCA+SQ8", "LSH"]
+FAMILY_ORDER = ["Flat", "LPLR", "PQ", "PQfs4", "PCAR+PQfs4", "PCA+PQfs4", "OPQ+PQfs4", "RaBitQfs", "OPQ+PQ", "SQ4",
+                "SQ8", "RaBitQ", "PCA+SQ8", "LSH"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -53,6 +54,10 @@ def one_line(row: dict[str, Any], k: int) -> str:
             f"R1@1 {row['recall_1_at_1']:.3f}, R{k}@{k} {row[f'recall_{k}_at_{k}']:.3f}"
             + (f", 3-NN {acc:.3f}" if acc is not None else "")
             + f", build {row['build_s']:.1f}s, {row['qps']:.0f} q/s, {row['latency_ms']:.2f} ms/q")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -117,9 +122,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "All rows:",
         "",
-        "| budget | method | setting | bits/coord | code b/c | file | build s | QPS | latency ms "
-        f"| R1@1 | R{k}@{k} |" + (" 3-NN acc |" if has_acc else ""),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_acc else ""),
+        "| budget | method | setting | bits/coord | code b/c | file | build s | QPS 1t | latency ms 1t "
+        f"| QPS 2t | latency ms 2t | R1@1 | R{k}@{k} | RD ratio |" + (" 3-NN acc |" if has_acc else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_acc else ""),
     ]
     for r in rows:
         over = "" if r["within_budget"] in (None, True) else " (over)"
@@ -128,7 +133,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {_targets(r)} | {_label(r)} | {r['param']} | {r['bits_per_coordinate']:.3f}{over} | {code} "
             f"| {_fmt_bytes(r['file_bytes'])} | {r['build_s']:.2f} | {r['qps']:.0f} | {r['latency_ms']:.2f} "
-            f"| {r['recall_1_at_1']:.3f} | {r[f'recall_{k}_at_{k}']:.3f} |"
+            f"| {_num(r.get('qps_2t'), '.0f')} | {_num(r.get('latency_ms_2t'), '.2f')} "
+            f"| {r['recall_1_at_1']:.3f} | {r[f'recall_{k}_at_{k}']:.3f} | {_num(r.get('rd_ratio'), '.2f')} |"
             + (f" {acc:.3f} |" if has_acc and acc is not None else (" – |" if has_acc else ""))
         )
     errors = [s for s in result.get("skipped", []) if s.get("error")]
@@ -154,16 +160,17 @@ def markdown(result: dict[str, Any]) -> str:
 def summary_table(result: dict[str, Any]) -> list[str]:
     """Compact Markdown table: recall k@k (measured bits/coord) per method and budget.
 
-    LPLR rows use the factored scoring mode (the reconstructed mode returns the same
-    neighbours); rows without a budget (native rates) go to the last column.
+    LPLR rows are those of the index's default search (fast-scan with exact re-ranking
+    where it has 4-bit codes, else the exact scan of the codes); rows without a budget
+    (native rates) go to the last column.
     """
     k = result["k"]
     key = f"recall_{k}_at_{k}"
     budgets = list(result["args"]["budgets"])
     cells: dict[str, dict[Any, str]] = {}
     for r in sorted(result["rows"], key=_sort_key):
-        if r["family"] == "LPLR" and r["mode"] != "factored":
-            if any(x["method"] == r["method"] and x["mode"] == "factored" and x["targets"] == r["targets"]
+        if r["family"] == "LPLR" and r["mode"] != "fastscan":
+            if any(x["method"] == r["method"] and x["mode"] == "fastscan" and x["targets"] == r["targets"]
                    for x in result["rows"]):
                 continue
         text = f"{r[key]:.3f} ({r['bits_per_coordinate']:.2f})"
