@@ -233,6 +233,15 @@ class _State:
                 raise UnknownIdError(f"{name}: the vector with id {ids[gone][0]} was removed")
         return rows.astype(np.int64)
 
+    def replaced(self, **changes) -> "_State":
+        """A new state with ``changes``; what is derived from unchanged ids is carried over."""
+        new = dataclasses.replace(self, **changes)
+        if new.ids is self.ids:
+            for key in ("_sorted", "_ids_layout"):
+                if key in self.__dict__:
+                    object.__setattr__(new, key, self.__dict__[key])
+        return new
+
     @property
     def view(self) -> CodeView:
         """The search backends' view of this state (made once)."""
@@ -287,8 +296,10 @@ class LPLRIndex:
 
     Ids and deletions: every vector has an int64 id, its row number by default
     (0, 1, ... in the order added; these cost nothing), or the user's own ids
-    given to :meth:`build` / :meth:`add` (stored as one int64 array, counted in
-    :attr:`nbytes` and :attr:`bits_per_coordinate`). :meth:`search` returns ids.
+    given to :meth:`build` / :meth:`add` (stored as one int64 array, or as a
+    bitmap over ``0 .. max id`` when they increase row by row and that is
+    smaller; counted in :attr:`nbytes` and :attr:`bits_per_coordinate`).
+    :meth:`search` returns ids.
     :meth:`remove` marks vectors as removed (a tombstone bitmap, saved with the
     index); searches never return them; :meth:`compact` drops their rows.
     :meth:`update` re-encodes vectors under the same ids. ``len(index)`` counts
@@ -659,7 +670,8 @@ class LPLRIndex:
             User ids of the vectors: distinct integers in ``[0, 2**63 - 1]``.
             None gives the default ids ``0 .. n - 1``, which are not stored (ids
             equal to them are not stored either). User ids are stored as one
-            int64 array (8 bytes a vector), counted in the budget.
+            int64 array (8 bytes a vector; increasing ids as a bitmap over
+            ``0 .. max id`` when that is smaller), counted in the budget.
         progress : bool, default=None
             Show a progress bar on stderr; None shows it when stderr is a terminal
             and ``X`` has at least 10^5 rows.
@@ -807,7 +819,7 @@ class LPLRIndex:
         rows = st.rows_of(ids, "ids")
         removed = np.zeros(st.n, bool) if st.removed is None else st.removed.copy()
         removed[rows] = True
-        self._commit(dataclasses.replace(st, removed=_frozen(removed)), keep_cache=True)
+        self._commit(st.replaced(removed=_frozen(removed)), keep_cache=True)
         return self
 
     def compact(self) -> "LPLRIndex":
@@ -872,7 +884,7 @@ class LPLRIndex:
         _check_unique(ids, "ids")
         rows = st.rows_of(ids, "ids")
         packed, clipped = self._encode(st, source, progress, "update")
-        state = dataclasses.replace(st, store=st.store.replaced(rows, packed), n_clipped=st.n_clipped + clipped)
+        state = st.replaced(store=st.store.replaced(rows, packed), n_clipped=st.n_clipped + clipped)
         cache = {}
         if "norms2" in self._cache:
             norms2 = self._cache["norms2"].copy()

@@ -437,3 +437,25 @@ def test_cli_bad_ids_and_filters(capsys, cli_files, argv, message):
     assert code == 1 and err.count("\n") == 1
     assert message.format(**f) in err
     assert f["index"].read_bytes() == before
+
+
+def test_update_and_remove_on_a_memory_mapped_index(X, user_ids, tmp_path):
+    make(X, user_ids).save(tmp_path / "m.lplr")
+    index = LPLRIndex.load(tmp_path / "m.lplr", mmap=True)
+    index.update(user_ids[:2], X[[10, 11]])
+    index.remove(user_ids[2:4])
+    _, I = index.search(X[[10, 11]], 2, mode="factored")
+    assert set(I[0]) == {user_ids[0], user_ids[10]} and set(I[1]) == {user_ids[1], user_ids[11]}
+    assert LPLRIndex.load(tmp_path / "m.lplr").n_removed == 0  # the file itself is untouched
+    index.save(tmp_path / "m.lplr")  # replaced while mapped: the old mapping stays valid
+    assert LPLRIndex.load(tmp_path / "m.lplr").n_removed == 2
+
+
+def test_derived_id_lookups_survive_removals(X, user_ids):
+    index = make(X, user_ids)
+    index.remove(user_ids[:1])
+    sorted_before = index._state._sorted_ids()
+    index.remove(user_ids[1:2])
+    assert index._state._sorted_ids() is sorted_before  # ids unchanged: no re-sort
+    with pytest.raises(UnknownIdError, match="was removed"):
+        index.reconstruct(user_ids[:1])
