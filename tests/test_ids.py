@@ -459,3 +459,56 @@ def test_derived_id_lookups_survive_removals(X, user_ids):
     assert index._state._sorted_ids() is sorted_before  # ids unchanged: no re-sort
     with pytest.raises(UnknownIdError, match="was removed"):
         index.reconstruct(user_ids[:1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_sequences_of_mutations_against_a_reference_model(X, seed, knn_checker, tmp_path):
+    """add / remove / update / compact in random order: the live ids, their decoded vectors and
+    the search results always match a plain dict kept alongside."""
+    rng = np.random.default_rng(seed)
+    use_user_ids = seed > 0
+    ids0 = rng.choice(10**6, 300, replace=False) if use_user_ids else None
+    index = make(X[:300], ids0, rank=8)
+    ref = dict(zip(index.ids.tolist(), index.reconstruct(index.ids)))
+    next_id = 10**6
+    done = set()
+    for step in range(25):
+        op = rng.choice(["add", "remove", "update", "compact"])
+        done.add(str(op))
+        live = np.array(sorted(ref))
+        if op == "add":
+            m = int(rng.integers(1, 40))
+            rows = rng.choice(N, m, replace=False)
+            new = (np.arange(next_id, next_id + m) if rng.random() < 0.5 else None)
+            before = set(index.ids.tolist())
+            index.add(X[rows], ids=new)
+            added = [i for i in index.ids.tolist() if i not in before]
+            next_id += m
+            assert len(added) == m
+            ref.update(zip(added, index.reconstruct(added)))
+        elif op == "remove" and len(live) > 20:
+            gone = rng.choice(live, int(rng.integers(1, 20)), replace=False)
+            index.remove(gone)
+            for i in gone.tolist():
+                del ref[i]
+        elif op == "update" and len(live):
+            ids = rng.choice(live, min(len(live), 5), replace=False)
+            index.update(ids, X[rng.choice(N, len(ids))])
+            ref.update(zip(ids.tolist(), index.reconstruct(ids)))
+        elif op == "compact":
+            index.compact()
+        live = np.array(sorted(ref))
+        assert len(index) == len(ref) and np.array_equal(np.sort(index.live_ids), live), (step, op)
+        # same codes; the float32 product L R may round differently with another batch of rows
+        np.testing.assert_allclose(index.reconstruct(live), np.stack([ref[i] for i in live.tolist()]),
+                                   rtol=1e-5, atol=1e-6)
+        Q = X[rng.choice(N, 5)]
+        D, I = index.search(Q, 5, mode="factored")
+        pos = np.searchsorted(live, I)
+        assert np.array_equal(live[pos], I)
+        knn_checker(np.stack([ref[i] for i in live.tolist()]), Q, D, pos, "l2")
+    assert done == {"add", "remove", "update", "compact"}
+    index.save(tmp_path / "r.lplr")
+    again = LPLRIndex.load(tmp_path / "r.lplr")
+    assert again.to_bytes() == index.to_bytes()
+    np.testing.assert_array_equal(again.search(Q, 5).indices, index.search(Q, 5).indices)
