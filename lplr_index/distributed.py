@@ -330,6 +330,7 @@ def encoder_fingerprint(encoder: Encoder, metric: str, settings: dict | None = N
     """
     h = hashlib.sha256()
     meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed), "normalize": bool(encoder.normalize),
+            "orthonormal": bool(encoder.orthonormal),
             "lq": [encoder.lq.scheme, int(encoder.lq.bits)], "rq": [encoder.rq.scheme, int(encoder.rq.bits)],
             "settings": settings}
     h.update(json.dumps(meta, sort_keys=True).encode())
@@ -404,7 +405,8 @@ class Shard:
         """Write the shard to ``path`` (atomically); returns the bytes written."""
         enc = self.view.encoder
         header = {"format": SHARD_FORMAT, "shard_version": 1, "metric": self.view.metric, "kind": enc.kind,
-                  "seed": int(enc.seed), "normalize": bool(enc.normalize), "lq": [enc.lq.scheme, int(enc.lq.bits)],
+                  "seed": int(enc.seed), "normalize": bool(enc.normalize),
+                  "orthonormal": bool(enc.orthonormal), "lq": [enc.lq.scheme, int(enc.lq.bits)],
                   "rq": [enc.rq.scheme, int(enc.rq.bits)], "first_row": self.first_row, "settings": self.settings,
                   "fingerprint": self.fingerprint}
         arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "l_lo": enc.lq.lo, "l_hi": enc.lq.hi,
@@ -433,7 +435,7 @@ class Shard:
             lq = Quantizer(h["lq"][0], int(h["lq"][1]), np.array(a["l_lo"]), np.array(a["l_hi"]))
             rq = Quantizer(h["rq"][0], int(h["rq"][1]), np.array(a["r_lo"]), np.array(a["r_hi"]))
             enc = Encoder(np.array(a["mean"]), lq, np.array(a["rcodes"]), rq, h["kind"], int(h["seed"]),
-                          bool(h["normalize"]))
+                          bool(h["normalize"]), bool(h.get("orthonormal", False)))
             codes = a["codes"]
             if codes.ndim != 2 or codes.shape[1] != packed_nbytes(enc.rank, lq.bits):
                 raise ValueError(f"codes of shape {codes.shape} do not hold rank-{enc.rank} {lq.bits}-bit rows")

@@ -1264,7 +1264,7 @@ class LPLRIndex:
             raise ValueError(f"mean must be finite with entries of magnitude <= {_MAX_LEVEL:g}")
         if s.factor == "orthonormal" and (mean.any() and version < 2):
             raise ValueError("a version-1 file cannot hold a centred index")
-        encoder = Encoder(mean, lq, rcodes, rq, kind, s.seed, s.metric == "cosine")
+        encoder = Encoder(mean, lq, rcodes, rq, kind, s.seed, s.metric == "cosine", s.factor == "orthonormal")
         bound = _level_bound(lq) * _level_bound(rq) * rank + float(np.abs(mean).max(initial=0))
         if not bound <= _MAX_LEVEL:
             raise ValueError(f"decoded vectors could reach magnitude {bound:.3g}, above {_MAX_LEVEL:g}: "

@@ -74,6 +74,10 @@ class Encoder:
     seed : int
     normalize : bool
         Vectors are unit-normalised before encoding (cosine metric).
+    orthonormal : bool
+        The shared factor used is the decoded one with its rows orthonormalised
+        (QR, a deterministic function of the stored codes): ``R R^T = I``, so
+        ``||x_hat - mean|| = ||l||`` and the latent distance ranks exactly.
     """
 
     mean: np.ndarray
@@ -83,6 +87,7 @@ class Encoder:
     kind: str
     seed: int
     normalize: bool = False
+    orthonormal: bool = False
 
     @property
     def rank(self) -> int:
@@ -98,6 +103,8 @@ class Encoder:
         R = self.__dict__.get("_R")
         if R is None:
             R = self.rq.decode(self.rcodes)
+            if self.orthonormal:
+                R = _orthonormal_rows(R)
             object.__setattr__(self, "_R", R)
         return R
 
@@ -106,7 +113,10 @@ class Encoder:
         """Encoder matrix, (dim, rank) float32 (cached)."""
         T = self.__dict__.get("_T")
         if T is None:
-            T = _encoder_matrix(self.kind, self.R, self.seed)
+            if self.orthonormal and self.kind == "pinv":
+                T = np.ascontiguousarray(self.R.T)  # the pseudo-inverse of orthonormal rows
+            else:
+                T = _encoder_matrix(self.kind, self.R, self.seed)
             object.__setattr__(self, "_T", T)
         return T
 
@@ -127,6 +137,12 @@ def _encoder_matrix(kind: str, R: np.ndarray, seed: int) -> np.ndarray:
     if kind == "sketch":
         return _gaussian(R.shape[1], R.shape[0], seed)
     return np.linalg.pinv(R.astype(np.float64)).astype(np.float32)
+
+
+def _orthonormal_rows(R: np.ndarray) -> np.ndarray:
+    """The rows of ``R`` orthonormalised by QR (Gram-Schmidt order, signs kept), float32."""
+    Q, r = np.linalg.qr(R.T.astype(np.float64))
+    return (Q * np.sign(np.where(np.diag(r) == 0, 1, np.diag(r)))).T.astype(np.float32)
 
 
 def _random_rotation(m: int, seed: int) -> np.ndarray:
@@ -245,9 +261,9 @@ def fit(
         rq = _fit(basis, bits_r, scheme, seed)
         rcodes = rq.encode(basis)
         kind = "pinv"
-        T = _encoder_matrix(kind, rq.decode(rcodes), seed)
+        T = np.ascontiguousarray(_orthonormal_rows(rq.decode(rcodes)).T)  # pinv of orthonormal rows
         lq = _fit(Xs @ T, bits_l, scheme, seed)
-    encoder = Encoder(mean, lq, rcodes, rq, kind, seed, normalize)
+    encoder = Encoder(mean, lq, rcodes, rq, kind, seed, normalize, factor == "orthonormal")
     object.__setattr__(encoder, "_T", T)
     if on_pass is not None:
         on_pass("encode")

@@ -22,8 +22,7 @@ QUERY_CHUNK = 1024  # queries scored together (a score block is at most 64 MiB)
 def row_norms2(view: CodeView, start: int = 0, stop: int | None = None) -> np.ndarray:
     """``||x_hat_i - mean||^2`` (l2) or ``||x_hat_i||^2`` (ip, cosine) of rows ``start:stop``."""
     enc = view.encoder
-    R = enc.R.astype(np.float64)
-    G = (R @ R.T).astype(np.float32)
+    G = _gram(enc)
     stop = view.ntotal if stop is None else stop
     with_mean = view.metric != "l2" and bool(np.any(enc.mean))
     if with_mean:
@@ -32,11 +31,19 @@ def row_norms2(view: CodeView, start: int = 0, stop: int | None = None) -> np.nd
     out = np.empty(stop - start, np.float32)
     for s in range(start, stop, BLOCK_ROWS):
         L = view.decode_latent(view.codes[s : min(s + BLOCK_ROWS, stop)])
-        v = np.einsum("ij,ij->i", L @ G, L)
+        v = np.einsum("ij,ij->i", L if G is None else L @ G, L)
         if with_mean:
             v += 2 * (L @ Rm) + mm
         out[s - start : s - start + len(L)] = v
     return out
+
+
+def _gram(enc) -> np.ndarray | None:
+    """``R R^T`` (float32), or None when the rows are orthonormal (``R R^T = I``)."""
+    if enc.orthonormal:
+        return None
+    R = enc.R.astype(np.float64)
+    return (R @ R.T).astype(np.float32)
 
 
 def _decoded_width(bits: int, m: int) -> int:
@@ -151,8 +158,8 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     L = view.decode_latent(view.codes[np.where(valid, ids, 0).ravel()])  # (nq*c, m)
     L = L.reshape(ids.shape + (enc.rank,))
     R = enc.R
-    G = (R.astype(np.float64) @ R.T.astype(np.float64)).astype(np.float32)
-    lGl = np.einsum("qcm,qcm->qc", L @ G, L)
+    G = _gram(enc)
+    lGl = np.einsum("qcm,qcm->qc", L if G is None else L @ G, L)
     if view.metric == "l2":
         p = (Q - enc.mean) @ R.T  # (nq, m)
         S = 2 * np.einsum("qcm,qm->qc", L, p) - lGl
