@@ -598,9 +598,10 @@ class LPLRIndex:
         -----
         Measured against tracemalloc on builds and first searches of 50,000 to
         200,000 random-order vectors of 32 to 256 dimensions (ranks 16 to 64):
-        the build peak within 2 %; the fast-scan search peak within 3.5 %; the
-        factored search peak within 5.5 % (it holds the candidates above each
-        query's running k-th score, which depends on the data).
+        the build peak within 2 %; the fast-scan search peak within 3 %; the
+        factored search peak within 7 % (it holds the candidates above each
+        query's running k-th score, whose count depends on the data: the same
+        shapes measured 277 and 310 MiB on two data sets).
 
         Examples
         --------
@@ -633,7 +634,7 @@ class LPLRIndex:
         k_eff = min(k, n)
         row_bytes = packed_nbytes(rank, bits_l)
         if search_mode == "fastscan":
-            search = _fastscan_search_peak(n, rank, n_queries, k_eff)
+            search = _fastscan_search_peak(n, rank, n_queries, k_eff, s.factor == "orthonormal")
             fs_bytes = -(-n // 32) * 32 * ((rank + 1) // 2)
         else:
             search = _factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
@@ -1321,9 +1322,9 @@ def _check_padding_bits(packed: np.ndarray, bits: int, count: int, name: str) ->
 # ----------------------------------------------------------- memory model
 # Peak bytes of a build and a first search, as tracemalloc counts them. Each
 # term is a buffer of the code it models; the fitted constants come from
-# tracemalloc measurements of 84 first searches (n = 50,000 to 200,000, dim 64
-# and 128, ranks 16 to 48, 4- and 8-bit codes, every metric, 100 to 1,000
-# queries, k = 10 to 100).
+# tracemalloc measurements of 84 first searches, twice (n = 50,000 to 200,000,
+# dim 64 and 128, ranks 16 to 48, 4- and 8-bit codes, every metric, 100 to
+# 1,000 queries, k = 10 to 100; random-order data).
 
 def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int:
     """:func:`lplr_index.train.fit` on float32 rows in memory.
@@ -1345,13 +1346,15 @@ def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int
     return int(sample + max(block + codes, 2 * codes) + small)
 
 
-def _fastscan_search_peak(n: int, rank: int, nq: int, k: int) -> int:
+def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool = True) -> int:
     """First fast-scan search: the larger of building faiss's copy and the search.
 
     Building decodes 65,536 rows at a time (5 bytes per code: unpacked and
     float32, plus two quantizer blocks) while the previous block is still
     referenced; the search holds the (nq, 4k) candidates and re-ranks 256
-    queries at a time, decoding their candidates (8 bytes per candidate code).
+    queries at a time, decoding their candidates (about 5.5 bytes per
+    candidate code with an orthonormal factor, 8 with the Gram product of
+    another factor).
     """
     step = 1 << 16
     A1 = min(n, step)
@@ -1362,7 +1365,10 @@ def _fastscan_search_peak(n: int, rank: int, nq: int, k: int) -> int:
 
     build = (A1 * rank * 4 if n > step else 0) + decode(A2)
     kc = min(n, DEFAULT_RERANK_FACTOR * k)
-    search = 8.0 * min(nq, 256) * kc * rank + 9.2 * nq * kc + 0.93e6
+    if orthonormal:
+        search = 5.487 * min(nq, 256) * kc * rank + 11.72 * nq * kc + 2.32e6
+    else:
+        search = 7.988 * min(nq, 256) * kc * rank + 9.21 * nq * kc + 0.93e6
     return int(max(build, search))
 
 
@@ -1370,11 +1376,13 @@ def _factored_search_peak(n: int, dim: int, rank: int, bits_l: int, nq: int, k: 
     """First factored search: the BLAS scan over the first canonical block.
 
     Held: the row norms (l2, cosine), the query projections, the decoded block
-    (``B x (width + 1)`` floats), the (chunk, B) scores; then the streaming
-    top-k gathers every score above each query's running k-th best: in the
-    first block about ``k / c0`` of the ``B - c0`` scores after the ``c0``
-    that seed the threshold (random order), and a buffer as wide as the
-    largest count per query.
+    (``B x (width + 1)`` floats), the (chunk, B) scores and their comparison
+    (about 5 bytes a score); then the streaming top-k gathers every score above
+    each query's running k-th best: in the first block about ``k / c0`` of the
+    ``B - c0`` scores after the ``c0`` that seed the threshold (random order;
+    about 42 bytes a hit), into a buffer as wide as the largest count per query
+    (the fraction is Beta-distributed: the largest of ``nq`` is about
+    ``1 + sqrt(2 ln nq / k)`` times the mean; about 17 bytes a slot).
     """
     from .search.blas import QUERY_CHUNK, _decoded_width
 
@@ -1383,8 +1391,9 @@ def _factored_search_peak(n: int, dim: int, rank: int, bits_l: int, nq: int, k: 
     w = _decoded_width(bits_l, rank)
     c0 = min(B, max(4 * k, 256))
     mean_hits = (B - c0) * min(1.0, k / c0)
+    widest = mean_hits * (1 + np.sqrt(2 * np.log(max(nqc, 2)) / k))
     held = (n * 4 if metric != "ip" else 0) + nq * (w + 1) * 4 + B * (w + 1) * 4 + nq * dim * 4
-    scan = 2.899 * nqc * B + 30.95 * nqc * mean_hits + 2758.0 * nqc * np.sqrt(mean_hits) - 3.38e5
+    scan = 5.259 * nqc * B + 41.63 * nqc * mean_hits + 17.23 * nqc * widest - 9.35e4
     return int(held + max(scan, 4.0 * nqc * B))
 
 
