@@ -71,6 +71,7 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # pipelines/ runs from the checkout
 import faiss_baselines as fb  # noqa: E402
 import faiss_report  # noqa: E402
 

@@ -687,7 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="neighbours per query (default: 10; at most the index's size)")
     p.add_argument("-o", "--output", metavar="OUT.npz",
                    help="write distances and indices (n_queries, k) to this .npz file")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="factored", help="default: factored")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="auto",
+                   help="default: auto (fast-scan with exact re-ranking for 4-bit codes, else the exact scan)")
     p.add_argument("--mmap", action="store_true", help="map the codes from the file")
     p.add_argument("--allowed", metavar="FILE",
                    help="only these may be returned: (m,) integer ids, or a boolean mask over ids")
@@ -728,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-labels", help="(n_test,) labels (with --train-labels)")
     p.add_argument("-k", type=_int_in(1), default=3, help="neighbours that vote (default: 3)")
     p.add_argument("--recall-k", type=_int_in(1), default=10, help="k of recall k@k (default: 10)")
-    p.add_argument("--mode", choices=SEARCH_MODES, default="factored", help="default: factored")
+    p.add_argument("--mode", choices=SEARCH_MODES, default="auto",
+                   help="default: auto (fast-scan with exact re-ranking for 4-bit codes, else the exact scan)")
     _add_index_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)

@@ -698,7 +698,7 @@ class LPLRIndex:
             rank = s.rank
             if rank > n:
                 raise ValueError(f"rank={rank} needs at least {rank} vectors to build on, got X with {n}")
-        bar = _progress_bar(progress, n, (2 + s.refine_iters) * n, "build")
+        bar = _progress_bar(progress, n, (2 + s.refine_iters) * n, f"build ({2 + s.refine_iters} passes)")
         try:
             executor = LocalExecutor(source, progress=None if bar is None else bar.update)
             result = fit(
