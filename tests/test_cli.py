@@ -98,7 +98,7 @@ def test_search_to_npz(capsys, files, tmp_path, extra):
         D, I = result["distances"], result["indices"]
     assert D.shape == I.shape == (40, 7)
     assert D.dtype == np.float32 and I.dtype == np.int64
-    mode = "reconstructed" if "reconstructed" in extra else "factored"
+    mode = "reconstructed" if "reconstructed" in extra else "auto"
     expected = LPLRIndex.load(files["index"]).search(np.load(files["test"]), 7, mode=mode)
     np.testing.assert_array_equal(I, expected.indices)
     np.testing.assert_array_equal(D, expected.distances)
