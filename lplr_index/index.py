@@ -983,7 +983,7 @@ class LPLRIndex:
             distances returned are the exact ones.
         allowed : array-like of int, array-like of bool, or callable, default=None
             Only these vectors may be returned (removed ones never are):
-            an array of ids (ids not in the index are ignored), a boolean mask
+            an array (or set) of ids (ids not in the index are ignored), a boolean mask
             over ids of length :attr:`id_slots` (``mask[id]``), or a callable
             ``id -> bool`` called once per live id before the search. The result
             holds the k best allowed vectors in every mode: fast-scan fetches
@@ -1463,8 +1463,10 @@ def _allowed_rows(st: _State, allowed) -> np.ndarray | None:
             mask[row] = ok
         return None if mask.all() else mask
     try:
+        if isinstance(allowed, (set, frozenset, range)):
+            allowed = np.fromiter(allowed, np.int64, count=len(allowed))
         arr = np.asarray(allowed)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"allowed must be an array of ids, a boolean mask over ids or a callable "
                         f"id -> bool, got {type(allowed).__name__} ({exc})") from None
     if arr.dtype == bool:

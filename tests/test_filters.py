@@ -72,13 +72,14 @@ def filters(index: LPLRIndex, seed: int) -> dict:
         "ids-10pct": (tenth.tolist(), set(tenth)),
         "ids-3": (three, set(three)),
         "ids-with-unknown": (unknown, set(unknown)),
+        "set-of-ids": (set(tenth.tolist()), set(tenth)),
         "callable-odd": (lambda i: i % 2 == 1, {i for i in ids if i % 2 == 1}),
         "callable-numpy-bool": (lambda i: np.bool_(i % 3 == 0), {i for i in ids if i % 3 == 0}),
         "nothing": (np.array([], np.int64), set()),
     }
 
 
-FILTERS = ["mask-half", "mask-30pct", "ids-1pct", "ids-10pct", "ids-3", "ids-with-unknown",
+FILTERS = ["mask-half", "mask-30pct", "ids-1pct", "ids-10pct", "ids-3", "ids-with-unknown", "set-of-ids",
            "callable-odd", "callable-numpy-bool", "nothing"]
 
 
@@ -217,10 +218,12 @@ def _positions(ids: np.ndarray, I: np.ndarray) -> np.ndarray:
         (np.array([0.5, 1.0]), TypeError, "allowed must be an array of ids .* got an array of dtype float64"),
         (np.array(["a"]), TypeError, "allowed must be an array of ids .* got an array of dtype <U1"),
         (np.array([-1, 3]), ValueError, r"allowed must be in \[0, 2\*\*63 - 1\] .* got -1"),
+        ({1, "a"}, TypeError, "allowed must be an array of ids, a boolean mask over ids or a callable"),
         (lambda i: 1, TypeError, r"allowed\(id\) must return a bool, got int \(1\) for id 0"),
         (lambda i: None, TypeError, r"allowed\(id\) must return a bool, got NoneType"),
     ],
-    ids=["mask-too-short", "mask-2-D", "float-ids", "strings", "negative-id", "callable-int", "callable-none"],
+    ids=["mask-too-short", "mask-2-D", "float-ids", "strings", "negative-id", "set-with-a-string", "callable-int",
+         "callable-none"],
 )
 def test_bad_filters(data, allowed, exc, match):
     X, Q = data
