@@ -653,7 +653,7 @@ class LPLRIndex:
         a one-shot iterator is spooled to ``spool_dir`` (``tempfile.gettempdir()`` when None)."""
         return open_source(X, name, dim=self.dim, spool_dir=spool_dir)
 
-    def build(self, X, *, ids=None, progress: bool | None = None) -> "LPLRIndex":
+    def build(self, X, *, ids=None, progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
         """Learn the shared factor from ``X`` and store ``X``'s codes, replacing any content.
 
         The fit makes ``2 + refine_iters`` passes over ``X`` in blocks of
@@ -664,9 +664,18 @@ class LPLRIndex:
 
         Parameters
         ----------
-        X : array-like of shape (n, dim), a memory-mapped array, or a path to a ``.npy`` file
+        X : array-like of shape (n, dim), a memory-mapped array, a path to a ``.npy`` file, or an iterable of row blocks
             Database vectors (float32; float64 and integer inputs are converted
             block by block). Entries must be finite and at most 1e15 in magnitude.
+            Arrays, memory maps and ``.npy`` paths are read block by block, with
+            random access for the seeded sample. A list or tuple of 2-D blocks of
+            any sizes is read in order without stacking. A one-shot iterator (a
+            generator) is written once to a temporary ``.npy`` in ``spool_dir``
+            (``n * dim * 4`` bytes of disk), memory-mapped, and removed afterwards,
+            also when the build fails. Any other iterable is read once per pass
+            (plus one pass to count rows and one for the sample) and must yield
+            the same rows every time; a different row count raises ValueError.
+            The same rows give the same index whatever the blocks.
         ids : array-like of shape (n,), int, default=None
             User ids of the vectors: distinct integers in ``[0, 2**63 - 1]``.
             None gives the default ids ``0 .. n - 1``, which are not stored (ids
@@ -676,12 +685,15 @@ class LPLRIndex:
         progress : bool, default=None
             Show a progress bar on stderr; None shows it when stderr is a terminal
             and ``X`` has at least 10^5 rows.
+        spool_dir : str or path-like, default=None
+            Folder of the temporary file a one-shot iterator is spooled to
+            (``tempfile.gettempdir()`` when None).
 
         Returns
         -------
         self : LPLRIndex
         """
-        source = self._source(X, "X")
+        source = self._source(X, "X", spool_dir=spool_dir)
         n = source.n
         if ids is not None:
             ids = _as_ids(ids, "ids")
@@ -728,7 +740,7 @@ class LPLRIndex:
                 bar.close()
         return np.concatenate(blocks), clipped
 
-    def add(self, X, *, ids=None, progress: bool | None = None) -> "LPLRIndex":
+    def add(self, X, *, ids=None, progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
         """Encode more vectors with the learned encoder and quantizer; no refit.
 
         Entries of a new vector's latent coordinates outside the quantizer
@@ -738,7 +750,8 @@ class LPLRIndex:
 
         Parameters
         ----------
-        X : array-like of shape (n_new, dim), a memory-mapped array, or a path to a ``.npy`` file
+        X : array-like of shape (n_new, dim), a memory-mapped array, a path to a ``.npy`` file, or an iterable of row blocks
+            As in :meth:`build` (one pass).
         ids : array-like of shape (n_new,), int, default=None
             User ids of the new vectors: distinct integers in ``[0, 2**63 - 1]``
             that no stored row has (removed ones included until :meth:`compact`).
@@ -747,7 +760,7 @@ class LPLRIndex:
             default ids is given ids other than ``ntotal, ntotal + 1, ...``, its
             ids become stored ones: ``0 .. ntotal - 1`` for the rows it had,
             ``ids`` for the new rows (8 bytes a vector from then on).
-        progress : bool, default=None
+        progress, spool_dir
             As in :meth:`build`.
 
         Returns
@@ -755,7 +768,7 @@ class LPLRIndex:
         self : LPLRIndex
         """
         st = self._require_built("add")
-        source = self._source(X, "X")
+        source = self._source(X, "X", spool_dir=spool_dir)
         new_ids = None
         if ids is not None:
             ids = _as_ids(ids, "ids")
