@@ -826,6 +826,20 @@ class LPLRIndex:
         UnknownIdError
             An id that no live vector has (never added, or already removed); the
             message names it. Nothing is removed then.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).standard_normal((1000, 16)).astype("float32")
+        >>> index = LPLRIndex(16, rank=8).build(X, ids=np.arange(1000) + 5000)
+        >>> _ = index.remove([5000, 5001])
+        >>> len(index), index.ntotal
+        (998, 1000)
+        >>> D, I = index.search(X[:1], 3, allowed=np.arange(5000, 5100))
+        >>> bool(np.isin(I, np.arange(5002, 5100)).all())
+        True
+        >>> len(index.compact()), index.ntotal
+        (998, 998)
         """
         st = self._require_built("remove")
         ids = _as_ids(ids, "ids")
