@@ -15,6 +15,7 @@ from .evaluation import (
     exact_knn,
     knn_vote,
     neighbour_overlap,
+    rate_distortion,
     recall_at_k,
     weighted_f1,
 )
@@ -31,7 +32,7 @@ from .factorize import (
     relative_error,
 )
 from .fileformat import IndexFileError
-from .index import LPLRIndex, SearchResult
+from .index import IndexPlan, LPLRIndex, SearchResult, UnknownIdError
 from .packing import pack_bits, unpack_bits
 from .quantize import Quantizer, dequantize, fit_quantizer, quantize
 from .sketch import gaussian_sketch
@@ -40,6 +41,8 @@ __all__ = [
     "__version__",
     "LPLRIndex",
     "SearchResult",
+    "IndexPlan",
+    "UnknownIdError",
     "LPLRKNeighborsClassifier",
     "IndexFileError",
     "lplr",
@@ -65,6 +68,7 @@ __all__ = [
     "knn_vote",
     "accuracy",
     "weighted_f1",
+    "rate_distortion",
 ]
 
 #: public names resolved on first access (module -> names): they import scikit-learn
