@@ -36,7 +36,7 @@ def test_dataset_flag_runs_on_the_pipelines_embeddings(cifar_folder, tmp_path):
     assert result["data"]["source"] == "pipelines" and result["data"]["dataset"] == "cifar10"
     assert (result["data"]["n"], result["data"]["n_queries"], result["data"]["dim"]) == (30, 6, 1280)
     got = {(r["method"], r["mode"]) for r in result["rows"]}
-    assert {("LPLR default", "factored"), ("LPLR default", "reconstructed")} <= got, got
+    assert ("LPLR default", "factored") in got, got  # 8-bit codes at 4 bits/coord: the exact scan
     assert {"Flat", "SQ8"} <= {r["family"] for r in result["rows"]}
     # PQ fast-scan's codebooks alone exceed 4 bits/coord on 30 vectors: skipped, with the reason
     assert any(s["family"] == "PQfs4" and "exceed" in s["reason"] for s in result["skipped"])
