@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation import _pad as pad_results  # noqa: F401  (the one padding rule; re-exported)
 from ..packing import _unpack
 from ..train import Encoder
 
@@ -67,15 +68,3 @@ def finalize(view: CodeView, Q: np.ndarray, S: np.ndarray, I: np.ndarray):
         D = S
     D = np.where(I >= 0, D, np.inf if view.metric == "l2" else -np.inf)
     return np.ascontiguousarray(D, np.float32), np.ascontiguousarray(I, np.int64)
-
-
-def pad_results(D: np.ndarray, I: np.ndarray, k: int, metric: str):
-    """Pad (D, I) to k columns with the worst distance and -1."""
-    nq, have = I.shape
-    D = np.ascontiguousarray(D, np.float32)
-    I = np.ascontiguousarray(I, np.int64)
-    if have < k:
-        fill = np.inf if metric == "l2" else -np.inf
-        D = np.hstack([D, np.full((nq, k - have), fill, np.float32)])
-        I = np.hstack([I, np.full((nq, k - have), -1, np.int64)])
-    return D, I
