@@ -27,6 +27,7 @@ from ._blocks import ArraySource, LocalExecutor, check_block, open_npy, open_sou
 from ._validation import check_bits, check_choice, check_int, check_positive_float
 from ._version import __version__
 from .codes import CodeStore
+from .evaluation import _normalize_rows as _normalize
 from .fileformat import (
     IndexFileError,
     check_output_path,
@@ -1524,9 +1525,6 @@ def _pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     return _pack(codes, bits)
 
 
-def _normalize(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
 def _open_npy(path, name: str) -> np.ndarray:

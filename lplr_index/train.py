@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ._blocks import LocalExecutor
+from .evaluation import _normalize_rows as _normalize
 from .factorize import _solve_normal
 from .packing import _pack
 from .quantize import Quantizer, _fit
@@ -46,9 +47,6 @@ FACTORS = ("orthonormal", "lstsq")
 SAMPLE_ROWS = 1 << 14
 
 
-def _normalize(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation import _normalize_rows
 from ..evaluation import _pad as pad_results  # noqa: F401  (the one padding rule; re-exported)
 from ..packing import _unpack
 from ..train import Encoder
@@ -49,10 +50,7 @@ class CodeView:
 
 def prepare_queries(view: CodeView, Q: np.ndarray) -> np.ndarray:
     """Queries as the scores see them: unit-normalised for cosine."""
-    if view.metric == "cosine":
-        norms = np.linalg.norm(Q, axis=1, keepdims=True)
-        Q = Q / np.where(norms > 0, norms, 1).astype(np.float32)
-    return Q
+    return _normalize_rows(Q) if view.metric == "cosine" else Q
 
 
 def finalize(view: CodeView, Q: np.ndarray, S: np.ndarray, I: np.ndarray):
