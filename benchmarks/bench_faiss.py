@@ -3,9 +3,12 @@
 One run builds, on the same database and queries, the exact ``IndexFlatL2`` reference,
 LPLRIndex (several settings, both scoring modes) and the faiss families of
 :mod:`faiss_baselines` (PQ, PQ fast-scan 4-bit, OPQ + PQ, SQ4, SQ8, RaBitQ behind a random
-rotation, PCA + SQ8, LSH), each matched to the bit budgets (default 0.5, 1, 2, 4 bits per
-coordinate). Storage is measured, never assumed: faiss indexes by the length of
-``faiss.serialize_index``, LPLRIndex by the size of the file ``save`` writes; both count
+rotation, PCA + SQ8, LSH), and, when installed (the ``bench`` extra), ScaNN's brute-force
+asymmetric hashing (``ScaNN-AH``, 4-bit LUT16 codes, no reordering) and RaBitQ-Library's
+extended RaBitQ (``RaBitQLib``, one cluster), each matched to the bit budgets (default 0.5, 1,
+2, 4 bits per coordinate). Storage is measured, never assumed: faiss indexes by the length of
+``faiss.serialize_index``, ScaNN by the files ``searcher.serialize`` writes, rabitqlib by the
+file its ``save`` writes, LPLRIndex by the size of the file ``save`` writes; all count
 per-vector codes plus all shared parts (codebooks, rotations, PCA matrices, factors, headers)
 amortised over the database.
 
@@ -307,12 +310,15 @@ class Timing:
     latency_n: int
 
 
-def measure_threads(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
-                    args: argparse.Namespace) -> tuple[np.ndarray, dict[int, Timing]]:
+def measure_threads(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None, xq: np.ndarray,
+                    args: argparse.Namespace, *,
+                    search_t: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> tuple[np.ndarray, dict[int, Timing]]:
     """:func:`measure_search` once per thread count of ``args.speed_threads``.
 
     faiss's OpenMP threads and the BLAS threads (threadpoolctl) are set for each
-    measurement and restored afterwards.
+    measurement and restored afterwards. ``search_t(Q, threads)`` replaces ``search`` for
+    libraries that take the thread count per call (ScaNN, rabitqlib).
     """
     from threadpoolctl import threadpool_limits
 
@@ -323,7 +329,8 @@ def measure_threads(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]
         for t in args.speed_threads:
             faiss.omp_set_num_threads(t)
             with threadpool_limits(t):
-                I, timings[t] = measure_search(search, xq, batch=args.batch, repeats=args.repeats,
+                fn = search if search_t is None else (lambda q, t=t: search_t(q, t))
+                I, timings[t] = measure_search(fn, xq, batch=args.batch, repeats=args.repeats,
                                                latency_queries=args.latency_queries, time_cap_s=args.time_cap)
     finally:
         faiss.omp_set_num_threads(before)
@@ -502,6 +509,67 @@ def run_faiss_family(ctx: Context, family: fb.Family, xtrain: np.ndarray,
     return rows, skipped
 
 
+def run_rival_family(ctx: Context, family: fb.RivalFamily, xtrain: np.ndarray, log: Callable[[str], None]
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Plan, build and measure a rival from another library (ScaNN, rabitqlib) at each budget.
+
+    Same rule as the faiss families: largest setting whose whole saved index fits
+    ``budget * (1 + slack)``, predicted from two small builds, measured on the real build and
+    stepped down if over. A library that is not installed gives one skipped entry per budget.
+    """
+    args = ctx.args
+    reason = family.unavailable_reason() or family.unsupported(ctx.dim)
+    if reason is not None:
+        log(f"  skipped: {reason}")
+        return [], [{"family": family.name, "budget": b, "reason": reason} for b in args.budgets]
+    threads = args.threads
+    sizer = fb.RivalSizer(family, xtrain, ctx.n, k=args.k)
+    planned: dict[fb.RivalSetting, list[float]] = {}
+    skipped: list[dict[str, Any]] = []
+    for b in args.budgets:
+        try:
+            choice = fb.choose_rival(family, b, sizer, slack=args.slack)
+        except Exception as exc:  # a library failure is a result to report
+            msg = f"calibration raised {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            skipped.append({"family": family.name, "budget": b, "reason": msg, "error": True})
+            continue
+        if choice.setting is None:
+            skipped.append({"family": family.name, "budget": b, "reason": choice.reason})
+        else:
+            planned.setdefault(choice.setting, []).append(b)
+    rows = []
+    for setting, targets in planned.items():
+        built = None
+        while setting is not None:
+            log(f"  {setting.label}: build (targets {targets})")
+            try:
+                built = family.build(setting, ctx.data.xb, xtrain, k=args.k, threads=threads)
+            except Exception as exc:
+                skipped.append({"family": family.name, "budget": targets, "error": True,
+                                "reason": f"{setting.param} failed: {type(exc).__name__}: "
+                                          f"{str(exc).splitlines()[0][:160]}"})
+                built = None
+                break
+            if built.bits_per_coordinate <= min(targets) * (1 + args.slack):
+                break
+            log(f"  {setting.label}: measured {built.bits_per_coordinate:.3f} b/c over budget, stepping down")
+            choice = fb.choose_rival(family, min(targets), sizer, slack=args.slack, below=setting)
+            setting, built = choice.setting, None
+        if built is None:
+            if setting is None:
+                skipped.append({"family": family.name, "budget": targets, "reason": "no setting fits after measuring"})
+            continue
+        k = args.k
+        I, timing = measure_threads(None, ctx.data.xq, args, search_t=lambda q, t: (None, built.search(q, k, t)))
+        rows.append(_row(ctx, method=family.name, family=family.name, param=setting.param, mode="",
+                         targets=targets, nbytes=built.nbytes, code_bits=built.code_bits_per_coordinate,
+                         train_s=built.train_s, add_s=built.add_s, I=I, timing=timing, notes=built.notes,
+                         extra={**built.extra, "library_version": family.version()}))
+        log("  " + faiss_report.one_line(rows[-1], args.k))
+        del built
+    return rows, skipped
+
+
 def lplr_settings_key(index: LPLRIndex) -> tuple:
     """Resolved settings of an (unbuilt) LPLRIndex, to skip variants that coincide."""
     return (index.budget, index.bits_l, index.bits_r, index.quantizer, index.refine_iters, index.seed,
@@ -613,6 +681,7 @@ def machine_info(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": cpu, "logical_cores": os.cpu_count(), "memory_gib": mem_gib,
         "platform": platform.platform(), "python": platform.python_version(),
         "faiss_version": faiss.__version__, "numpy_version": np.__version__,
+        **{f"{f.package}_version": f.version() for f in fb.rival_families()},
         "lplr_index_version": lplr_index.__version__,
         "faiss_omp_threads": faiss.omp_get_max_threads(),
         "threadpools": blas,
@@ -662,8 +731,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--slack", type=float, default=0.02,
                    help="faiss settings may exceed a budget by this fraction (headers, shared parts); "
                         "LPLRIndex keeps its budget exactly")
-    g.add_argument("--families", nargs="*", default=[f.name for f in fb.default_families()],
-                   help="faiss families to run (none: LPLR only)")
+    g.add_argument("--families", nargs="*",
+                   default=[f.name for f in fb.default_families()] + [f.name for f in fb.rival_families()],
+                   help="faiss families and optional rivals from other libraries (ScaNN-AH, RaBitQLib: "
+                        "skipped with the reason when not installed) to run (none: LPLR only)")
     g.add_argument("--lplr-variants", nargs="*", default=list(LPLR_VARIANTS), choices=list(LPLR_VARIANTS),
                    help="LPLRIndex settings to run (none: faiss only)")
     g.add_argument("--merge", action="store_true",
@@ -710,7 +781,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--cifar-dir goes with --dataset cifar10")
     if (args.model is not None or args.weights is not None) and args.dataset not in IMAGE_DATASETS:
         p.error("--model and --weights go with an image --dataset (fashion-mnist, cifar10)")
-    known = {f.name for f in fb.default_families()}
+    known = {f.name for f in fb.default_families()} | {f.name for f in fb.rival_families()}
     bad = [f for f in args.families if f not in known]
     if bad:
         p.error(f"--families: unknown {bad}; choose from {sorted(known)}")
@@ -789,7 +860,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None
         else "bench_faiss.py " + " ".join(argv),
         "machine": machine, "k": args.k, "budget_rule": (
-            f"largest setting with measured bits/coord <= budget * (1 + {args.slack}) for faiss; "
+            f"largest setting with measured bits/coord <= budget * (1 + {args.slack}) for faiss "
+            "(and ScaNN-AH, RaBitQLib when installed); "
             "LPLRIndex fits its budget exactly (it picks its rank from its file size)"),
         "rows": [], "skipped": [],
     }
@@ -828,6 +900,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for fam in families:
         log(f"faiss {fam.name}")
         rows, skipped = run_faiss_family(ctx, fam, xtrain, calib, log)
+        result["rows"] += rows
+        result["skipped"] += skipped
+        save()
+    for rival in [f for f in fb.rival_families() if f.name in args.families]:
+        log(f"{rival.name} ({rival.package} {rival.version() or 'not installed'})")
+        rows, skipped = run_rival_family(ctx, rival, xtrain, log)
         result["rows"] += rows
         result["skipped"] += skipped
         save()

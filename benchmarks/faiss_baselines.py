@@ -490,3 +490,321 @@ def plan_family(family: Family, budgets: Sequence[float], calib: SizeCalibrator,
         if ref not in planned:
             planned[ref] = []
     return planned, skipped
+
+
+# ------------------------------------------------------------------ other libraries
+# Optional rivals from other packages (ScaNN, RaBitQ-Library). Same rule as the faiss
+# families: the whole stored index (everything the library's own save writes) is counted,
+# and a family takes its largest setting within budget * (1 + slack). The stored size of a
+# setting is affine in the number of vectors (shared codebooks/header + per-vector bytes),
+# so it is predicted from two small calibration builds, then the real build is measured and
+# stepped down if it still overshoots. A package that is not installed gives one skipped
+# entry per budget with the reason.
+
+def package_version(name: str) -> str | None:
+    """Installed version of distribution ``name``, or None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def dir_nbytes(path: str) -> dict[str, int]:
+    """Sizes of the files under ``path`` (relative name -> bytes)."""
+    import os
+
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, path)] = os.path.getsize(p)
+    return out
+
+
+@dataclass(frozen=True)
+class RivalSetting:
+    """One configuration of a rival from another library (``order`` grows with its size)."""
+
+    family: str
+    param: str
+    order: float
+    options: tuple = ()
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
+
+    @property
+    def label(self) -> str:
+        return f"{self.family} ({self.param})"
+
+
+@dataclass
+class BuiltRival:
+    """A built rival index: its search, build time and measured stored size.
+
+    ``search(Q, k, threads)`` returns the neighbour ids, shape ``(len(Q), k)``; a single
+    query (``len(Q) == 1``) goes through the library's single-query call.
+    """
+
+    setting: RivalSetting
+    search: Callable[[NDArray[np.float32], int, int], NDArray[np.int64]]
+    train_s: float
+    add_s: float
+    nbytes: int
+    files: dict[str, int]
+    bits_per_coordinate: float
+    code_bits_per_coordinate: float | None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def build_s(self) -> float:
+        return self.train_s + self.add_s
+
+
+def _unit_norm(x: NDArray[np.float32], tol: float = 1e-3) -> bool:
+    nrm = np.linalg.norm(x[: min(len(x), 10_000)], axis=1)
+    return bool(np.all(np.abs(nrm - 1.0) <= tol))
+
+
+def _pad_ids(rows: Sequence[Sequence[int]], k: int) -> NDArray[np.int64]:
+    out = np.full((len(rows), k), -1, np.int64)
+    for i, r in enumerate(rows):
+        r = np.asarray(r, np.int64)[:k]
+        out[i, :len(r)] = r
+    return out
+
+
+class RivalFamily:
+    """Base class: a rival library's ladder of settings, its build and its availability."""
+
+    name: str = ""
+    package: str = ""
+    install_hint: str = "pip install 'lplr-index[bench]'"
+
+    def version(self) -> str | None:
+        return package_version(self.package)
+
+    def unavailable_reason(self) -> str | None:
+        """None when the library imports, else why it cannot run."""
+        try:
+            __import__(self.package)
+        except Exception as exc:  # ImportError, or a broken binary wheel
+            return (f"{self.package} not installed or not importable ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:120]}); optional: {self.install_hint}")
+        return None
+
+    def unsupported(self, dim: int) -> str | None:
+        """None when the library handles dimension ``dim``, else why not."""
+        return None
+
+    def settings(self, dim: int) -> list[RivalSetting]:
+        raise NotImplementedError
+
+    def build(self, setting: RivalSetting, xb: NDArray[np.float32], xtrain: NDArray[np.float32], *,
+              k: int, threads: int | None) -> BuiltRival:
+        raise NotImplementedError
+
+
+class ScannAH(RivalFamily):
+    """ScaNN brute-force asymmetric hashing, 16 centroids (4 bits) per block, LUT16 scoring.
+
+    ``scann.scann_ops_pybind.builder(db, k, metric).score_ah(dims_per_block,
+    anisotropic_quantization_threshold=t, hash_type="lut16").build()``: no tree (no
+    partitioning), no ``reorder`` (no rescoring, so no float dataset is stored). Metric rule:
+    a database of unit-norm vectors uses ``"dot_product"`` with the anisotropic threshold 0.2
+    ScaNN recommends for normalised data (same ranking as L2 on such data); any other uses
+    ``"squared_l2"`` with the threshold NaN (plain k-means codebooks, ScaNN's default).
+
+    Stored size: ``searcher.serialize(dir)`` writes ``ah_codebook.pb`` (the codebooks),
+    ``hashed_dataset.npy`` (the codes, ONE BYTE PER 4-BIT CODE: the file does not pack two
+    codes per byte as the in-memory LUT16 layout does), ``scann_config.pb`` and
+    ``scann_assets.pbtxt`` (file list, written with relative paths); all are counted. So a setting with ``m`` blocks stores
+    ``8 m / d`` bits per coordinate of codes (``4 m / d`` in memory), and the budget rule picks
+    ``m`` accordingly. Settings: every distinct block count ``m`` (dims_per_block
+    ``ceil(d / m)``; a last shorter block when it does not divide ``d``).
+    """
+
+    name = "ScaNN-AH"
+    package = "scann"
+
+    def settings(self, dim: int) -> list[RivalSetting]:
+        out = {}
+        for dpb in range(1, dim + 1):
+            m = -(-dim // dpb)
+            out.setdefault(m, dpb)  # smallest dims_per_block giving m blocks: most even split
+        return [RivalSetting(self.name, f"dims_per_block={dpb} ({m} blocks x 4 bit)", order=m,
+                             options=(("dims_per_block", dpb), ("blocks", m))) for m, dpb in sorted(out.items())]
+
+    def build(self, setting: RivalSetting, xb: NDArray[np.float32], xtrain: NDArray[np.float32], *,
+              k: int, threads: int | None) -> BuiltRival:
+        import os
+        import tempfile
+
+        import scann
+
+        n, d = xb.shape
+        unit = _unit_norm(xb)
+        metric, thr = ("dot_product", 0.2) if unit else ("squared_l2", float("nan"))
+        dpb = setting.opts["dims_per_block"]
+        db = np.ascontiguousarray(xb, dtype=np.float32)
+        t0 = time.perf_counter()
+        builder = scann.scann_ops_pybind.builder(db, k, metric).score_ah(
+            dpb, anisotropic_quantization_threshold=thr, hash_type="lut16")
+        builder.set_n_training_threads(int(threads or os.cpu_count() or 1))
+        config = builder.create_config()
+        if "reorder" in config or "partitioning" in config:
+            raise RuntimeError("ScaNN config unexpectedly reorders or partitions")
+        searcher = builder.build()
+        t1 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            # relative paths: scann_assets.pbtxt then names its files without the folder's path
+            searcher.serialize(tmp, relative_path=True)
+            files = dir_nbytes(tmp)
+        if any(f.startswith("dataset") or "reorder" in f for f in files):
+            raise RuntimeError(f"ScaNN stored a float dataset / reordering data: {files}")
+        nbytes = sum(files.values())
+        state = {"threads": None}
+
+        def search(q: NDArray[np.float32], kk: int, t: int) -> NDArray[np.int64]:
+            q = np.ascontiguousarray(q, dtype=np.float32)
+            if len(q) == 1:
+                idx, _ = searcher.search(q[0], final_num_neighbors=kk)
+                return _pad_ids([idx], kk)
+            if t <= 1:
+                idx, _ = searcher.search_batched(q, final_num_neighbors=kk)
+            else:
+                if state["threads"] != t:
+                    searcher.set_num_threads(t)
+                    state["threads"] = t
+                idx, _ = searcher.search_batched_parallel(q, final_num_neighbors=kk)
+            return np.asarray(idx, dtype=np.int64)
+
+        m = setting.opts["blocks"]
+        return BuiltRival(setting, search, t1 - t0, 0.0, nbytes, files, nbytes * 8.0 / (n * d),
+                          8.0 * m / d,
+                          notes=(f"{metric}, anisotropic threshold {thr:g}; no tree, no reorder; file stores "
+                                 f"1 byte per 4-bit code (packed in memory: {4.0 * m / d:.3g} b/c)"),
+                          extra={"library": "scann", "metric": metric, "anisotropic_threshold": thr,
+                                 "dims_per_block": dpb, "blocks": m, "hash_type": "lut16",
+                                 "packed_code_bits_per_coordinate": 4.0 * m / d, "stored_files": files,
+                                 "batch_search": "search_batched (1 thread), set_num_threads + "
+                                                 "search_batched_parallel (more)",
+                                 "single_search": "search"})
+
+
+class RaBitQLib(RivalFamily):
+    """RaBitQ-Library (``rabitqlib``) extended RaBitQ, 1 to 9 bits per dimension, no IVF.
+
+    The Python package has no flat RaBitQ index, so this is its ``IvfIndex(dim, n,
+    num_clusters=1, nbits, "l2")`` built with ONE cluster (centroid = the database mean, every
+    vector assigned to it) and searched with ``nprobe=1``: a scan of all codes, with
+    rabitqlib's own rotation and estimator (``high_accuracy`` left at its default). ``nbits``
+    = 1 sign bit + ``nbits - 1`` extended bits per dimension. Stored size: the file
+    ``index.save(path)`` writes, which holds, besides the codes, per-vector float factors and
+    ids (about 16-24 bytes per vector): small next to the codes at large ``d``, but several bits
+    per coordinate at small ``d``. Dimensions below 64 are refused by rabitqlib's rotator.
+    """
+
+    name = "RaBitQLib"
+    package = "rabitqlib"
+
+    def unsupported(self, dim: int) -> str | None:
+        # rabitqlib 0.7.1 raises "Unsupported dimension for FhtKacRotator" below 64 dims
+        return None if dim >= 64 else f"rabitqlib's rotator (FhtKacRotator) refuses d={dim} < 64"
+
+    def settings(self, dim: int) -> list[RivalSetting]:
+        return [RivalSetting(self.name, f"nbits={b}, 1 cluster", order=b, options=(("nbits", b),))
+                for b in range(1, 10)]
+
+    def build(self, setting: RivalSetting, xb: NDArray[np.float32], xtrain: NDArray[np.float32], *,
+              k: int, threads: int | None) -> BuiltRival:
+        import os
+        import tempfile
+
+        import rabitqlib
+
+        n, d = xb.shape
+        nb = setting.opts["nbits"]
+        nthreads = int(threads or os.cpu_count() or 1)
+        db = np.ascontiguousarray(xb, dtype=np.float32)
+        t0 = time.perf_counter()
+        index = rabitqlib.IvfIndex(d, n, 1, nb, "l2")
+        centroid = db.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+        index.build(db, centroid, np.zeros(n, np.uint32), num_threads=nthreads)
+        t1 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "index.rabitq")
+            index.save(path)
+            files = {"index.rabitq": os.path.getsize(path)}
+        nbytes = sum(files.values())
+
+        def search(q: NDArray[np.float32], kk: int, t: int) -> NDArray[np.int64]:
+            ids, _ = index.search(np.ascontiguousarray(q, dtype=np.float32), kk, 1, num_threads=t)
+            return np.asarray(ids, dtype=np.int64).reshape(len(q), kk)
+
+        return BuiltRival(setting, search, t1 - t0, 0.0, nbytes, files, nbytes * 8.0 / (n * d),
+                          float(nb),
+                          notes=(f"IvfIndex with 1 cluster (database mean), nprobe=1: flat scan; "
+                                 f"{(nbytes / n) - nb * d / 8:.1f} B/vector besides the {nb}-bit codes"),
+                          extra={"library": "rabitqlib", "nbits": nb, "num_clusters": 1, "nprobe": 1,
+                                 "metric": "l2", "stored_files": files,
+                                 "per_vector_bytes": nbytes / n})
+
+
+def rival_families() -> list[RivalFamily]:
+    """The optional rivals from other libraries (skipped when not installed)."""
+    return [ScannAH(), RaBitQLib()]
+
+
+class RivalSizer:
+    """Predict a rival's stored size on ``n`` vectors from builds on two small samples."""
+
+    def __init__(self, family: RivalFamily, sample: NDArray[np.float32], n: int, *, k: int) -> None:
+        self.family, self.n, self.k = family, int(n), int(k)
+        self.dim = int(sample.shape[1])
+        self.n1 = min(len(sample), 256)
+        self.n2 = min(len(sample), 512)
+        self.sample = np.ascontiguousarray(sample[: self.n2], dtype=np.float32)
+        self._cache: dict[RivalSetting, float] = {}
+
+    def predicted_bits(self, setting: RivalSetting) -> float:
+        if setting not in self._cache:
+            b1 = self.family.build(setting, self.sample[: self.n1], self.sample[: self.n1], k=self.k,
+                                   threads=1).nbytes
+            if self.n2 > self.n1:
+                b2 = self.family.build(setting, self.sample, self.sample, k=self.k, threads=1).nbytes
+                per = (b2 - b1) / (self.n2 - self.n1)
+            else:
+                per = 0.0
+            total = b1 + per * (self.n - self.n1)
+            self._cache[setting] = total * 8.0 / (self.n * self.dim)
+        return self._cache[setting]
+
+
+def choose_rival(family: RivalFamily, budget: float, sizer: RivalSizer, *, slack: float,
+                 below: RivalSetting | None = None) -> Choice:
+    """Largest setting of a rival whose predicted stored size fits ``budget * (1 + slack)``."""
+    limit = budget * (1.0 + slack)
+    settings = family.settings(sizer.dim)
+    if below is not None:
+        settings = [s for s in settings if s.order < below.order]
+    if not settings:
+        return Choice(None, None, "no smaller setting left")
+    lo, hi, best = 0, len(settings) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        bits = sizer.predicted_bits(settings[mid])
+        if bits <= limit:
+            best = (settings[mid], bits)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        s0 = family.settings(sizer.dim)[0]
+        return Choice(None, None, f"smallest setting {s0.param} stores {sizer.predicted_bits(s0):.3g} "
+                                  f"bits/coord at n={sizer.n} (whole saved index)")
+    return Choice(best[0], best[1])

@@ -13,7 +13,7 @@ import numpy as np
 __all__ = ["write_json", "one_line", "markdown", "plots"]
 
 FAMILY_ORDER = ["Flat", "LPLR", "PQ", "PQfs4", "PCAR+PQfs4", "PCA+PQfs4", "OPQ+PQfs4", "RaBitQfs", "OPQ+PQ", "SQ4",
-                "SQ8", "RaBitQ", "PCA+SQ8", "LSH"]
+                "SQ8", "RaBitQ", "PCA+SQ8", "LSH", "ScaNN-AH", "RaBitQLib"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -106,6 +106,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"(OMP_WAIT_POLICY={m['omp_wait_policy']}), numpy BLAS threads "
         + ", ".join(f"{t['prefix']}={t['num_threads']}" for t in m.get("threadpools", [])
                     if t.get("user_api") == "blas")
+        + "; other libraries: " + ", ".join(f"{lib} {m.get(lib + '_version') or 'not installed'}"
+                                             for lib in ("scann", "rabitqlib"))
         + f"; load average at start {_load(m.get('load_average_at_start'))}, "
           f"at end {_load(m.get('load_average_at_end'))} (shared machine: timings are indicative)",
         _load_range(rows),
@@ -113,7 +115,8 @@ def markdown(result: dict[str, Any]) -> str:
         + "".join(f"; rows of other families kept (--merge) from `{m['command']}`"
                   for m in result.get("merged_from", [])),
         f"- budget rule: {result['budget_rule']}",
-        f"- bits/coord = whole stored index (faiss.serialize_index length, or the LPLRIndex file) * 8 / (n * d); "
+        f"- bits/coord = whole stored index (faiss.serialize_index length, the files ScaNN's serialize "
+        f"writes, the rabitqlib save file, or the LPLRIndex file) * 8 / (n * d); "
         f"code b/c = per-vector codes only. QPS: batch of {rows[0]['batch_queries'] if rows else '?'} queries, "
         f"median of repeats; latency: median single-query time. Recalls against exact search "
         f"(lplr_index.recall_at_k); 3-NN accuracy by lplr_index.knn_vote (ties to the nearest).",
@@ -207,7 +210,10 @@ LPLR_COLORS = {"LPLR default": "black", "LPLR bl4": "crimson", "LPLR bl8": "dark
                "LPLR paper": "saddlebrown"}
 FAISS_COLORS = {"Flat": "tab:gray", "PQ": "tab:blue", "PQfs4": "tab:cyan", "OPQ+PQ": "tab:purple",
                 "SQ4": "tab:green", "SQ8": "tab:olive", "RaBitQ": "tab:pink", "PCA+SQ8": "tab:brown",
-                "LSH": "tab:red"}
+                "LSH": "tab:red", "ScaNN-AH": "darkgreen", "RaBitQLib": "magenta"}
+
+
+OTHER_LIBRARIES = {"ScaNN-AH", "RaBitQLib"}  # rivals from other packages (diamond markers)
 
 
 def _family_rank(label: str) -> tuple:
@@ -255,7 +261,8 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
             ls = ":" if row.get("mode") == "reconstructed" else "-"
             return dict(color=color, ls=ls, marker="o", ms=7, lw=2.2)
         color = FAISS_COLORS.get(row["family"], "gray")
-        return dict(color=color, ls="--", marker="*" if row["family"] == "Flat" else "s", ms=6, lw=1)
+        marker = "*" if row["family"] == "Flat" else ("D" if row["family"] in OTHER_LIBRARIES else "s")
+        return dict(color=color, ls="--", marker=marker, ms=6, lw=1)
 
     # recall against bits: both LPLR scoring modes return the same neighbours, so one curve
     # per variant (factored, or reconstructed where factored failed)
@@ -302,7 +309,7 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.annotate(f"{r['bits_per_coordinate']:.2g}", (r["qps"], r[key]), fontsize=6,
                         xytext=(3, 2), textcoords="offset points", color=st["color"])
     ax.set_xscale("log")
-    ax.set_xlabel(f"queries per second (batch of {rows[0]['batch_queries']}, "
+    ax.set_xlabel(f"queries per second (batch of {rows[0]['batch_queries'] if rows else '?'}, "
                   f"{result['machine']['faiss_omp_threads']} threads)")
     ax.set_ylabel(f"recall {k}@{k}")
     ax.set_ylim(-0.02, 1.02)

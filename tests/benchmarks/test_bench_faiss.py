@@ -150,3 +150,90 @@ def test_synthetic_generator_is_seeded(bench_module):
     # decaying spectrum: variance along the leading direction well above the trailing one
     s = np.linalg.svd(a.xb - a.xb.mean(0), compute_uv=False)
     assert s[0] > 3 * s[-1]
+
+
+# ----------------------------------------------------- optional rivals from other libraries
+RIVALS = {"ScaNN-AH": "scann", "RaBitQLib": "rabitqlib"}
+
+
+def test_rivals_accounted_for_at_every_budget(smoke):
+    """Installed or not, each optional rival has a row or a stated reason at each budget."""
+    result, _ = smoke
+    for fam, package in RIVALS.items():
+        covered = {t for r in result["rows"] if r["family"] == fam for t in r["targets"]}
+        for s in result["skipped"]:
+            if s["family"] == fam:
+                assert s["reason"], s
+                covered |= set(s["budget"] if isinstance(s["budget"], list) else [s["budget"]])
+        assert covered >= set(BUDGETS), (fam, covered)
+        assert f"{package}_version" in result["machine"]
+
+
+def _rival_rows(result, family):
+    rows = sorted((r for r in result["rows"] if r["family"] == family), key=lambda r: r["bits_per_coordinate"])
+    n, d = result["data"]["n"], result["data"]["dim"]
+    slack = result["args"]["slack"]
+    k = result["k"]
+    for r in rows:
+        # bits are the measured saved size, within budget + slack
+        assert r["file_bytes"] == sum(r["stored_files"].values()), r
+        assert r["bits_per_coordinate"] == pytest.approx(r["file_bytes"] * 8 / (n * d), rel=1e-12)
+        assert r["bits_per_coordinate"] <= min(r["targets"]) * (1 + slack), r
+        assert r["within_budget"] is True
+        # recalls in range and far above random (k / n)
+        assert 0.0 <= r["recall_1_at_1"] <= 1.0 and 0.0 <= r[f"recall_{k}_at_{k}"] <= 1.0
+        assert r[f"recall_{k}_at_{k}"] >= 20 * k / n and r["recall_1_at_1"] >= 20 / n, r
+        assert r["qps"] > 0 and r["latency_ms"] > 0 and r["library_version"]
+    recalls = [r[f"recall_{k}_at_{k}"] for r in rows]
+    assert all(b >= a - 0.02 for a, b in zip(recalls, recalls[1:])), recalls  # more bits, no worse
+    return rows
+
+
+def test_scann_rows(smoke):
+    pytest.importorskip("scann")
+    result, _ = smoke
+    n, d = result["data"]["n"], result["data"]["dim"]
+    rows = _rival_rows(result, "ScaNN-AH")
+    # 4-bit codes (1 byte each in the saved file) fit every smoke budget
+    assert {t for r in rows for t in r["targets"]} == set(BUDGETS)
+    for r in rows:
+        files = r["stored_files"]
+        # brute-force AH only: codebooks + codes (+ config), no float dataset for reordering
+        assert "hashed_dataset.npy" in files and "ah_codebook.pb" in files, files
+        assert not any(f.startswith("dataset") for f in files), files
+        assert files["hashed_dataset.npy"] >= n * r["blocks"]
+        assert r["code_bits_per_coordinate"] == pytest.approx(8 * r["blocks"] / d)
+        assert r["metric"] == "squared_l2"  # the smoke data are not unit-norm
+
+
+def test_scann_size_matches_an_independent_build(smoke, bench_module, tmp_path):
+    """The ScaNN row's bytes equal what a searcher built here with its settings serializes."""
+    scann = pytest.importorskip("scann")
+    result, _ = smoke
+    a = result["data"]
+    row = min((r for r in result["rows"] if r["family"] == "ScaNN-AH"), key=lambda r: r["blocks"])
+    data = bench_module.make_synthetic(a["n"], a["n_queries"], a["dim"], decay=a["decay"],
+                                       n_clusters=a["n_clusters"], cluster_std=a["cluster_std"], seed=a["seed"])
+    searcher = scann.scann_ops_pybind.builder(data.xb, 10, row["metric"]).score_ah(
+        row["dims_per_block"], anisotropic_quantization_threshold=float("nan"), hash_type="lut16").build()
+    searcher.serialize(str(tmp_path), relative_path=True)
+    sizes = {p.name: p.stat().st_size for p in tmp_path.iterdir()}
+    assert sizes == row["stored_files"]
+
+
+def test_rabitqlib_rows(smoke, bench_module, tmp_path):
+    rabitqlib = pytest.importorskip("rabitqlib")
+    result, _ = smoke
+    a = result["data"]
+    rows = _rival_rows(result, "RaBitQLib")
+    # its per-vector factors and ids cost ~2 bits/coord at d=64: only the 4-bit budget fits (1-bit codes)
+    assert [r["targets"] for r in rows] == [[4.0]] and rows[0]["nbits"] == 1
+    reasons = [s["reason"] for s in result["skipped"] if s["family"] == "RaBitQLib"]
+    assert len(reasons) == 3 and all("bits/coord" in x and not x.startswith("calib") for x in reasons), reasons
+    # same bytes as an index built and saved here
+    data = bench_module.make_synthetic(a["n"], a["n_queries"], a["dim"], decay=a["decay"],
+                                       n_clusters=a["n_clusters"], cluster_std=a["cluster_std"], seed=a["seed"])
+    index = rabitqlib.IvfIndex(a["dim"], a["n"], 1, 1, "l2")
+    index.build(data.xb, data.xb.mean(0, keepdims=True), np.zeros(a["n"], np.uint32))
+    index.save(str(tmp_path / "x"))
+    assert (tmp_path / "x").stat().st_size == rows[0]["file_bytes"]
