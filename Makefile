@@ -32,6 +32,11 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 	  || echo "could not install dataset-fashion-mnist; Fashion-MNIST runs will be skipped"; \
 	else echo "not root: skipping dataset-fashion-mnist"; fi
+# The fortunes text corpus (--dataset fortunes) comes from Debian's fortunes and fortunes-min; optional too.
+	@if [ -f /usr/share/games/fortunes/zippy ] && [ -f /usr/share/games/fortunes/riddles ]; then echo "fortunes present"; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq fortunes fortunes-min) \
+	  || echo "could not install fortunes; fortunes runs will be skipped"; \
+	else echo "not root: skipping fortunes"; fi
 
 # results go to results/runs/experiments/ (ignored by git); the README's tables are in results/reference/
 demo: $(STAMP) data

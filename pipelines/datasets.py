@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +26,10 @@ __all__ = [
     "BBC_TEST_SIZE",
     "CIFAR10_CLASSES",
     "DEFAULT_FASHION_MNIST_DIR",
+    "DEFAULT_FORTUNES_DIR",
     "FASHION_MNIST_CLASSES",
+    "FORTUNES_FILES",
+    "FORTUNES_TEST_SIZE",
     "ImageDataset",
     "TextDataset",
     "bbc_news_dir",
@@ -33,6 +37,7 @@ __all__ = [
     "load_bbc_news",
     "load_cifar10",
     "load_fashion_mnist",
+    "load_fortunes",
     "load_idx",
     "load_image_folder",
     "load_text_file",
@@ -53,6 +58,20 @@ CIFAR10_CLASSES = (
 )
 BBC_TEST_SIZE = 500
 """Number of BBC News articles held out as the test split."""
+DEFAULT_FORTUNES_DIR = Path("/usr/share/games/fortunes")
+"""Where Debian's ``fortunes`` and ``fortunes-min`` packages install the fortune files."""
+FORTUNES_FILES = (
+    "art", "ascii-art", "computers", "cookie", "debian", "definitions", "disclaimer", "drugs",
+    "education", "ethnic", "food", "fortunes", "goedel", "humorists", "kids", "knghtbrd", "law",
+    "linux", "linuxcookie", "literature", "love", "magic", "medicine", "men-women", "miscellaneous",
+    "news", "paradoxum", "people", "perl", "pets", "platitudes", "politics", "pratchett", "riddles",
+    "science", "songs-poems", "sports", "startrek", "tao", "translate-me", "wisdom", "work", "zippy",
+)
+"""The fortune files of Debian's ``fortunes`` and ``fortunes-min`` 1:1.99.1 (bookworm): the
+fixed file set of the ``fortunes`` dataset, so that other fortune packages installed into the
+same folder (``fortunes-off`` in ``off/``, ``fortunes-bofh-excuses``, ...) do not change it."""
+FORTUNES_TEST_SIZE = 1000
+"""Number of fortunes held out as the test (query) split."""
 
 _SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -679,3 +698,131 @@ def load_text_file(
     labels = np.asarray([position[v] for v in raw_labels], dtype=np.int64)
     texts = [str(row[text_column]) for row in rows]
     return TextDataset(texts, labels, [str(c) for c in classes_raw], name or f"text-{path.stem}", str(path))
+
+
+_FORTUNE_OVERSTRIKE = re.compile(r".\x08")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _fortune_entries(text: str) -> list[str]:
+    """Split a fortune file (entries separated by lines holding only ``%``) into raw entries."""
+    entries, current = [], []
+    for line in text.splitlines():
+        if line.strip() == "%":
+            entries.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    entries.append("\n".join(current))
+    return entries
+
+
+def _clean_fortune(entry: str, max_words: int) -> tuple[str, int]:
+    """One fortune as a single line: overstrikes ("_\\bx") resolved, control characters and
+    runs of white space made single spaces, cut to ``max_words`` words. Returns the text and
+    the number of words before the cut."""
+    entry = _CONTROL.sub(" ", _FORTUNE_OVERSTRIKE.sub("", entry))
+    words = entry.split()
+    return " ".join(words[:max_words]), len(words)
+
+
+def load_fortunes(
+    root: str | Path | None = None,
+    *,
+    files: Sequence[str] | None = FORTUNES_FILES,
+    min_words: int = 3,
+    max_words: int = 200,
+    min_class_size: int = 50,
+    name: str = "fortunes",
+) -> TextDataset:
+    """Read the BSD fortune-cookie collection: one passage per fortune, labelled by its file.
+
+    Debian's ``fortunes`` and ``fortunes-min`` packages (``apt-get install fortunes
+    fortunes-min``) install 43 files of quotations, jokes, definitions, poems and dialogue
+    (``computers``, ``people``, ``politics``, ``science``, ``startrek``, ``zippy``, ...),
+    15,216 fortunes in all, in ``/usr/share/games/fortunes``. Each fortune becomes one
+    passage: overstrike sequences resolved, line breaks and runs of white space made
+    single spaces, cut to ``max_words`` words (MiniLM reads at most 256 word pieces
+    anyway). Passages shorter than ``min_words`` words are dropped, and so is every
+    repeat of a passage already read (compared ignoring case), the first copy in sorted
+    file order being kept. Classes with fewer than ``min_class_size`` passages left are
+    dropped (on the Debian files: ``ascii-art``, ``goedel``, ``magic``, ``pratchett`` and
+    ``translate-me``), which leaves 38 classes (50 to 1,240 passages each) and 14,931
+    passages of 29 words on average.
+
+    Files are read in sorted name order and fortunes in file order, so texts, labels and
+    ids do not depend on the file system.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        Folder holding the fortune files. Default: :data:`DEFAULT_FORTUNES_DIR`.
+    files : sequence of str or None, default=FORTUNES_FILES
+        Names of the files to read; every one must exist. None reads every fortune file in
+        ``root``: each regular file with no dot in its name (the ``.dat`` indexes, the
+        ``.u8`` links and sub-folders such as ``off/`` are skipped).
+    min_words : int, default=3
+        Shorter fortunes are dropped.
+    max_words : int, default=200
+        Longer fortunes are cut to their first ``max_words`` words.
+    min_class_size : int, default=50
+        Files with fewer passages (after the filters and the de-duplication) are dropped.
+    name : str, default="fortunes"
+        Dataset name used in cache keys and reports.
+
+    Returns
+    -------
+    dataset : TextDataset
+        Classes are the kept file names in sorted order; ids are ``"<file>/<n>"`` with ``n``
+        the fortune's 0-based position in its file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder or one of ``files`` is missing; the message names the Debian packages.
+    ValueError
+        If the settings are invalid or no class is left.
+    """
+    if min_words < 1 or max_words < min_words:
+        raise ValueError(f"need 1 <= min_words <= max_words; got min_words={min_words}, max_words={max_words}")
+    if min_class_size < 1:
+        raise ValueError(f"min_class_size must be a positive integer; got {min_class_size}")
+    root = DEFAULT_FORTUNES_DIR if root is None else Path(root)
+    install = "Install Debian's fortunes and fortunes-min (apt-get install fortunes fortunes-min)"
+    if not root.is_dir():
+        raise FileNotFoundError(f"fortune folder {root} does not exist. {install}, or pass the folder "
+                                "holding the fortune files.")
+    if files is None:
+        names = sorted(p.name for p in root.iterdir()
+                       if p.is_file() and not p.is_symlink() and "." not in p.name)
+        if not names:
+            raise FileNotFoundError(f"{root} holds no fortune files. {install}.")
+    else:
+        names = sorted(set(files))
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"fortune files missing in {root}: {', '.join(missing)}. {install}.")
+    seen: set[str] = set()
+    per_file: dict[str, tuple[list[str], list[str]]] = {}
+    for fname in names:
+        texts, ids = [], []
+        for n, entry in enumerate(_fortune_entries(_decode((root / fname).read_bytes()))):
+            text, n_words = _clean_fortune(entry, max_words)
+            key = text.casefold()
+            if n_words < min_words or key in seen:
+                continue
+            seen.add(key)
+            texts.append(text)
+            ids.append(f"{fname}/{n}")
+        per_file[fname] = (texts, ids)
+    classes = [f for f in names if len(per_file[f][0]) >= min_class_size]
+    if not classes:
+        raise ValueError(f"{root}: no fortune file has {min_class_size} or more passages of "
+                         f"{min_words} or more words")
+    all_texts, labels, all_ids = [], [], []
+    for label, fname in enumerate(classes):
+        texts, ids = per_file[fname]
+        all_texts.extend(texts)
+        all_ids.extend(ids)
+        labels.extend([label] * len(texts))
+    return TextDataset(all_texts, np.asarray(labels, dtype=np.int64), classes, name, str(root), all_ids)

@@ -8,10 +8,14 @@ With no arguments it runs the built-in offline default:
   with MobileNetV2 (offline ImageNet weights) at 64 px, when the IDX files are present
   (Debian package ``dataset-fashion-mnist``); skipped with a message otherwise.
 
+``--dataset fortunes`` is a second text corpus: 14,931 fortune-cookie passages (Debian
+packages ``fortunes`` and ``fortunes-min``), 38 classes (the fortune file), 1,000 held out.
+
 Flags select one dataset at full size, e.g.::
 
     python -m pipelines.experiment --dataset fashion-mnist --full
     python -m pipelines.experiment --dataset bbc
+    python -m pipelines.experiment --dataset fortunes
     python -m pipelines.experiment --dataset cifar10 --cifar-dir DIR --model mobilenet_v3_small --full
 
 Embeddings are cached under ``data/cache/embeddings`` (``--cache-dir``); results go to
@@ -37,11 +41,14 @@ from typing import Any, Iterator, Sequence
 from .datasets import (
     BBC_TEST_SIZE,
     DEFAULT_FASHION_MNIST_DIR,
+    DEFAULT_FORTUNES_DIR,
+    FORTUNES_TEST_SIZE,
     ImageDataset,
     download_cifar10,
     load_bbc_news,
     load_cifar10,
     load_fashion_mnist,
+    load_fortunes,
     load_image_folder,
     load_text_file,
     stratified_split,
@@ -54,11 +61,14 @@ from .knn_protocol import METHODS, SCOPES, ExperimentConfig, run_knn_experiment
 from .reporting import markdown_table, write_results
 from .text_embedders import DEFAULT_TEXT_MODEL, TextEmbedder
 
-__all__ = ["DEFAULT_RESOLUTION", "DEFAULT_SUBSET", "auto_threads", "build_parser", "load_dataset_embeddings", "main", "run_dataset"]
+__all__ = ["DEFAULT_RESOLUTION", "DEFAULT_SUBSET", "DEFAULT_TEST_SIZE", "auto_threads", "build_parser", "load_dataset_embeddings", "main", "run_dataset"]
 
 log = logging.getLogger("pipelines.experiment")
 
-DATASETS = ("default", "bbc", "fashion-mnist", "cifar10", "image-folder", "text-file")
+DATASETS = ("default", "bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file")
+TEXT_DATASETS = ("bbc", "fortunes", "text-file")
+DEFAULT_TEST_SIZE = {"bbc": BBC_TEST_SIZE, "fortunes": FORTUNES_TEST_SIZE}
+"""Items held out for testing per dataset unless ``--test-size`` is given (others: 500)."""
 DEFAULT_SUBSET = (3000, 1000)
 """Training and test images used for image datasets unless ``--full`` is given."""
 DEFAULT_RESOLUTION = {"fashion-mnist": 64, "cifar10": 224, "image-folder": 224}
@@ -89,11 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_SUBSET[0]}/{DEFAULT_SUBSET[1]} stratified subset")
     g.add_argument("--n-train", type=int, metavar="N", default=None, help="image datasets: training subset size")
     g.add_argument("--n-test", type=int, metavar="N", default=None, help="image datasets: test subset size")
-    g.add_argument("--test-size", type=int, metavar="N", default=BBC_TEST_SIZE,
-                   help="bbc / text-file / image-folder: items held out for testing (stratified)")
+    g.add_argument("--test-size", type=int, metavar="N", default=None,
+                   help="bbc / fortunes / text-file / image-folder: items held out for testing "
+                        f"(stratified); default {FORTUNES_TEST_SIZE} for fortunes, {BBC_TEST_SIZE} otherwise")
     g.add_argument("--data-seed", type=int, metavar="SEED", default=0, help="seed of the subsets and held-out splits")
     g.add_argument("--fashion-mnist-dir", type=Path, metavar="DIR", default=DEFAULT_FASHION_MNIST_DIR,
                    help="folder with the Fashion-MNIST IDX files")
+    g.add_argument("--fortunes-dir", type=Path, metavar="DIR", default=DEFAULT_FORTUNES_DIR,
+                   help="folder with the fortune files (Debian packages fortunes, fortunes-min)")
     g.add_argument("--cifar-dir", type=Path, metavar="DIR", default=None, help="the cifar-10-batches-py folder")
     g.add_argument("--download", action="store_true",
                    help="cifar10: download the batches with torchvision (needs the web) when "
@@ -233,7 +246,7 @@ def _image_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -
             raise UserError("--dataset image-folder needs --image-dir DIR (one sub-folder per class)")
         embedder = _image_embedder(args, dataset)
         whole = load_image_folder(args.image_dir, image_size=embedder.resolution)
-        tr_idx, te_idx = stratified_split(whole.labels, args.test_size, seed=args.data_seed)
+        tr_idx, te_idx = stratified_split(whole.labels, _test_size(args, dataset), seed=args.data_seed)
         train = ImageDataset(whole.images[tr_idx], whole.labels[tr_idx], whole.class_names, whole.name,
                              "train", whole.source)
         test = ImageDataset(whole.images[te_idx], whole.labels[te_idx], whole.class_names, whole.name,
@@ -247,14 +260,22 @@ def _image_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -
     return embed_image_splits(train, test, _image_embedder(args, dataset), cache, subset=subset)
 
 
+def _test_size(args: argparse.Namespace, dataset: str) -> int:
+    if args.test_size is not None:
+        return args.test_size
+    return DEFAULT_TEST_SIZE.get(dataset, BBC_TEST_SIZE)
+
+
 def _text_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -> EmbeddedData:
     if dataset == "bbc":
         data = load_bbc_news()
+    elif dataset == "fortunes":
+        data = load_fortunes(args.fortunes_dir)
     else:
         if args.text_file is None:
             raise UserError("--dataset text-file needs --text-file PATH (.csv, .tsv or .jsonl)")
         data = load_text_file(args.text_file, text_column=args.text_column, label_column=args.label_column)
-    tr_idx, te_idx = stratified_split(data.labels, args.test_size, seed=args.data_seed)
+    tr_idx, te_idx = stratified_split(data.labels, _test_size(args, dataset), seed=args.data_seed)
     embedder = TextEmbedder(args.text_model, batch_size=args.batch_size or 32, num_threads=args.threads,
                             progress=_show_progress(args))
     split = f"{len(te_idx)} held out (stratified, seed {args.data_seed})"
@@ -269,7 +290,7 @@ def load_dataset_embeddings(dataset: str, argv: Sequence[str] = ()) -> EmbeddedD
 
     Parameters
     ----------
-    dataset : {"bbc", "fashion-mnist", "cifar10", "image-folder", "text-file"}
+    dataset : {"bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
     argv : sequence of str, optional
         Further flags of ``python -m pipelines.experiment`` (e.g. ``["--full"]``,
         ``["--cifar-dir", DIR]``, ``["--threads", "2"]``).
@@ -298,7 +319,7 @@ def load_dataset_embeddings(dataset: str, argv: Sequence[str] = ()) -> EmbeddedD
 
 
 def _embedded_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -> EmbeddedData:
-    if dataset in ("bbc", "text-file"):
+    if dataset in TEXT_DATASETS:
         return _text_data(args, dataset, cache)
     return _image_data(args, dataset, cache)
 
@@ -327,7 +348,7 @@ def run_dataset(
 
     Parameters
     ----------
-    dataset : {"bbc", "fashion-mnist", "cifar10", "image-folder", "text-file"}
+    dataset : {"bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
     args : argparse.Namespace
         Parsed arguments of :func:`build_parser`.
     command : str, optional
