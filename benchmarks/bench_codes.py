@@ -119,7 +119,7 @@ def encode_grouped(X: np.ndarray, budget: float, sizes: tuple, basis: str, F: di
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=("bbc", "fashion-mnist"), default=None)
+    p.add_argument("--dataset", choices=("bbc", "fortunes", "fashion-mnist"), default=None)
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=384)
