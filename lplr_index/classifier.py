@@ -78,6 +78,8 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         Seed of the index's sketch, >= 0.
     factor : str, default="orthonormal"
         Form of the index's shared factor (see :class:`~lplr_index.LPLRIndex`).
+    codec : {"auto", "vq", "scalar"}, default="auto"
+        How the index codes vectors (see :class:`~lplr_index.LPLRIndex`).
     tie_break : {"nearest", "lowest"}, default="nearest"
         Among classes with the most votes, ``"nearest"`` predicts the one whose
         voter ranks first, ``"lowest"`` the first in ``classes_`` (what
@@ -135,6 +137,7 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         refine_iters: int = DEFAULTS["refine_iters"],
         seed: int = DEFAULTS["seed"],
         factor: str = DEFAULTS["factor"],
+        codec: str = DEFAULTS["codec"],
         tie_break: str = "nearest",
     ):
         self.n_neighbors = n_neighbors
@@ -147,6 +150,7 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         self.refine_iters = refine_iters
         self.seed = seed
         self.factor = factor
+        self.codec = codec
         self.tie_break = tie_break
 
     # ------------------------------------------------------------ settings

@@ -83,9 +83,9 @@ __all__ = [
 
 MAGIC = b"LPLRIDX\x00"
 #: version written by default
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: versions this library reads
-SUPPORTED_VERSIONS = (1, 2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 #: a temporary file of a killed save is removed by the next save to the same path
 #: once it is not locked by a live writer and either its writer process is gone
 #: (same machine) or it is older than this many seconds (15 minutes)
@@ -97,7 +97,7 @@ _PREFIX = struct.Struct("<8sII")  # magic, version, header length
 _CRC = struct.Struct("<I")
 _ALIGN = 8
 _MAX_HEADER = 1 << 24
-_DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<f8": np.float64, "<i8": np.int64}
+_DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<f8": np.float64, "<i8": np.int64, "<i4": np.int32}
 _TMP_TAG = ".lplr-tmp."
 #: characters of the target's name kept in a temporary file's name (which stays under 255)
 _TMP_NAME_CHARS = 200

@@ -43,6 +43,8 @@ from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .settings import IndexSettings
 from .train import FACTORS, Encoder, fit
+from .vq import KSUB, GroupedQuantizer, VQEncoder, check_groups, fit_vq
+from .vq import NoRoom as _NoRoom
 
 __all__ = [
     "LPLRIndex",
@@ -61,7 +63,7 @@ DEFAULT_RERANK_FACTOR = 4
 #: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
 MAX_RESULT_BYTES = 1 << 31
 #: index layout written by this library (container format version)
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 _ARRAYS_V1 = ("l_codes", "l_lo", "l_hi", "r_codes", "r_lo", "r_hi")
 _ARRAYS_V2 = _ARRAYS_V1 + ("mean",)
 #: arrays stored only when needed, in either layout: the user ids, as "ids" (int64,
@@ -113,11 +115,14 @@ class IndexPlan:
     n, dim : int
         Vectors and their dimension.
     rank, bits_l : int
-        Rank and code width a build chooses (from the budget, or as given).
+        Rank and code width a build chooses (from the budget, or as given). With
+        grouped codes from a budget (``codec="vq"``) the data decide the rank (at
+        most ``dim``; the estimate assumes one 4-bit code per direction) and the code width is 4.
     file_bytes : int
         Size of the saved file, equal to :attr:`LPLRIndex.nbytes` after the build
         (exactly for ``factor="orthonormal"`` or ``refine_iters=0``; otherwise at
-        most a few bytes more, the encoder's name in the header).
+        most a few bytes more, the encoder's name in the header). With grouped codes
+        from a budget: the budget, an upper bound (see :attr:`exact`).
     bits_per_coordinate : float
         ``8 * file_bytes / (n * dim)``.
     build_peak_bytes : int
@@ -139,6 +144,13 @@ class IndexPlan:
         faiss's own copy of the codes for fast-scan, allocated by the first
         fast-scan search outside Python's allocator (so not in ``search_peak_bytes``);
         0 when fast-scan is not used.
+    codec : {"vq", "scalar"}
+        The codes a build makes (``codec="auto"`` at 3.5+ bits per coordinate may
+        also build the scalar 8-bit codes: the data decide).
+    exact : bool
+        Whether ``file_bytes`` and ``rank`` are what the build will give (False
+        for grouped codes from a budget: an upper bound and an estimate; the
+        memory peaks are then estimates too, from the largest layout the budget allows).
     """
 
     n: int
@@ -154,6 +166,8 @@ class IndexPlan:
     search_mode: str
     fastscan: bool
     fastscan_bytes: int
+    codec: str = "scalar"
+    exact: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,7 +268,16 @@ class _State:
 
 
 class LPLRIndex:
-    """Compressed k-NN index: LPLR codes per vector, one shared low-precision factor.
+    """Compressed k-NN index: low-precision codes per vector, one shared low-precision factor.
+
+    Every vector is stored as ``mean + L R``: a row of 4-bit (or 8-bit) codes
+    ``L`` and a shared ``rank x dim`` factor ``R``. The default codes
+    (``codec="vq"``, :mod:`lplr_index.vq`) spend the bits where the variance
+    is: the principal directions (or, when storing them costs too much,
+    directions of a seeded rotation), each high-variance direction with its own
+    4-bit code and groups of 2, 4 or 8 weaker ones sharing one, the design
+    chosen at build time by its recall on a sample. ``codec="scalar"`` is the
+    paper's LPLR: one ``bits_l``-bit code per direction of a sketched subspace.
 
     The constructor only stores and validates settings; :meth:`build` does the work.
 
@@ -265,12 +288,14 @@ class LPLRIndex:
     bits_per_coordinate : float, default=None
         Storage budget: everything the index stores (codes, shared factor,
         quantizer levels, mean, file header) divided by ``n * dim`` at build
-        time. The largest rank whose saved file fits the budget is used. Give
+        time. Grouped codes fill it with the design of best sample recall; the
+        scalar codes take the largest rank whose saved file fits. Give
         this or ``rank``, not both.
     rank : int, default=None
         Explicit rank (sketch size) instead of a budget, 1 to ``dim``.
     bits_l : int, default=None
-        Bits of each per-vector code, 1 to 8. None picks it: with a budget,
+        Bits of each scalar per-vector code, 1 to 8. None picks it: grouped
+        codes are 4-bit; scalar ones with a budget
         ``min(8, max(4, ceil(2 * bits_per_coordinate)))`` (4-bit codes up to 2
         bits per coordinate: these are searched by fast-scan); with an explicit
         rank, 8 (the paper's setting).
@@ -294,6 +319,14 @@ class LPLRIndex:
         are searched by fast-scan with exact ranking. ``"lstsq"``: the paper's
         least-squares factor, uncentred (use it, with ``bits_l=8``,
         ``quantizer="minmax"`` and ``refine_iters=0``, to reproduce the paper).
+        Scalar codes only.
+    codec : {"auto", "vq", "scalar"}, default="auto"
+        ``"auto"``: grouped codes with a budget (at 3.5 bits per coordinate and
+        more, the scalar 8-bit codes are also fitted on the sample and built
+        when their recall there is higher), scalar codes with a rank or a
+        ``bits_l`` other than 4 or ``factor="lstsq"``. ``"vq"`` with a rank:
+        one 4-bit code on each of the top ``rank`` principal directions.
+        :attr:`codec` tells which codes a built index holds.
 
     Ids and deletions: every vector has an int64 id, its row number by default
     (0, 1, ... in the order added; these cost nothing), or the user's own ids
@@ -353,6 +386,7 @@ class LPLRIndex:
         refine_iters: int = 2,
         seed: int = 0,
         factor: str = "orthonormal",
+        codec: str = "auto",
     ):
         self._settings = IndexSettings(
             dim,
@@ -365,6 +399,7 @@ class LPLRIndex:
             refine_iters=refine_iters,
             seed=seed,
             factor=factor,
+            codec=codec,
         )
         self._state: _State | None = None
         self._cache: dict[str, Any] = {}
@@ -383,6 +418,13 @@ class LPLRIndex:
     refine_iters = property(lambda self: self._settings.refine_iters)
     seed = property(lambda self: self._settings.seed)
     factor = property(lambda self: self._settings.factor)
+
+    @property
+    def codec(self) -> str:
+        """The codes stored, ``"vq"`` or ``"scalar"``: the built index's (``codec="auto"``
+        decides at :meth:`build`), before that the settings' choice."""
+        st = self._state
+        return st.encoder.codec if st is not None else self._settings.codec_used
 
     @property
     def bits_l(self) -> int:
@@ -468,27 +510,44 @@ class LPLRIndex:
         return (
             f"LPLRIndex(dim={s.dim}, {budget}rank={self.rank}, bits_l={self.bits_l}, "
             f"bits_r={s.bits_r}, metric={s.metric!r}, quantizer={s.quantizer!r}, "
-            f"factor={s.factor!r}, seed={s.seed}; {state})"
+            f"factor={s.factor!r}, codec={self.codec!r}, seed={s.seed}; {state})"
         )
 
     # ------------------------------------------------------------- accounting
     def _arrays_meta(self, n: int, rank: int, bits_l: int, version: int = LAYOUT_VERSION, *,
-                     ids: tuple[str, int] | None = None, removed: bool = False) -> dict[str, np.ndarray]:
+                     ids: tuple[str, int] | None = None, removed: bool = False,
+                     vq: tuple[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Zero-size stand-ins with the shapes/dtypes of the stored arrays.
 
         ``ids``: the layout of the user ids (:func:`_ids_layout`), or None;
-        ``removed``: the tombstone bitmap is stored.
+        ``removed``: the tombstone bitmap is stored; ``vq``: ``(basis, groups)``
+        of grouped codes (:mod:`lplr_index.vq`; ``rank`` and ``bits_l`` unused).
         """
         per_col = self.quantizer != "minmax"
         nl, nr = (rank if per_col else 1), (self.dim if per_col else 1)
-        shapes = {
-            "l_codes": ((n, packed_nbytes(rank, bits_l)), np.uint8),
-            "l_lo": ((nl,), np.float32),
-            "l_hi": ((nl,), np.float32),
-            "r_codes": ((rank, packed_nbytes(self.dim, self.bits_r)), np.uint8),
-            "r_lo": ((nr,), np.float32),
-            "r_hi": ((nr,), np.float32),
-        }
+        if vq is not None:
+            basis, groups = vq
+            M, K = int(groups[:, 1].sum()), int((groups[:, 0] * groups[:, 1]).sum())
+            shapes = {
+                "l_codes": ((n, packed_nbytes(M, 4)), np.uint8),
+                "vq_groups": ((len(groups), 2), np.int32),
+                "vq_codebooks": ((KSUB * int(groups[:, 0].sum()),), np.float32),
+            }
+            if basis == "pca":
+                shapes["r_codes"] = ((K, packed_nbytes(self.dim, self.bits_r)), np.uint8)
+                shapes["r_lo"] = ((nr,), np.float32)
+                shapes["r_hi"] = ((nr,), np.float32)
+            else:
+                shapes["vq_dirs"] = ((K,), np.int32)
+        else:
+            shapes = {
+                "l_codes": ((n, packed_nbytes(rank, bits_l)), np.uint8),
+                "l_lo": ((nl,), np.float32),
+                "l_hi": ((nl,), np.float32),
+                "r_codes": ((rank, packed_nbytes(self.dim, self.bits_r)), np.uint8),
+                "r_lo": ((nr,), np.float32),
+                "r_hi": ((nr,), np.float32),
+            }
         if version >= 2:
             shapes["mean"] = ((self.dim,), np.float32)
         if ids is not None:
@@ -499,18 +558,21 @@ class LPLRIndex:
                 for k, (s, dt) in shapes.items()}
 
     def _file_nbytes(self, n: int, rank: int, bits_l: int, *, state: _State | None = None,
-                     ids: tuple[str, int] | None = None) -> int:
-        """Exact file size for n vectors at ``rank``: of ``state``, or of a fresh
-        build (with user ids saved as ``ids``, see :func:`_ids_layout`) with the
-        widest header values it can have."""
+                     ids: tuple[str, int] | None = None, vq: tuple[str, np.ndarray] | None = None) -> int:
+        """Exact file size for n vectors at ``rank`` (or of grouped codes ``vq``, see
+        :meth:`_arrays_meta`): of ``state``, or of a fresh build (with user ids
+        saved as ``ids``, see :func:`_ids_layout`) with the widest header values it can have."""
         if state is None:
-            header = self._header(n, rank, bits_l, n, 0, "sketch", 0.0)
-            meta = self._arrays_meta(n, rank, bits_l, LAYOUT_VERSION, ids=ids)
+            kind = "sketch" if vq is None else vq[0]
+            rank = rank if vq is None else max(1, int((vq[1][:, 0] * vq[1][:, 1]).sum()))
+            header = self._header(n, rank, bits_l, n, 0, kind, 0.0)
+            meta = self._arrays_meta(n, rank, bits_l, LAYOUT_VERSION, ids=ids, vq=vq)
         else:
-            header = self._header(n, rank, bits_l, state.n_build, state.n_clipped, state.encoder.kind,
-                                  state.fit_error)
+            enc = state.encoder
+            header = self._header(n, rank, bits_l, state.n_build, state.n_clipped, enc.kind,
+                                  state.fit_error, version=state.version)
             meta = self._arrays_meta(n, rank, bits_l, state.version, ids=state.ids_layout,
-                                     removed=state.removed is not None)
+                                     removed=state.removed is not None, vq=_vq_layout(enc))
         return container_nbytes(header, meta)
 
     @property
@@ -531,10 +593,17 @@ class LPLRIndex:
         user ids, tombstones, header."""
         st = self._require_built("storage_breakdown")
         enc = st.encoder
+        if enc.codec == "vq":
+            factor = (enc.rcodes.shape[0] * packed_nbytes(self.dim, self.bits_r) + 8 * enc.rq.lo.size
+                      if enc.basis == "pca" else 4 * enc.dirs.size)
+            levels = 4 * enc.lq.codebooks.size + 4 * enc.lq.groups.size
+        else:
+            factor = enc.rcodes.shape[0] * packed_nbytes(self.dim, self.bits_r)
+            levels = 4 * (enc.lq.lo.size * 2 + enc.rq.lo.size * 2)
         parts = {
             "codes": st.store.nbytes,
-            "shared_factor": int(enc.rcodes.shape[0] * packed_nbytes(self.dim, self.bits_r)),
-            "quantizer_levels": 4 * (enc.lq.lo.size * 2 + enc.rq.lo.size * 2),
+            "shared_factor": int(factor),
+            "quantizer_levels": int(levels),
             "mean": 4 * self.dim if st.version >= 2 else 0,
             "ids": 0 if st.ids is None else (8 * st.n if st.ids_layout[0] == "ids" else st.ids_layout[1]),
             "removed": 0 if st.removed is None else packed_nbytes(st.n, 1),
@@ -617,6 +686,8 @@ class LPLRIndex:
         index = cls(dim, bits_per_coordinate=bits_per_coordinate, rank=rank, **settings)
         s = index.settings
         bits_l = s.bits_l_used
+        if s.codec_used == "vq":
+            return index._plan_vq(n, n_queries, k, mode)
         if s.bits_per_coordinate is not None:
             rank = index._rank_for_budget(n, bits_l)
         else:
@@ -646,6 +717,34 @@ class LPLRIndex:
             build_peak_bytes=_build_peak(n, s.dim, rank, row_bytes, s.metric),
             search_peak_bytes=search, n_queries=n_queries, k=k, search_mode=search_mode,
             fastscan=fast, fastscan_bytes=fs_bytes,
+        )
+
+    def _plan_vq(self, n: int, n_queries: int, k: int, mode: str) -> IndexPlan:
+        """:meth:`plan` of grouped codes: exact with a rank, bounds and estimates with a budget."""
+        s, dim = self._settings, self.dim
+        if s.rank is not None:
+            if s.rank > n:
+                raise ValueError(f"rank={s.rank} needs at least {s.rank} vectors to build on, got n={n}")
+            rank = n_codes = s.rank
+            file_bytes = self._file_nbytes(n, rank, 4, vq=("pca", np.array([[1, rank]], np.int32)))
+        else:
+            fixed = self._file_nbytes(n, 1, 4, vq=("rotation", np.zeros((0, 2), np.int32)))
+            file_bytes = int(s.bits_per_coordinate * n * dim // 8)
+            n_codes = max(1, int(2 * (file_bytes - fixed) // n))  # 4-bit codes a vector can hold at most
+            rank = min(dim, n_codes)
+        search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
+        k_eff = min(k, n)
+        if search_mode == "fastscan":
+            search = _fastscan_search_peak(n, rank, n_queries, k_eff, True)
+            fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
+        else:
+            search = _factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
+            fs_bytes = 0
+        build = _build_peak(n, dim, rank, packed_nbytes(n_codes, 4), s.metric) + 16 * dim * dim
+        return IndexPlan(
+            n=n, dim=dim, rank=rank, bits_l=4, file_bytes=file_bytes, bits_per_coordinate=8 * file_bytes / (n * dim),
+            build_peak_bytes=build, search_peak_bytes=search, n_queries=n_queries, k=k, search_mode=search_mode,
+            fastscan=True, fastscan_bytes=fs_bytes, codec="vq", exact=s.rank is not None,
         )
 
     # ------------------------------------------------------------ build / add
@@ -705,12 +804,20 @@ class LPLRIndex:
                 ids = None
         s = self._settings
         bits_l = s.bits_l_used
+        if s.rank is not None and s.rank > n:
+            raise ValueError(f"rank={s.rank} needs at least {s.rank} vectors to build on, got X with {n}")
+        if s.codec_used == "vq":
+            result = self._fit_vq(source, ids, progress)
+            if result.encoder is not None:
+                self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
+                                    ids=_frozen(ids)))
+                return self
+            # codec="auto" at 3.5+ bits per coordinate: the scalar 8-bit codes won on the sample
+            bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
         if s.bits_per_coordinate is not None:
             rank = self._rank_for_budget(n, bits_l, ids=_ids_layout(ids))
         else:
             rank = s.rank
-            if rank > n:
-                raise ValueError(f"rank={rank} needs at least {rank} vectors to build on, got X with {n}")
         bar = _progress_bar(progress, n, (2 + s.refine_iters) * n, f"build ({2 + s.refine_iters} passes)")
         try:
             executor = LocalExecutor(source, progress=None if bar is None else bar.update)
@@ -724,6 +831,55 @@ class LPLRIndex:
         self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
                             ids=_frozen(ids)))
         return self
+
+    def _fit_vq(self, source: ArraySource, ids, progress):
+        """Grouped codes (:func:`lplr_index.vq.fit_vq`): two passes. With ``codec="auto"`` and
+        a budget at which the scalar codes would be 8-bit, those are fitted on the sample too
+        and, when their recall there is higher, the result has no encoder (build them instead)."""
+        s, n = self._settings, source.n
+        layout = _ids_layout(ids)
+        rival = None
+        scalar = dataclasses.replace(s, codec="scalar")
+        if s.codec == "auto" and s.bits_per_coordinate is not None and scalar.bits_l_used == 8:
+            try:
+                rank = self._rank_for_budget(n, 8, ids=layout)
+            except ValueError:
+                rank = None
+            if rank is not None:
+                def rival(raw):
+                    from .train import fit_array
+
+                    fitted = fit_array(raw, min(rank, len(raw)), 8, s.bits_r, s.quantizer, s.seed, s.refine_iters,
+                                       factor=s.factor, normalize=s.metric == "cosine").encoder
+                    L = fitted.lq.decode(fitted.lq.encode(fitted.prepare(raw) @ fitted.T))
+                    return L @ fitted.R + fitted.mean
+
+        def file_bits(basis, groups):
+            return 8 * self._file_nbytes(n, 1, 4, ids=layout, vq=(basis, groups))
+
+        budget = None if s.bits_per_coordinate is None else s.bits_per_coordinate * n * self.dim
+        bar = _progress_bar(progress, n, 2 * n, "build (2 passes)")
+        try:
+            executor = LocalExecutor(source, progress=None if bar is None else bar.update)
+            try:
+                result = fit_vq(executor, budget, file_bits, bits_r=s.bits_r, scheme=s.quantizer, seed=s.seed,
+                                metric=s.metric, rank=s.rank, rival=rival)
+            except _NoRoom:
+                need = file_bits("rotation", np.array([[1, 1]], np.int32)) / (n * self.dim)
+                with_ids = " and their user ids" if ids is not None else ""
+                raise ValueError(
+                    f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index (one 4-bit "
+                    f"code per vector) of {n} vectors of dimension {self.dim}{with_ids}: that needs "
+                    f"{need:.3f} bits per coordinate (add more vectors or raise the budget)") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        chosen = ({"basis": result.encoder.basis, "groups": result.encoder.lq.groups.tolist()}
+                  if result.encoder is not None else {"basis": "scalar"})
+        self.build_report = {"chosen": chosen,
+                             "candidates": [dict(zip(("basis", "sizes", "groups", "sample_recall", "sample_error"), c))
+                                            for c in result.candidates]}
+        return result
 
     def _encode(self, st: _State, source: ArraySource, progress, desc: str) -> tuple[np.ndarray, int]:
         """Packed codes of every row of ``source`` and the count of clipped entries."""
@@ -1157,11 +1313,14 @@ class LPLRIndex:
         return self._cache["flat"].search(Q, k, params=params)
 
     # ----------------------------------------------------------- persistence
-    def _header(self, n, rank, bits_l, n_build, n_clipped, kind, fit_error) -> dict:
+    def _header(self, n, rank, bits_l, n_build, n_clipped, kind, fit_error, version: int = LAYOUT_VERSION) -> dict:
+        settings = self._settings.to_header(rank=rank)
+        if version < 3:  # written before the codec setting: always the scalar codes
+            settings.pop("codec")
         return {
             "format": "lplr-index",
             "library_version": __version__,
-            "settings": self._settings.to_header(rank=rank),
+            "settings": settings,
             "bits_l_used": bits_l,
             "encoder": kind,
             # fixed width, so the header size (and the budget) does not depend on the value
@@ -1174,14 +1333,21 @@ class LPLRIndex:
     def _container(self):
         st = self._require_built("save")
         enc = st.encoder
-        arrays = {
-            "l_codes": st.store.codes,
-            "l_lo": enc.lq.lo,
-            "l_hi": enc.lq.hi,
-            "r_codes": _pack_rows(enc.rcodes, self.bits_r),
-            "r_lo": enc.rq.lo,
-            "r_hi": enc.rq.hi,
-        }
+        if enc.codec == "vq":
+            arrays = {"l_codes": st.store.codes, "vq_groups": enc.lq.groups, "vq_codebooks": enc.lq.codebooks}
+            if enc.basis == "pca":
+                arrays.update(r_codes=_pack_rows(enc.rcodes, self.bits_r), r_lo=enc.rq.lo, r_hi=enc.rq.hi)
+            else:
+                arrays["vq_dirs"] = enc.dirs
+        else:
+            arrays = {
+                "l_codes": st.store.codes,
+                "l_lo": enc.lq.lo,
+                "l_hi": enc.lq.hi,
+                "r_codes": _pack_rows(enc.rcodes, self.bits_r),
+                "r_lo": enc.rq.lo,
+                "r_hi": enc.rq.hi,
+            }
         if st.version >= 2:
             arrays["mean"] = enc.mean
         if st.ids is not None:
@@ -1189,7 +1355,8 @@ class LPLRIndex:
             arrays[name] = st.ids if name == "ids" else _id_bitmap(st.ids)
         if st.removed is not None:
             arrays["removed"] = np.packbits(st.removed, bitorder="little")
-        header = self._header(st.store.n, enc.rank, enc.lq.bits, st.n_build, st.n_clipped, enc.kind, st.fit_error)
+        header = self._header(st.store.n, enc.rank, enc.lq.bits, st.n_build, st.n_clipped, enc.kind, st.fit_error,
+                              version=st.version)
         return header, arrays, st.version
 
     def save(self, path, *, progress: bool | None = None) -> int:
@@ -1259,13 +1426,20 @@ class LPLRIndex:
         settings = dict(header["settings"])
         if version < 2:
             settings.setdefault("factor", "lstsq")  # version 1 had only the paper's factor, uncentred
+        if version < 3:
+            if "codec" in settings:
+                raise ValueError(f"a version-{version} file cannot hold the codec setting")
+            settings["codec"] = "scalar"  # versions 1 and 2 had only the scalar codes
         s = IndexSettings.from_header(settings)
         index = cls(**dataclasses.asdict(s))
         rank = check_int(header["settings"]["rank"], "rank", low=1, high=s.dim)
         bits_l = check_bits(header["bits_l_used"], "bits_l_used")
         if s.bits_l is not None and bits_l != s.bits_l:
             raise ValueError(f"bits_l_used={bits_l} differs from the setting bits_l={s.bits_l}")
-        kind = check_choice(header["encoder"], "encoder", ("sketch", "pinv"))
+        kind = check_choice(header["encoder"], "encoder", ("sketch", "pinv", "pca", "rotation"))
+        vq = kind in ("pca", "rotation")  # codec="auto" may have built either
+        if s.codec != "auto" and vq != (s.codec == "vq"):
+            raise ValueError(f"encoder {kind!r} does not go with codec={s.codec!r}")
         fit_error = float(header["fit_error"])
         if not (fit_error >= 0 or np.isnan(fit_error)):
             raise ValueError(f"fit_error must be >= 0, got {fit_error}")
@@ -1276,25 +1450,55 @@ class LPLRIndex:
             raise ValueError("the file holds both ids and id_bitmap")
         ids_layout = next(((k, arrays[k].shape[0]) for k in ("ids", "id_bitmap")
                            if k in arrays and arrays[k].ndim == 1), None)
-        expected = index._arrays_meta(n, rank, bits_l, version, ids=ids_layout, removed="removed" in arrays)
+        vq_layout = None
+        if vq:
+            if bits_l != 4:
+                raise ValueError(f"grouped codes are 4-bit, bits_l_used={bits_l}")
+            groups, books = arrays.get("vq_groups"), arrays.get("vq_codebooks")
+            if groups is None or books is None or groups.dtype != np.int32 or books.dtype != np.float32:
+                raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
+            groups, books = np.array(groups), np.array(books)
+            check_groups(groups, books, s.dim)
+            if int((groups[:, 0] * groups[:, 1]).sum()) != rank:
+                raise ValueError(f"vq_groups cover {int((groups[:, 0] * groups[:, 1]).sum())} latent coordinates, "
+                                 f"the header says rank={rank}")
+            vq_layout = (kind, groups)
+        expected = index._arrays_meta(n, rank, bits_l, version, ids=ids_layout, removed="removed" in arrays,
+                                      vq=vq_layout)
         if set(arrays) != set(expected):
             raise ValueError(f"arrays {sorted(arrays)} differ from the expected {sorted(expected)}")
         for key, meta in expected.items():
             if arrays[key].shape != meta.shape or arrays[key].dtype != meta.dtype:
                 raise ValueError(f"array {key!r} has shape {arrays[key].shape} and dtype {arrays[key].dtype}, "
                                  f"expected {meta.shape} and {meta.dtype}")
-        lq = _checked_quantizer(s.quantizer, bits_l, arrays["l_lo"], arrays["l_hi"], "L")
-        rq = _checked_quantizer(s.quantizer, s.bits_r, arrays["r_lo"], arrays["r_hi"], "R")
-        _check_padding_bits(arrays["r_codes"], s.bits_r, s.dim, "r_codes")
-        _check_padding_bits(arrays["l_codes"], bits_l, rank, "l_codes")
-        rcodes = _unpack(np.array(arrays["r_codes"]), s.bits_r, s.dim)
         mean = np.array(arrays["mean"]) if version >= 2 else np.zeros(s.dim, np.float32)
         if not (np.isfinite(mean).all() and np.abs(mean).max(initial=0) <= _MAX_LEVEL):
             raise ValueError(f"mean must be finite with entries of magnitude <= {_MAX_LEVEL:g}")
-        if s.factor == "orthonormal" and (mean.any() and version < 2):
-            raise ValueError("a version-1 file cannot hold a centred index")
-        encoder = Encoder(mean, lq, rcodes, rq, kind, s.seed, s.metric == "cosine", s.factor == "orthonormal")
-        bound = _level_bound(lq) * _level_bound(rq) * rank + float(np.abs(mean).max(initial=0))
+        if vq:
+            lq = GroupedQuantizer(groups, books)
+            _check_padding_bits(arrays["l_codes"], 4, lq.n_codes, "l_codes")
+            rq = rcodes = dirs = None
+            if kind == "pca":
+                rq = _checked_quantizer(s.quantizer, s.bits_r, arrays["r_lo"], arrays["r_hi"], "R")
+                _check_padding_bits(arrays["r_codes"], s.bits_r, s.dim, "r_codes")
+                rcodes = _unpack(np.array(arrays["r_codes"]), s.bits_r, s.dim)
+            else:
+                dirs = np.array(arrays["vq_dirs"])
+                if dirs.size and (dirs.min() < 0 or dirs.max() >= s.dim or len(np.unique(dirs)) != dirs.size):
+                    raise ValueError(f"vq_dirs must hold distinct directions in [0, {s.dim - 1}]")
+            encoder = VQEncoder(mean, lq, kind, rcodes, rq, dirs, s.seed, s.metric == "cosine", s.dim)
+            # orthonormal rows: a decoded vector is at most the norm of its latent row away from the mean
+            bound = float(np.abs(books).max(initial=0)) * np.sqrt(rank) + float(np.abs(mean).max(initial=0))
+        else:
+            lq = _checked_quantizer(s.quantizer, bits_l, arrays["l_lo"], arrays["l_hi"], "L")
+            rq = _checked_quantizer(s.quantizer, s.bits_r, arrays["r_lo"], arrays["r_hi"], "R")
+            _check_padding_bits(arrays["r_codes"], s.bits_r, s.dim, "r_codes")
+            _check_padding_bits(arrays["l_codes"], bits_l, rank, "l_codes")
+            rcodes = _unpack(np.array(arrays["r_codes"]), s.bits_r, s.dim)
+            if s.factor == "orthonormal" and (mean.any() and version < 2):
+                raise ValueError("a version-1 file cannot hold a centred index")
+            encoder = Encoder(mean, lq, rcodes, rq, kind, s.seed, s.metric == "cosine", s.factor == "orthonormal")
+            bound = _level_bound(lq) * _level_bound(rq) * rank + float(np.abs(mean).max(initial=0))
         if not bound <= _MAX_LEVEL:
             raise ValueError(f"decoded vectors could reach magnitude {bound:.3g}, above {_MAX_LEVEL:g}: "
                              "levels no build produces")
@@ -1584,3 +1788,8 @@ def _progress_bar(progress, n_rows: int, total: int, desc: str, *, threshold: in
         return None
     bar = Progress(total, desc, unit=unit, enabled=None if progress is None else bool(progress))
     return bar if bar.enabled else None
+
+
+def _vq_layout(enc) -> tuple[str, np.ndarray] | None:
+    """``(basis, groups)`` of a grouped-code encoder, None for scalar codes."""
+    return (enc.basis, enc.lq.groups) if enc.codec == "vq" else None

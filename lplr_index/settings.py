@@ -37,6 +37,9 @@ __all__ = ["IndexSettings", "DEFAULTS", "DEFAULT_BITS_PER_COORDINATE", "METRICS"
 #: itself has no default budget: it asks for exactly one of the two.
 DEFAULT_BITS_PER_COORDINATE = 1.0
 
+#: How vectors become codes (see ``IndexSettings.codec``).
+CODECS = ("auto", "vq", "scalar")
+
 #: Highest number of refinement rounds accepted.
 MAX_REFINE_ITERS = 100
 
@@ -76,6 +79,19 @@ class IndexSettings:
         Form of the shared factor (see :mod:`lplr_index.train`): an orthonormal,
         randomly rotated basis of the LPLR subspace with centred vectors (what
         fast-scan search needs), or the paper's least-squares factor.
+        Used by the scalar codec.
+    codec : {"auto", "vq", "scalar"}, default="auto"
+        How vectors become codes. ``"vq"`` (:mod:`lplr_index.vq`): rates that
+        follow the spectrum, groups of principal (or randomly rotated)
+        directions sharing 4-bit k-means codes, the design chosen at build time
+        by its recall on a sample; with ``rank``, one 4-bit code on each of the
+        top ``rank`` principal directions. ``"scalar"``: the paper's LPLR with
+        one ``bits_l``-bit code per latent direction (:mod:`lplr_index.train`).
+        ``"auto"`` is ``"vq"`` with a budget, unless ``bits_l`` (other than 4)
+        or ``factor="lstsq"`` asks for the scalar codes; with a rank it is
+        ``"scalar"`` (the paper's settings). See :attr:`codec_used`; at 3.5
+        bits per coordinate and more the index also tries the scalar 8-bit
+        codes on a sample and keeps the better.
 
     Examples
     --------
@@ -100,6 +116,7 @@ class IndexSettings:
     refine_iters: int = 2
     seed: int = 0
     factor: str = "orthonormal"
+    codec: str = "auto"
 
     def __post_init__(self) -> None:
         # Same order and messages as LPLRIndex.__init__ had, so errors do not change.
@@ -121,6 +138,11 @@ class IndexSettings:
         metric = check_choice(self.metric, "metric", METRICS)
         quantizer = check_choice(self.quantizer, "quantizer", SCHEMES)
         factor = check_choice(self.factor, "factor", FACTORS)
+        codec = check_choice(self.codec, "codec", CODECS)
+        if codec == "vq" and bits_l not in (None, 4):
+            raise ValueError(f"codec='vq' stores 4-bit codes: bits_l must be None or 4, got bits_l={bits_l}")
+        if codec == "vq" and factor != "orthonormal":
+            raise ValueError(f"codec='vq' uses an orthonormal basis: factor must be 'orthonormal', got {factor!r}")
         seed = check_seed(self.seed)
         if seed is None:
             raise ValueError("seed must be an integer >= 0 (the sketch is regenerated from it), got None")
@@ -135,19 +157,32 @@ class IndexSettings:
             ("quantizer", quantizer),
             ("seed", seed),
             ("factor", factor),
+            ("codec", codec),
         ):
             object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------ derived
     @property
+    def codec_used(self) -> str:
+        """``codec``, or the index's choice for ``"auto"``: ``"vq"`` with a budget,
+        ``bits_l`` None or 4 and the orthonormal factor; otherwise ``"scalar"``."""
+        if self.codec != "auto":
+            return self.codec
+        vq = self.bits_per_coordinate is not None and self.bits_l in (None, 4) and self.factor == "orthonormal"
+        return "vq" if vq else "scalar"
+
+    @property
     def bits_l_used(self) -> int:
         """``bits_l``, or the index's choice when it is None.
 
-        With a budget ``B``: ``min(8, max(4, ceil(2 B)))``, which keeps the rank
+        Grouped codes (:attr:`codec_used` ``"vq"``): 4. Scalar codes with a
+        budget ``B``: ``min(8, max(4, ceil(2 B)))``, which keeps the rank
         near ``dim / 4 .. dim / 2``; with an explicit rank: 8 (the paper's).
         """
         if self.bits_l is not None:
             return self.bits_l
+        if self.codec_used == "vq":
+            return 4
         if self.bits_per_coordinate is None:
             return 8
         return int(min(8, max(4, math.ceil(2 * self.bits_per_coordinate))))

@@ -86,10 +86,16 @@ class Encoder:
     seed: int
     normalize: bool = False
     orthonormal: bool = False
+    codec = "scalar"
 
     @property
     def rank(self) -> int:
         return int(self.rcodes.shape[0])
+
+    @property
+    def n_codes(self) -> int:
+        """Codes per vector: one per latent direction."""
+        return self.rank
 
     @property
     def dim(self) -> int:

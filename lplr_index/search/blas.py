@@ -1,10 +1,11 @@
 """Exact scores from the codes with BLAS: the full scan and the re-ranker.
 
-With ``l = lo + c * step`` (``c`` the codes), ``x_hat = mean + l R`` and
-``p = R q``: ``<x_hat, q> = <mean, q> + c . (step * p) + lo . p``. The scan
-decodes one block of codes at a time and scores it with one BLAS product, so
-the float n x dim matrix is never formed; it serves every code width. The
-re-ranker decodes only the candidate rows.
+With scalar codes ``l = lo + c * step`` (``c`` the codes), ``x_hat = mean + l R``
+and ``p = R q``: ``<x_hat, q> = <mean, q> + c . (step * p) + lo . p``; grouped
+codes (:mod:`lplr_index.vq`) decode ``l`` by table lookups. The scan decodes
+one block of codes at a time and scores it with one BLAS product, so the float
+n x dim matrix is never formed; it serves every code width. The re-ranker
+decodes only the candidate rows.
 """
 
 from __future__ import annotations
@@ -99,14 +100,19 @@ def scan(view: CodeView, Q: np.ndarray, k: int, *, norms2: np.ndarray | None = N
     Qs = Q - enc.mean if metric == "l2" else Q
     P = enc.R @ Qs.T  # (rank, nq)
     nq, m, bits = len(Q), enc.rank, enc.lq.bits
-    width = _decoded_width(bits, m)  # >= m; padding codes decode to 0
+    scalar = enc.codec == "scalar"  # integer codes scored directly; grouped codes are decoded
+    width = _decoded_width(bits, m) if scalar else m  # >= m; padding codes decode to 0
     extra = 0 if metric == "ip" else 1
     Zq = np.zeros((nq, width + extra), np.float32)
-    # per-column levels, or one level pair for the whole matrix ("minmax")
-    step = np.broadcast_to(enc.lq.step, (m,))
-    lo = np.broadcast_to(enc.lq.lo, (m,))
-    Zq[:, :m] = (step[:, None] * P).T
-    const = (lo @ P).astype(np.float32)  # (nq,)
+    if scalar:
+        # per-column levels, or one level pair for the whole matrix ("minmax")
+        step = np.broadcast_to(enc.lq.step, (m,))
+        lo = np.broadcast_to(enc.lq.lo, (m,))
+        Zq[:, :m] = (step[:, None] * P).T
+        const = (lo @ P).astype(np.float32)  # (nq,)
+    else:
+        Zq[:, :m] = P.T
+        const = np.zeros(nq, np.float32)
     if metric != "l2":
         const = const + (Q @ enc.mean).astype(np.float32)
     if metric == "l2":
@@ -126,7 +132,10 @@ def scan(view: CodeView, Q: np.ndarray, k: int, *, norms2: np.ndarray | None = N
     for s in range(0, n, BLOCK_ROWS):
         packed = np.asarray(view.codes[s : s + BLOCK_ROWS])
         C = buf[: len(packed)]
-        _decode_codes_into(packed, bits, m, C[:, :width])
+        if scalar:
+            _decode_codes_into(packed, bits, m, C[:, :width])
+        else:
+            C[:, :width] = view.decode_latent(packed)
         if metric == "l2":
             C[:, width] = norms2[s : s + len(C)]
         elif metric == "cosine":

@@ -28,7 +28,8 @@ class CodeView:
 
     Attributes
     ----------
-    encoder : Encoder
+    encoder : Encoder or VQEncoder
+        Scalar LPLR codes (:mod:`lplr_index.train`) or grouped ones (:mod:`lplr_index.vq`).
     codes : ndarray of shape (n, row_bytes), uint8
         Packed per-vector codes (may be memory-mapped).
     metric : {"l2", "ip", "cosine"}
@@ -45,7 +46,7 @@ class CodeView:
     def decode_latent(self, packed: np.ndarray) -> np.ndarray:
         """Float latent coordinates ``L`` of packed code rows (any leading shape)."""
         enc = self.encoder
-        return enc.lq.decode(_unpack(np.asarray(packed), enc.lq.bits, enc.rank))
+        return enc.lq.decode(_unpack(np.asarray(packed), enc.lq.bits, enc.n_codes))
 
 
 def prepare_queries(view: CodeView, Q: np.ndarray) -> np.ndarray:
