@@ -14,13 +14,19 @@ and ``distributed``.
   workers; a query batch is scored on every shard in parallel with the index's
   own backends and the per-shard top-k lists are merged.
 
-The client process holds the codes (``n * rank * bits_l / 8`` bytes), the
+Both kinds of codes work: the scalar LPLR codes (:class:`lplr_index.train.Encoder`)
+and the grouped 4-bit codes (:class:`lplr_index.vq.VQEncoder`, ``codec="vq"``,
+the default with a budget), whose fit (:func:`lplr_index.vq.fit_vq`) runs its
+covariance and encoding passes on the workers the same way.
+
+The client process holds the codes (``n * n_codes * bits_l / 8`` bytes), the
 seeded sample (16384 rows) and the pass's partial sums; the workers hold the
 blocks they are working on.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import deque
@@ -49,6 +55,7 @@ from .fileformat import IndexFileError, read_container, write_container
 from .packing import packed_nbytes
 from .quantize import Quantizer
 from .train import Encoder
+from .vq import GroupedQuantizer, VQEncoder, check_groups
 
 __all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint", "MANIFEST"]
 
@@ -82,6 +89,25 @@ def _run_block(fn: Callable, block, start: int, name: str, dim: int, *args):
 
 def _same(block):
     return block
+
+
+def _portable(encoder):
+    """``encoder`` (or any argument) without what cannot be pickled to a worker.
+
+    A :class:`~lplr_index.vq.GroupedQuantizer` that has encoded caches faiss
+    product quantizers (SWIG objects, ``lq.__dict__["_pq"]``) which neither
+    pickle nor cloudpickle can send; this returns a shallow copy of the encoder
+    whose quantizer lacks that cache (the worker rebuilds it from the
+    codebooks, with the same codes). Anything else is returned as is.
+    """
+    lq = getattr(encoder, "lq", None)
+    if lq is None or "_pq" not in getattr(lq, "__dict__", {}):
+        return encoder
+    lq = copy.copy(lq)
+    lq.__dict__.pop("_pq", None)
+    out = copy.copy(encoder)
+    out.__dict__["lq"] = lq  # frozen dataclass: set through __dict__
+    return out
 
 
 class _NpyRows:
@@ -213,6 +239,7 @@ class DaskExecutor(ExecutingSource):
         raises RuntimeError and the build leaves nothing behind.
         """
         self._pass += 1
+        args = tuple(_portable(a) for a in args)
         # unique keys (hash=False): a later pass's equal arguments never meet this pass's release
         scattered = self.client.scatter(list(args), broadcast=True, workers=self.workers, hash=False) if args else []
         tag = f"lplr-{getattr(fn, '__name__', 'fn')}-{self._pass}-{id(self):x}"
@@ -321,20 +348,35 @@ def build(X: Any, client=None, *, progress: bool | None = None, max_in_flight: i
 
 
 # ----------------------------------------------------------- sharded search
-def encoder_fingerprint(encoder: Encoder, metric: str, settings: dict | None = None) -> str:
+def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dict | None = None) -> str:
     """SHA-256 of everything that decides how vectors are encoded and scored.
 
     Two shards can be searched together only if their fingerprints are equal:
-    the same settings, seed, metric, and encoder bytes (mean, both quantizers'
-    levels, the shared factor's codes, the encoder kind).
+    the same settings, seed, metric, and encoder bytes. Scalar codes
+    (:class:`~lplr_index.train.Encoder`): the mean, both quantizers' levels,
+    the shared factor's codes, the encoder kind (the same hash as before the
+    grouped codes existed, so saved shards keep their fingerprints). Grouped
+    codes (:class:`~lplr_index.vq.VQEncoder`): the mean, the group layout and
+    codebooks, the basis kind and its stored part (the principal directions'
+    8-bit codes and levels, or the kept columns of the seeded rotation).
     """
     h = hashlib.sha256()
-    meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed), "normalize": bool(encoder.normalize),
-            "orthonormal": bool(encoder.orthonormal),
-            "lq": [encoder.lq.scheme, int(encoder.lq.bits)], "rq": [encoder.rq.scheme, int(encoder.rq.bits)],
-            "settings": settings}
+    if getattr(encoder, "codec", "scalar") == "vq":
+        pca = encoder.basis == "pca"
+        meta = {"metric": metric, "codec": "vq", "kind": encoder.basis, "seed": int(encoder.seed),
+                "normalize": bool(encoder.normalize), "dim": int(encoder.dim),
+                "lq": [encoder.lq.scheme, int(encoder.lq.bits)],
+                "rq": [encoder.rq.scheme, int(encoder.rq.bits)] if pca else None, "settings": settings}
+        arrays = (encoder.mean, encoder.lq.groups, encoder.lq.codebooks) + (
+            (encoder.rcodes, encoder.rq.lo, encoder.rq.hi) if pca else (encoder.dirs,))
+    else:
+        meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed),
+                "normalize": bool(encoder.normalize), "orthonormal": bool(encoder.orthonormal),
+                "lq": [encoder.lq.scheme, int(encoder.lq.bits)], "rq": [encoder.rq.scheme, int(encoder.rq.bits)],
+                "settings": settings}
+        arrays = (encoder.mean, encoder.lq.lo, encoder.lq.hi, encoder.rcodes, encoder.rq.lo, encoder.rq.hi)
     h.update(json.dumps(meta, sort_keys=True).encode())
-    for a in (encoder.mean, encoder.lq.lo, encoder.lq.hi, encoder.rcodes, encoder.rq.lo, encoder.rq.hi):
+    for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
@@ -370,7 +412,8 @@ class Shard:
 
     Parameters
     ----------
-    encoder : Encoder
+    encoder : Encoder or VQEncoder
+        Scalar or grouped codes' encoder.
     codes : ndarray of shape (rows, row_bytes), uint8
         Packed codes of the shard's rows.
     metric : {"l2", "ip", "cosine"}
@@ -382,7 +425,7 @@ class Shard:
         User ids of the rows (None: the row numbers).
     """
 
-    def __init__(self, encoder: Encoder, codes: np.ndarray, metric: str, first_row: int, settings: dict,
+    def __init__(self, encoder: Encoder | VQEncoder, codes: np.ndarray, metric: str, first_row: int, settings: dict,
                  ids: np.ndarray | None = None):
         self.view = CodeView(encoder, codes, metric)
         self.first_row = int(first_row)
@@ -395,29 +438,50 @@ class Shard:
         return encoder_fingerprint(self.view.encoder, self.view.metric, self.settings)
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        state = {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        enc = _portable(self.view.encoder)
+        if enc is not self.view.encoder:
+            state["view"] = CodeView(enc, self.view.codes, self.view.metric)
+        return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._cache = {}
 
     def save(self, path) -> int:
-        """Write the shard to ``path`` (atomically); returns the bytes written."""
+        """Write the shard to ``path`` (atomically); returns the bytes written.
+
+        Scalar codes are written as shard version 1 (the layout from before
+        the grouped codes); grouped codes as version 2 (``"codec": "vq"`` in
+        the header, arrays ``vq_groups``, ``vq_codebooks`` and either
+        ``rcodes``/``r_lo``/``r_hi`` or ``vq_dirs``).
+        """
         enc = self.view.encoder
         header = {"format": SHARD_FORMAT, "shard_version": 1, "metric": self.view.metric, "kind": enc.kind,
                   "seed": int(enc.seed), "normalize": bool(enc.normalize),
-                  "orthonormal": bool(enc.orthonormal), "lq": [enc.lq.scheme, int(enc.lq.bits)],
-                  "rq": [enc.rq.scheme, int(enc.rq.bits)], "first_row": self.first_row, "settings": self.settings,
-                  "fingerprint": self.fingerprint}
-        arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "l_lo": enc.lq.lo, "l_hi": enc.lq.hi,
-                  "rcodes": np.asarray(enc.rcodes, np.uint8), "r_lo": enc.rq.lo, "r_hi": enc.rq.hi}
+                  "orthonormal": bool(enc.orthonormal), "lq": [enc.lq.scheme, int(enc.lq.bits)]}
+        if enc.codec == "vq":
+            header.update(shard_version=2, codec="vq", dim=int(enc.dim),
+                          rq=[enc.rq.scheme, int(enc.rq.bits)] if enc.basis == "pca" else None)
+            arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "vq_groups": enc.lq.groups,
+                      "vq_codebooks": enc.lq.codebooks}
+            if enc.basis == "pca":
+                arrays.update(rcodes=np.asarray(enc.rcodes, np.uint8), r_lo=enc.rq.lo, r_hi=enc.rq.hi)
+            else:
+                arrays["vq_dirs"] = np.asarray(enc.dirs, np.int32)
+        else:
+            header["rq"] = [enc.rq.scheme, int(enc.rq.bits)]
+            arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "l_lo": enc.lq.lo, "l_hi": enc.lq.hi,
+                      "rcodes": np.asarray(enc.rcodes, np.uint8), "r_lo": enc.rq.lo, "r_hi": enc.rq.hi}
+        header.update(first_row=self.first_row, settings=self.settings, fingerprint=self.fingerprint)
         if self.ids is not None:
             arrays["ids"] = np.asarray(self.ids, np.int64)
-        return write_container(path, header, arrays)
+        # scalar shards keep the container version they had (2): older readers still open them
+        return write_container(path, header, arrays, version=3 if enc.codec == "vq" else 2)
 
     @classmethod
     def load(cls, path, *, mmap: bool = True, fingerprint: str | None = None) -> "Shard":
-        """Read a shard file; its codes memory-mapped when ``mmap``.
+        """Read a shard file (scalar or grouped codes); its codes memory-mapped when ``mmap``.
 
         Raises
         ------
@@ -432,14 +496,24 @@ class Shard:
             raise IndexFileError(f"{name}: not an lplr-index shard file (format "
                                  f"{h.get('format') if isinstance(h, dict) else None!r})")
         try:
-            lq = Quantizer(h["lq"][0], int(h["lq"][1]), np.array(a["l_lo"]), np.array(a["l_hi"]))
-            rq = Quantizer(h["rq"][0], int(h["rq"][1]), np.array(a["r_lo"]), np.array(a["r_hi"]))
-            enc = Encoder(np.array(a["mean"]), lq, np.array(a["rcodes"]), rq, h["kind"], int(h["seed"]),
-                          bool(h["normalize"]), bool(h.get("orthonormal", False)))
+            codec = h.get("codec", "scalar")
+            if codec == "vq":
+                enc = _vq_encoder(h, a)
+            elif codec == "scalar":
+                lq = Quantizer(h["lq"][0], int(h["lq"][1]), np.array(a["l_lo"]), np.array(a["l_hi"]))
+                rq = Quantizer(h["rq"][0], int(h["rq"][1]), np.array(a["r_lo"]), np.array(a["r_hi"]))
+                enc = Encoder(np.array(a["mean"]), lq, np.array(a["rcodes"]), rq, h["kind"], int(h["seed"]),
+                              bool(h["normalize"]), bool(h.get("orthonormal", False)))
+            else:
+                raise ValueError(f"codec {codec!r} is not 'scalar' or 'vq' (a newer lplr-index may have written it)")
             codes = a["codes"]
-            if codes.ndim != 2 or codes.shape[1] != packed_nbytes(enc.rank, lq.bits):
-                raise ValueError(f"codes of shape {codes.shape} do not hold rank-{enc.rank} {lq.bits}-bit rows")
+            if codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[1] != packed_nbytes(enc.n_codes,
+                                                                                              enc.lq.bits):
+                raise ValueError(f"codes of shape {codes.shape} and dtype {codes.dtype} do not hold "
+                                 f"{enc.n_codes} {enc.lq.bits}-bit codes per row")
             ids = np.array(a["ids"]) if "ids" in a else None
+            if ids is not None and ids.shape != (codes.shape[0],):
+                raise ValueError(f"ids of shape {ids.shape} for {codes.shape[0]} rows")
             shard = cls(enc, codes if mmap else np.array(codes), h["metric"], int(h["first_row"]), h["settings"], ids)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise IndexFileError(f"{name}: damaged or inconsistent shard content ({exc})") from None
@@ -474,6 +548,48 @@ class Shard:
         rows = np.maximum(I, 0)
         I = np.where(ok, self.ids[rows] if self.ids is not None else rows + self.first_row, -1)
         return D, I
+
+
+def _vq_encoder(h: dict, a) -> VQEncoder:
+    """The grouped codes' encoder of a shard file, checked as :meth:`LPLRIndex.load` checks an index file."""
+    kind = h["kind"]
+    if kind not in ("pca", "rotation"):
+        raise ValueError(f"grouped codes have a 'pca' or 'rotation' basis, got kind={kind!r}")
+    if [h["lq"][0], int(h["lq"][1])] != ["vq", 4]:
+        raise ValueError(f"grouped codes are 4-bit 'vq' codes, got lq={h['lq']!r}")
+    mean = np.array(a["mean"])
+    dim = int(h["dim"])
+    if mean.dtype != np.float32 or mean.shape != (dim,) or not np.isfinite(mean).all():
+        raise ValueError(f"mean must be {dim} finite float32 values, got shape {mean.shape} and dtype {mean.dtype}")
+    groups, books = a["vq_groups"], a["vq_codebooks"]
+    if groups.dtype != np.int32 or books.dtype != np.float32:
+        raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
+    groups, books = np.array(groups), np.array(books)
+    check_groups(groups, books, dim)
+    lq = GroupedQuantizer(groups, books)
+    rank = h["settings"].get("rank") if isinstance(h["settings"], dict) else None
+    if rank is not None and int(rank) != lq.rank:
+        raise ValueError(f"vq_groups cover {lq.rank} latent coordinates, the settings say rank={rank}")
+    rq = rcodes = dirs = None
+    if kind == "pca":
+        if "vq_dirs" in a:
+            raise ValueError("a 'pca' basis has no vq_dirs")
+        rq = Quantizer(h["rq"][0], int(h["rq"][1]), np.array(a["r_lo"]), np.array(a["r_hi"]))
+        rcodes = np.array(a["rcodes"])
+        if rcodes.dtype != np.uint8 or rcodes.shape != (lq.rank, dim):
+            raise ValueError(f"rcodes of shape {rcodes.shape} and dtype {rcodes.dtype}, expected uint8 "
+                             f"{(lq.rank, dim)}")
+        if rcodes.size and int(rcodes.max()) >= rq.levels:
+            raise ValueError(f"rcodes hold a code above the {rq.bits}-bit levels")
+    else:
+        if any(key in a for key in ("rcodes", "r_lo", "r_hi")):
+            raise ValueError("a 'rotation' basis has no rcodes, r_lo, r_hi")
+        dirs = np.array(a["vq_dirs"])
+        if dirs.dtype != np.int32 or dirs.shape != (lq.rank,):
+            raise ValueError(f"vq_dirs of shape {dirs.shape} and dtype {dirs.dtype}, expected int32 {(lq.rank,)}")
+        if dirs.size and (dirs.min() < 0 or dirs.max() >= dim or len(np.unique(dirs)) != dirs.size):
+            raise ValueError(f"vq_dirs must hold distinct directions in [0, {dim - 1}]")
+    return VQEncoder(mean, lq, kind, rcodes, rq, dirs, int(h["seed"]), bool(h["normalize"]), dim)
 
 
 def _search_shard(shard: Shard, Q, k, mode, rerank_factor):
@@ -580,7 +696,7 @@ class ShardedIndex:
             if fp != prints[0]:
                 raise ValueError(_mismatch(first, ix, j))
         self.fingerprint = prints[0]
-        self.dim, self.metric = first.dim, parts[0][2]
+        self.dim, self.metric, self.codec = first.dim, parts[0][2], parts[0][0].codec
         self.fastscan_ready = bool(first.fastscan_ready)
         self._bits_l = first.bits_l
         workers = sorted(self.client.scheduler_info()["workers"])
@@ -631,7 +747,7 @@ class ShardedIndex:
                 for f, name in zip(self._live(), files)]
         self.client.gather(done)
         manifest = {"format": MANIFEST_FORMAT, "manifest_version": 1, "fingerprint": self.fingerprint,
-                    "dim": self.dim, "metric": self.metric, "bits_l": self._bits_l,
+                    "dim": self.dim, "metric": self.metric, "codec": self.codec, "bits_l": self._bits_l,
                     "fastscan_ready": self.fastscan_ready, "ntotal": self.ntotal,
                     "shards": [{"file": name, "first_row": a, "rows": b - a}
                                for name, a, b in zip(files, self.bounds[:-1], self.bounds[1:])]}
@@ -683,6 +799,7 @@ class ShardedIndex:
         if not workers:
             raise ValueError("the Dask cluster has no workers to hold shards")
         self.fingerprint, self.dim, self.metric, self._bits_l, self.fastscan_ready = meta
+        self.codec = m.get("codec", "scalar")  # manifests written before the grouped codes: scalar
         self._futures = [
             self.client.submit(_load_shard, file, first, rows, self.fingerprint, mmap,
                                workers=[workers[j % len(workers)]], pure=False)
@@ -774,7 +891,10 @@ def _mismatch(a: LPLRIndex, b: LPLRIndex, j: int) -> str:
     sa, sb = a.settings.to_header(rank=a.rank), b.settings.to_header(rank=b.rank)
     diff = [f"{key}={sb.get(key)!r} (index 0 has {sa.get(key)!r})" for key in sorted(set(sa) | set(sb))
             if sa.get(key) != sb.get(key)]
-    what = ", ".join(diff) if diff else ("the same settings but a different trained encoder (mean, quantizer levels "
-                                         "or shared factor)")
+    ea, eb = a._state.encoder, b._state.encoder
+    if not diff and (ea.codec, ea.kind) != (eb.codec, eb.kind):
+        diff = [f"{eb.codec} codes with a {eb.kind!r} basis (index 0 has {ea.codec} codes with a {ea.kind!r} basis)"]
+    what = ", ".join(diff) if diff else ("the same settings but a different trained encoder (mean, quantizer levels, "
+                                         "codebooks or shared factor)")
     return (f"indexes[{j}] cannot be merged with indexes[0]: {what}. Shards must share one trained encoder: "
             "build (or load) one index and add each shard's vectors to a copy of it")

@@ -17,8 +17,9 @@ The header holds every setting plus an ``"arrays"`` table: for each array its
 exactly where the last array ends. Nothing is pickled; a reader needs only
 ``json`` and ``zlib``.
 
-The container layout is the same in every format version (1 and 2); the version
-tells the index which settings and arrays its header and table hold. A reader
+The container layout is the same in every format version (1, 2 and 3); the version
+tells the index which settings and arrays its header and table hold (2 added the
+mean; 3 the codec setting, the grouped codes' arrays and int32 arrays). A reader
 accepts :data:`SUPPORTED_VERSIONS`; a writer writes the version its caller asks
 for (:data:`FORMAT_VERSION` by default).
 
@@ -285,7 +286,7 @@ def container_to_bytes(
     >>> data = container_to_bytes({"a": 1}, {"x": np.arange(3, dtype=np.float32)})
     >>> c = read_container(data)
     >>> c.header, c.arrays["x"].tolist(), c.version
-    ({'a': 1}, [0.0, 1.0, 2.0], 2)
+    ({'a': 1}, [0.0, 1.0, 2.0], 3)
     """
     lead, pieces, total = _prepare(header, arrays, version)
     out = b"".join(_pieces(lead, pieces))

@@ -675,9 +675,12 @@ class LPLRIndex:
 
         Examples
         --------
-        >>> p = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)
-        >>> p.rank, p.bits_l, p.fastscan, p.bits_per_coordinate <= 1
-        (94, 4, True, True)
+        >>> p = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, codec="scalar")
+        >>> p.rank, p.bits_l, p.fastscan, p.bits_per_coordinate <= 1, p.exact
+        (94, 4, True, True, True)
+        >>> p = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)  # grouped codes: the data decide
+        >>> p.codec, p.exact, p.bits_l, p.file_bytes == 100_000 * 384 // 8
+        ('vq', False, 4, True)
         """
         n = check_int(n, "n", low=1)
         n_queries = check_int(n_queries, "n_queries", low=1)
@@ -730,17 +733,29 @@ class LPLRIndex:
         else:
             fixed = self._file_nbytes(n, 1, 4, vq=("rotation", np.zeros((0, 2), np.int32)))
             file_bytes = int(s.bits_per_coordinate * n * dim // 8)
-            n_codes = max(1, int(2 * (file_bytes - fixed) // n))  # 4-bit codes a vector can hold at most
-            rank = min(dim, n_codes)
+            n_codes = int(2 * (file_bytes - fixed) // n)  # 4-bit codes a vector can hold at most
+            if n_codes < 1:
+                raise ValueError(
+                    f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index of {n} vectors "
+                    f"of dimension {dim} (one 4-bit code per vector): that needs "
+                    f"{8 * (fixed + -(-n // 2)) / (n * dim):.3f} bits per coordinate")
+            rank = min(dim, 8 * n_codes)  # at most: groups of 8 directions per code
+        # the latent width the search decodes: between n_codes (one code per direction) and
+        # 8 n_codes (groups of 8); estimated as 3 n_codes
+        width = min(dim, 3 * n_codes) if s.rank is None else rank
         search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
         k_eff = min(k, n)
         if search_mode == "fastscan":
-            search = _fastscan_search_peak(n, rank, n_queries, k_eff, True)
+            search = _fastscan_search_peak(n, width, n_queries, k_eff, True)
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
         else:
-            search = _factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
+            search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
             fs_bytes = 0
-        build = _build_peak(n, dim, rank, packed_nbytes(n_codes, 4), s.metric) + 16 * dim * dim
+        # measured (tracemalloc): the sample's copies while the designs are compared dominate,
+        # about 7 float32 copies of it (29 bytes per sampled coordinate)
+        from .train import SAMPLE_ROWS
+
+        build = int(29 * min(n, SAMPLE_ROWS) * dim + 48 * dim * dim + 2 * n * packed_nbytes(n_codes, 4))
         return IndexPlan(
             n=n, dim=dim, rank=rank, bits_l=4, file_bytes=file_bytes, bits_per_coordinate=8 * file_bytes / (n * dim),
             build_peak_bytes=build, search_peak_bytes=search, n_queries=n_queries, k=k, search_mode=search_mode,
@@ -868,8 +883,8 @@ class LPLRIndex:
                 need = file_bits("rotation", np.array([[1, 1]], np.int32)) / (n * self.dim)
                 with_ids = " and their user ids" if ids is not None else ""
                 raise ValueError(
-                    f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index (one 4-bit "
-                    f"code per vector) of {n} vectors of dimension {self.dim}{with_ids}: that needs "
+                    f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index of {n} "
+                    f"vectors of dimension {self.dim}{with_ids} (one 4-bit code per vector): that needs "
                     f"{need:.3f} bits per coordinate (add more vectors or raise the budget)") from None
         finally:
             if bar is not None:
@@ -1582,8 +1597,7 @@ def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool 
     """First fast-scan search: the larger of building faiss's copy and the search.
 
     Building decodes 65,536 rows at a time (5 bytes per code: unpacked and
-    float32, plus two quantizer blocks) while the previous block is still
-    referenced; the search holds the (nq, 4k) candidates and re-ranks 256
+    float32, plus two quantizer blocks), one at a time; the search holds the (nq, 4k) candidates and re-ranks 256
     queries at a time, decoding their candidates (about 5.5 bytes per
     candidate code with an orthonormal factor, 8 with the Gram product of
     another factor).
@@ -1595,7 +1609,7 @@ def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool 
     def decode(rows):
         return 5 * rows * rank + 2 * min(1 << 18, rows * rank) * 4
 
-    build = (A1 * rank * 4 if n > step else 0) + decode(A2)
+    build = decode(A1)  # each block is released before the next is decoded
     kc = min(n, DEFAULT_RERANK_FACTOR * k)
     if orthonormal:
         search = 5.487 * min(nq, 256) * kc * rank + 11.72 * nq * kc + 2.32e6

@@ -326,7 +326,24 @@ def allocate(var: np.ndarray, code_bits: float, sizes: tuple[int, ...]) -> list[
             lo = mu
         else:
             hi = mu
-    return classes_of(choose(hi))
+    choice = choose(hi)
+    # rates come in steps of one code and classes are cut to whole groups: spend what is
+    # left on one code each for the strongest directions not coded on their own
+    classes = classes_of(choice)
+    if 1 in sizes:
+        coded = np.zeros(len(var), bool)
+        for g, d in classes:
+            coded[d] = g == 1
+        for j in np.flatnonzero(~coded & (var > 0)):
+            if spent(classes) + 4 > code_bits:
+                break
+            choice[j] = sizes.index(1)
+            classes = classes_of(choice)
+            if spent(classes) > code_bits:  # re-cutting a group cost more than it freed
+                choice[j] = len(sizes)
+                classes = classes_of(choice)
+                break
+    return classes
 
 
 def _kmeans(P: np.ndarray, seed: int) -> np.ndarray:
@@ -419,14 +436,20 @@ class SampleCheck:
         self.Q, self.metric, self.k = sample[qi], metric, min(k, len(self.db))
         self.sample = sample
         X = sample[self.db]
-        self.truth = self._top(self.Q @ X.T, (X * X).sum(1))
+        self.truth = self._top(self.Q, X, (X * X).sum(1))
 
-    def _top(self, S, norms2):
-        if self.metric == "l2":
-            S = 2 * S - norms2[None, :]
-        elif self.metric == "cosine":
-            S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
-        return np.argpartition(-S, self.k - 1, axis=1)[:, : self.k]
+    def _top(self, P, Xd, norms2, chunk: int = 32):
+        """The k best rows of ``Xd`` for query rows ``P`` (chunks of queries bound the memory)."""
+        out = np.empty((len(P), self.k), np.int64)
+        for s in range(0, len(P), chunk):
+            S = P[s : s + chunk] @ Xd.T
+            if self.metric == "l2":
+                S = 2 * S - norms2[None, :]
+            elif self.metric == "cosine":
+                S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
+            np.negative(S, out=S)
+            out[s : s + chunk] = np.argpartition(S, self.k - 1, axis=1)[:, : self.k]
+        return out
 
     def __call__(self, enc: VQEncoder) -> tuple[float, float]:
         """Recall of exact search on the decoded sample, and the squared error per row."""
@@ -438,17 +461,19 @@ class SampleCheck:
         zz = (Zd * Zd).sum(1)
         m = enc.mean.astype(np.float64)
         if self.metric == "l2":
-            S, norms2 = ((self.Q - enc.mean) @ enc.T) @ Zd.T, zz
-        else:
-            S = (self.Q @ enc.T) @ Zd.T + (self.Q @ enc.mean)[:, None]
-            norms2 = zz + 2 * (Zd @ (enc.R @ enc.mean)) + float(m @ m)
-        return self._recall(self._top(S, norms2)), max(err, 0.0)
+            P, norms2 = (self.Q - enc.mean) @ enc.T, zz
+            return self._recall(self._top(P, Zd, norms2)), max(err, 0.0)
+        # <q, mean + z R> = <q R^T, z> + <q, mean>: one more latent column carries the constant
+        P = np.hstack([self.Q @ enc.T, (self.Q @ enc.mean)[:, None]])
+        Zd = np.hstack([Zd, np.ones((len(Zd), 1), np.float32)])
+        norms2 = zz + 2 * (Zd[:, :-1] @ (enc.R @ enc.mean)) + float(m @ m)
+        return self._recall(self._top(P, Zd, norms2)), max(err, 0.0)
 
     def decoded(self, Xh: np.ndarray) -> tuple[float, float]:
         """Recall and squared error per row of any decoded sample (prepared rows)."""
         err = float(((Xh - self.sample) ** 2).sum(1).mean())
         Xd = Xh[self.db]
-        return self._recall(self._top(self.Q @ Xd.T, (Xd * Xd).sum(1))), err
+        return self._recall(self._top(self.Q, Xd, (Xd * Xd).sum(1))), err
 
     def _recall(self, got) -> float:
         hits = sum(len(np.intersect1d(a, b)) for a, b in zip(self.truth, got))

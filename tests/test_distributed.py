@@ -2,6 +2,11 @@
 
 The data has three canonical blocks (2 * BLOCK_ROWS + 1234 rows), more rows than
 the seeded sample. The cluster is started once for the module.
+
+Most tests use the default codes of a budget (``codec="auto"``: the grouped
+4-bit codes of :mod:`lplr_index.vq`, here with the principal basis); the scalar
+LPLR codes (``codec="scalar"``, or a rank without a budget) and the grouped codes
+with the seeded-rotation basis (the ``flat`` data) are tested beside them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from lplr_index._blocks import BLOCK_ROWS
 
 N, DIM = 2 * BLOCK_ROWS + 1234, 24
 SETTINGS = dict(bits_per_coordinate=1.0, seed=3)
+#: a budget and seed at which the ``flat`` data get grouped codes of the seeded-rotation basis (every metric)
+ROTATION = dict(bits_per_coordinate=1.0, seed=1)
 
 
 def test_import_lplr_index_does_not_import_dask():
@@ -53,10 +60,20 @@ def data(tmp_path_factory) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def flat(tmp_path_factory) -> np.ndarray:
+    """A flat spectrum (white noise): the seeded-rotation basis wins over the principal one."""
+    X = np.random.default_rng(777).standard_normal((N, DIM)).astype(np.float32)
+    X.setflags(write=False)
+    return X
+
+
+@pytest.fixture(scope="module")
 def reference(data, tmp_path_factory, blas_single_thread) -> bytes:
-    """The saved file of the local build."""
+    """The saved file of the local build (the default codes: grouped, principal basis)."""
     path = tmp_path_factory.mktemp("ref") / "local.lplr"
-    LPLRIndex(DIM, **SETTINGS).build(data).save(path)
+    index = LPLRIndex(DIM, **SETTINGS).build(data)
+    assert (index.codec, index._state.encoder.kind) == ("vq", "pca")
+    index.save(path)
     return path.read_bytes()
 
 
@@ -86,7 +103,8 @@ def test_dask_build_of_a_npy_file_read_by_the_workers(ld, client, data, referenc
     np.save(path, data)
     X = ld.from_npy(path, chunk_rows=9999)
     assert X.shape == (N, DIM) and X.chunks[0][0] == 9999
-    assert ld.build(X, **SETTINGS).to_bytes() == reference  # the current client
+    index = ld.build(X, **SETTINGS)  # the current client
+    assert index.codec == "vq" and index.to_bytes() == reference
 
 
 def test_add_from_a_dask_array_matches_add_from_the_array(ld, client, data):
@@ -96,10 +114,28 @@ def test_add_from_a_dask_array_matches_add_from_the_array(ld, client, data):
     assert got.to_bytes() == want.to_bytes()
 
 
-def test_dask_build_of_4_bit_cosine_codes(ld, client, data):
-    settings = dict(bits_per_coordinate=2.0, metric="cosine", seed=5)
+@pytest.mark.parametrize("codec", ["auto", "scalar"])
+def test_dask_build_of_4_bit_cosine_codes(codec, ld, client, data):
+    settings = dict(bits_per_coordinate=2.0, metric="cosine", seed=5, codec=codec)
     local = LPLRIndex(DIM, **settings).build(data)
+    assert local.bits_l == 4 and local.codec == ("vq" if codec == "auto" else "scalar")
     assert ld.build(dask_array(data, (12345, DIM)), client, **settings).to_bytes() == local.to_bytes()
+
+
+@pytest.mark.parametrize("case", [
+    ("data", dict(bits_per_coordinate=1.0, seed=3, codec="scalar"), "scalar", "pinv"),
+    ("flat", ROTATION, "vq", "rotation"),
+    ("flat", dict(ROTATION, metric="ip"), "vq", "rotation"),
+    ("data", dict(rank=5, codec="vq", metric="cosine"), "vq", "pca"),
+    ("data", dict(bits_per_coordinate=4.0, seed=1), "scalar", "pinv"),  # auto: the scalar 8-bit codes won
+], ids=["scalar", "vq-rotation-l2", "vq-rotation-ip", "vq-rank-cosine", "auto-picks-scalar"])
+def test_dask_build_of_each_codec_is_the_local_build(case, ld, client, data, flat):
+    which, settings, codec, kind = case
+    X = data if which == "data" else flat
+    local = LPLRIndex(DIM, **settings).build(X)
+    assert (local.codec, local._state.encoder.kind) == (codec, kind)
+    got = ld.build(dask_array(X, (7001, DIM)), client, **settings)
+    assert got.to_bytes() == local.to_bytes()
 
 
 def test_dask_errors_name_the_row_and_the_argument(ld, client, data):
@@ -155,14 +191,22 @@ def queries(data) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def indexes(data, blas_single_thread):
-    """Indexes built locally per (metric, budget); 2 bits per coordinate gives 4-bit codes."""
+def indexes(data, flat, blas_single_thread):
+    """Indexes built locally per (metric, budget, codec, data); 2 bits per coordinate gives 4-bit scalar codes.
+
+    ``codec="auto"`` (the default) gives grouped codes of the principal basis
+    on ``data`` and of the seeded-rotation basis on ``flat``.
+    """
     cache = {}
 
-    def get(metric, budget):
-        if (metric, budget) not in cache:
-            cache[metric, budget] = LPLRIndex(DIM, bits_per_coordinate=budget, metric=metric, seed=1).build(data)
-        return cache[metric, budget]
+    def get(metric, budget, codec="auto", which="data"):
+        key = (metric, budget, codec, which)
+        if key not in cache:
+            X = data if which == "data" else flat
+            cache[key] = LPLRIndex(DIM, bits_per_coordinate=budget, metric=metric, seed=1, codec=codec).build(X)
+            want = ("scalar", "pinv") if codec == "scalar" else ("vq", "pca" if which == "data" else "rotation")
+            assert (cache[key].codec, cache[key]._state.encoder.kind) == want
+        return cache[key]
 
     return get
 
@@ -184,8 +228,22 @@ def test_sharded_exact_search_equals_the_local_search(metric, n_shards, ld, clie
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_sharded_fastscan_is_at_least_as_good_as_the_local_search(metric, ld, client, indexes, queries):
-    index = indexes(metric, 2.0)
+@pytest.mark.parametrize("variant", [("scalar", "data"), ("auto", "flat")], ids=["scalar", "vq-rotation"])
+def test_sharded_exact_search_of_scalar_codes_and_of_a_rotation_basis(variant, metric, ld, client, indexes,
+                                                                      queries):
+    index = indexes(metric, 1.0, *variant)
+    with ld.ShardedIndex(index, 2, client=client) as sharded:
+        assert sharded.codec == index.codec
+        D, I = sharded.search(queries, 10, mode="factored")
+    D0, I0 = index.search(queries, 10, mode="factored")
+    np.testing.assert_array_equal(D, D0)
+    np.testing.assert_array_equal(I, I0)
+
+
+@pytest.mark.parametrize("codec", ["auto", "scalar"])
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_sharded_fastscan_is_at_least_as_good_as_the_local_search(metric, codec, ld, client, indexes, queries):
+    index = indexes(metric, 2.0, codec)
     assert index.bits_l == 4 and index.fastscan_ready
     with ld.ShardedIndex(index, 3, client=client) as sharded:
         D, I = sharded.search(queries, 10)  # auto: fast-scan + exact re-ranking on every shard
@@ -218,11 +276,13 @@ def test_sharded_search_pads_past_the_end_and_checks_its_arguments(ld, client, i
             sharded.search(queries, 3, mode="fastscan")
 
 
-def test_sharded_search_returns_user_ids(ld, client, data, queries):
+@pytest.mark.parametrize("settings", [dict(rank=6, bits_l=4), dict(rank=6, codec="vq")], ids=["scalar", "vq"])
+def test_sharded_search_returns_user_ids(settings, ld, client, data, queries):
     if not hasattr(LPLRIndex, "has_user_ids"):
         pytest.skip("this LPLRIndex has no user ids")
     ids = 10 * np.arange(N, dtype=np.int64)[::-1] + 7
-    index = LPLRIndex(DIM, rank=6, bits_l=4).build(data, ids=ids)  # ids cost 8 bytes a vector: no budget
+    index = LPLRIndex(DIM, **settings).build(data, ids=ids)  # ids cost 8 bytes a vector: no budget
+    assert index.codec == settings.get("codec", "scalar")
     with ld.ShardedIndex(index, 2, client=client) as sharded:
         D, I = sharded.search(queries, 5, mode="factored")
     D0, I0 = index.search(queries, 5, mode="factored")
@@ -244,7 +304,7 @@ def test_merging_indexes_that_share_the_encoder(ld, client, indexes, data, queri
 
 
 def test_merging_indexes_with_other_settings_or_encoders_is_refused(ld, client, data):
-    a = LPLRIndex(DIM, rank=6, seed=0, refine_iters=0).build(data[:20000])
+    a = LPLRIndex(DIM, rank=6, seed=0, refine_iters=0).build(data[:20000])  # scalar codes (a rank, no budget)
     b = LPLRIndex(DIM, rank=6, seed=1, refine_iters=0).build(data[:20000])
     c = LPLRIndex(DIM, rank=6, seed=0, refine_iters=0).build(data[20000:])
     with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged with indexes\[0\]: seed=1 \(index 0 has 0\)"):
@@ -306,3 +366,237 @@ def test_saved_shards_load_on_the_workers_and_search_the_same(ld, client, indexe
     with pytest.raises(IndexFileError, match=r"manifest.json: no such file"):
         ld.ShardedIndex.load(tmp_path, client=client)
     assert manifest.endswith("manifest.json")
+
+
+# ------------------------------------------------------- grouped codes' shards
+def test_merging_indexes_with_other_grouped_encoders_is_refused(ld, client, data, indexes):
+    a = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=0).build(data[:15000])
+    b = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=1).build(data[:15000])
+    c = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=0).build(data[15000:30000])
+    s = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=0, codec="scalar").build(data[:15000])
+    assert (a.codec, b.codec, c.codec, s.codec) == ("vq", "vq", "vq", "scalar")
+    with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged with indexes\[0\]: .*seed=1 \(index 0 has 0\)"):
+        ld.ShardedIndex.from_indexes([a, b], client=client)
+    with pytest.raises(ValueError, match=r"indexes\[2\] cannot be merged with indexes\[0\]"):
+        ld.ShardedIndex.from_indexes([a, a, c], client=client)
+    with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged .*codec='scalar' \(index 0 has 'auto'\)"):
+        ld.ShardedIndex.from_indexes([a, s], client=client)
+    # the principal and the rotation basis of the same settings
+    pca, rot = indexes("l2", 1.0), indexes("l2", 1.0, "auto", "flat")
+    with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged with indexes\[0\]"):
+        ld.ShardedIndex.from_indexes([pca, rot], client=client)
+    fp = {ld.encoder_fingerprint(ix._state.encoder, "l2") for ix in (a, b, c, s, pca, rot)}
+    assert len(fp) == 6
+
+
+def _old_fingerprint(encoder, metric, settings):
+    """The scalar fingerprint as written before the grouped codes existed."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed), "normalize": bool(encoder.normalize),
+            "orthonormal": bool(encoder.orthonormal),
+            "lq": [encoder.lq.scheme, int(encoder.lq.bits)], "rq": [encoder.rq.scheme, int(encoder.rq.bits)],
+            "settings": settings}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for a in (encoder.mean, encoder.lq.lo, encoder.lq.hi, encoder.rcodes, encoder.rq.lo, encoder.rq.hi):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_the_fingerprint_covers_every_part_of_either_encoder(ld, indexes):
+    import dataclasses
+
+    from lplr_index.quantize import Quantizer
+    from lplr_index.vq import GroupedQuantizer
+
+    scalar = indexes("l2", 1.0, "scalar")._state.encoder
+    settings = {"any": "settings"}
+    assert ld.encoder_fingerprint(scalar, "l2", settings) == _old_fingerprint(scalar, "l2", settings)
+
+    def bump(a, where=0):
+        a = np.array(a)
+        a.flat[where] = a.flat[where] + 1 if a.dtype.kind in "iu" else a.flat[where] * 1.5 + 0.25
+        return a
+
+    for which in ("data", "flat"):
+        enc = indexes("cosine", 1.0, "auto", which)._state.encoder
+        base = ld.encoder_fingerprint(enc, "cosine", settings)
+        fresh = dataclasses.replace(enc, lq=GroupedQuantizer(np.array(enc.lq.groups), np.array(enc.lq.codebooks)))
+        assert ld.encoder_fingerprint(fresh, "cosine", settings) == base  # equal content, equal fingerprint
+        changed = [dataclasses.replace(enc, mean=bump(enc.mean)),
+                   dataclasses.replace(enc, lq=GroupedQuantizer(enc.lq.groups, bump(enc.lq.codebooks, 5))),
+                   dataclasses.replace(enc, seed=enc.seed + 1), dataclasses.replace(enc, normalize=False)]
+        if enc.basis == "pca":
+            g = enc.lq.groups
+            regrouped = np.array([[1, int((g[:, 0] * g[:, 1]).sum())]], np.int32)  # same rank, one code each
+            changed.append(dataclasses.replace(enc, lq=GroupedQuantizer(regrouped, np.zeros(16, np.float32))))
+            changed.append(dataclasses.replace(enc, rcodes=bump(enc.rcodes, 3)))
+            changed.append(dataclasses.replace(enc, rq=Quantizer(enc.rq.scheme, enc.rq.bits, bump(enc.rq.lo),
+                                                                 enc.rq.hi)))
+        else:
+            changed.append(dataclasses.replace(enc, dirs=np.roll(enc.dirs, 1)))
+        prints = [ld.encoder_fingerprint(e, "cosine", settings) for e in changed]
+        prints += [ld.encoder_fingerprint(enc, "ip", settings), ld.encoder_fingerprint(enc, "cosine", {"other": 1})]
+        assert base not in prints and len(set(prints)) == len(prints)
+
+
+def test_shards_pickle_after_the_encoder_searched(ld, indexes, queries):
+    """A grouped encoder that has encoded caches faiss objects: a shard still pickles (to another worker)."""
+    import pickle
+
+    index = indexes("l2", 2.0)
+    index.search(queries, 5)  # the encoder's quantizer now caches its faiss product quantizers
+    shard = ld.Shard(index._state.encoder, index._state.store.codes[:100], "l2", 0, {"s": 1})
+    copy = pickle.loads(pickle.dumps(shard))
+    assert copy.fingerprint == shard.fingerprint
+    np.testing.assert_array_equal(np.asarray(copy.view.codes), np.asarray(shard.view.codes))
+    for mode in ("fastscan", "factored"):
+        for got, want in zip(copy.search(queries, 5, mode, 4), shard.search(queries, 5, mode, 4)):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", [("l2", "auto", "data"), ("cosine", "auto", "flat"), ("ip", "scalar", "data")],
+                         ids=["vq-pca", "vq-rotation", "scalar"])
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "read"])
+def test_shards_of_each_codec_save_and_load(variant, mmap, ld, client, indexes, queries, tmp_path):
+    from lplr_index.fileformat import read_container
+
+    metric, codec, which = variant
+    index = indexes(metric, 1.0, codec, which)
+    with ld.ShardedIndex(index, 2, client=client) as sharded:
+        manifest = sharded.save(tmp_path / "sharded")
+        want = sharded.search(queries, 10, mode="factored")
+    c = read_container(tmp_path / "sharded" / "shard-00001.lplrs")
+    enc = index._state.encoder
+    if index.codec == "vq":
+        assert (c.version, c.header["shard_version"], c.header["codec"]) == (3, 2, "vq")
+        assert {"vq_groups", "vq_codebooks"} <= set(c.arrays)
+        assert ("vq_dirs" in c.arrays) == (enc.kind == "rotation") and ("rcodes" in c.arrays) == (enc.kind == "pca")
+    else:  # the layout of the shards written before the grouped codes
+        assert (c.version, c.header["shard_version"], "codec" in c.header) == (2, 1, False)
+        assert set(c.arrays) == {"codes", "mean", "l_lo", "l_hi", "rcodes", "r_lo", "r_hi"}
+    with open(manifest) as f:
+        assert f.read().count(f'"codec": "{index.codec}"') == 1
+    with ld.ShardedIndex.load(tmp_path / "sharded", client=client, mmap=mmap) as loaded:
+        assert (loaded.bounds, loaded.fingerprint, loaded.codec) == (sharded.bounds, sharded.fingerprint, index.codec)
+        got = loaded.search(queries, 10, mode="factored")
+        fast = loaded.search(queries, 10, mode="fastscan") if index.fastscan_ready else None
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.distances, want.distances)
+    D0, I0 = index.search(queries, 10, mode="factored")
+    np.testing.assert_array_equal(got.indices, I0)
+    np.testing.assert_array_equal(got.distances, D0)
+    if fast is not None:
+        assert np.isin(fast.indices, I0).mean() > 0.9
+    shard = ld.Shard.load(tmp_path / "sharded" / "shard-00000.lplrs", mmap=mmap)
+    for key in ("mean", "rcodes", "dirs"):
+        a, b = getattr(shard.view.encoder, key, None), getattr(enc, key, None)
+        assert (a is None and b is None) or np.array_equal(a, b)
+    if index.codec == "vq":
+        np.testing.assert_array_equal(shard.view.encoder.lq.codebooks, enc.lq.codebooks)
+        np.testing.assert_array_equal(shard.view.encoder.R, enc.R)
+
+
+def test_a_scalar_shard_folder_of_the_earlier_format_still_loads(ld, client, data, queries, tmp_path):
+    """Shard files and a manifest exactly as written before the grouped codes existed."""
+    import json
+
+    from lplr_index.fileformat import write_container
+
+    index = LPLRIndex(DIM, bits_per_coordinate=1.0, seed=4, codec="scalar").build(data)
+    enc, codes = index._state.encoder, index._state.store.codes
+    settings = index.settings.to_header(rank=index.rank)
+    settings.pop("codec")  # the settings header of then
+    fingerprint = _old_fingerprint(enc, "l2", settings)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    bounds = [0, 2 * BLOCK_ROWS, N]
+    for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        header = {"format": "lplr-index-shard", "shard_version": 1, "metric": "l2", "kind": enc.kind,
+                  "seed": int(enc.seed), "normalize": bool(enc.normalize), "orthonormal": bool(enc.orthonormal),
+                  "lq": [enc.lq.scheme, int(enc.lq.bits)], "rq": [enc.rq.scheme, int(enc.rq.bits)],
+                  "first_row": a, "settings": settings, "fingerprint": fingerprint}
+        arrays = {"codes": np.asarray(codes[a:b]), "mean": enc.mean, "l_lo": enc.lq.lo, "l_hi": enc.lq.hi,
+                  "rcodes": np.asarray(enc.rcodes, np.uint8), "r_lo": enc.rq.lo, "r_hi": enc.rq.hi}
+        write_container(folder / f"shard-{j:05d}.lplrs", header, arrays, version=2)
+    manifest = {"format": "lplr-index-manifest", "manifest_version": 1, "fingerprint": fingerprint, "dim": DIM,
+                "metric": "l2", "bits_l": index.bits_l, "fastscan_ready": index.fastscan_ready, "ntotal": N,
+                "shards": [{"file": f"shard-{j:05d}.lplrs", "first_row": a, "rows": b - a}
+                           for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with ld.ShardedIndex.load(folder, client=client) as loaded:
+        assert (loaded.codec, loaded.fingerprint, loaded.bounds) == ("scalar", fingerprint, bounds)
+        D, I = loaded.search(queries, 10, mode="factored")
+    D0, I0 = index.search(queries, 10, mode="factored")
+    np.testing.assert_array_equal(D, D0)
+    np.testing.assert_array_equal(I, I0)
+
+
+def test_shard_folders_of_other_grouped_encoders_or_codecs_are_refused(ld, client, indexes, tmp_path):
+    from lplr_index import IndexFileError
+
+    def save(index, name):
+        with ld.ShardedIndex(index, 2, client=client) as sharded:
+            sharded.save(tmp_path / name)
+        return tmp_path / name
+
+    pca = save(indexes("l2", 1.0), "pca")
+    others = [save(indexes("l2", 1.0, "auto", "flat"), "rotation"), save(indexes("l2", 1.0, "scalar"), "scalar"),
+              save(LPLRIndex(DIM, bits_per_coordinate=1.0, seed=1).build(indexes("l2", 1.0).reconstruct()[::-1]),
+                   "retrained")]
+    shard1 = pca / "shard-00001.lplrs"
+    original = shard1.read_bytes()
+    for other in others:
+        shard1.write_bytes((other / "shard-00001.lplrs").read_bytes())
+        with pytest.raises(IndexFileError, match=r"shard-00001.lplrs: this shard was built with another encoder"):
+            ld.ShardedIndex.load(pca, client=client)
+    shard1.write_bytes(original)
+    with ld.ShardedIndex.load(pca, client=client) as loaded:
+        assert loaded.n_shards == 2
+
+
+@pytest.mark.parametrize("which", ["data", "flat"], ids=["vq-pca", "vq-rotation"])
+def test_damaged_grouped_shards_are_refused_with_the_reason(which, ld, indexes, tmp_path):
+    from lplr_index import IndexFileError
+    from lplr_index.fileformat import read_container, write_container
+
+    index = indexes("l2", 1.0, "auto", which)
+    path = tmp_path / "shard.lplrs"
+    ld.Shard(index._state.encoder, index._state.store.codes[:1000], "l2", 0,
+             index.settings.to_header(rank=index.rank)).save(path)
+    c = read_container(path)
+    assert ld.Shard.load(path).fingerprint == c.header["fingerprint"]
+
+    def damaged(match, header=None, **arrays):
+        bad = tmp_path / "bad.lplrs"
+        write_container(bad, dict(c.header, **(header or {})), {**c.arrays, **arrays}, version=3)
+        with pytest.raises(IndexFileError, match=match):
+            ld.Shard.load(bad)
+
+    groups, books = c.arrays["vq_groups"], c.arrays["vq_codebooks"]
+    damaged(r"vq_groups must hold group sizes in \[1, 24\]", vq_groups=np.array([[99, 1]], np.int32))
+    damaged(r"vq_groups must have shape", vq_groups=np.zeros((0, 2), np.int32))
+    damaged(r"vq_codebooks must hold", vq_codebooks=books[:-1])
+    damaged(r"vq_codebooks must be finite", vq_codebooks=np.full_like(books, np.nan))
+    damaged(r"int32 array vq_groups", vq_groups=groups.astype(np.int64))
+    damaged(r"codes of shape \(1000, \d+\) .* do not hold", codes=np.asarray(c.arrays["codes"])[:, :-1])
+    damaged(r"codec 'pq' is not 'scalar' or 'vq'", header={"codec": "pq"})
+    damaged(r"settings say rank=", header={"settings": dict(c.header["settings"], rank=1)})
+    fp = r"does not give its recorded fingerprint"
+    damaged(fp, mean=np.asarray(c.arrays["mean"]) + 1)
+    damaged(fp, vq_codebooks=np.asarray(books) * 2)
+    if which == "flat":
+        dirs = np.array(c.arrays["vq_dirs"])
+        damaged(r"vq_dirs must hold distinct directions in \[0, 23\]", vq_dirs=np.full_like(dirs, 3))
+        damaged(r"vq_dirs must hold distinct directions in \[0, 23\]", vq_dirs=dirs + 24)
+        damaged(r"vq_dirs of shape", vq_dirs=dirs[:-1])
+        damaged(fp, vq_dirs=dirs[::-1].copy())
+    else:
+        rcodes = np.array(c.arrays["rcodes"])
+        damaged(r"rcodes of shape", rcodes=rcodes[:, :-1])
+        damaged(fp, rcodes=255 - rcodes)
+        damaged(fp, r_lo=np.asarray(c.arrays["r_lo"]) - 1)

@@ -168,7 +168,7 @@ def test_refinement(small_embeddings):
 
 
 def test_orthonormal_factor_encodes_by_projection(small_embeddings):
-    index = LPLRIndex(32, bits_per_coordinate=1).build(small_embeddings)
+    index = LPLRIndex(32, bits_per_coordinate=1, codec="scalar").build(small_embeddings)
     assert index.factor == "orthonormal" and index.encoder == "pinv"
     enc = index._state.encoder  # white-box: the stored factor's rows are orthonormal up to 8-bit rounding
     G = enc.R.astype(np.float64) @ enc.R.T.astype(np.float64)

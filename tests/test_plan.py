@@ -23,14 +23,15 @@ def data(n: int, dim: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize(
     ("n", "dim", "kw"),
     [
-        (3000, 32, dict(bits_per_coordinate=2)),
-        (2500, 64, dict(bits_per_coordinate=0.5, metric="cosine")),
+        (3000, 32, dict(bits_per_coordinate=2, codec="scalar")),
+        (2500, 64, dict(bits_per_coordinate=0.5, metric="cosine", codec="scalar")),
         (4000, 48, dict(bits_per_coordinate=3, bits_l=8, quantizer="minmax")),
         (1000, 16, dict(rank=5, bits_l=3, bits_r=4)),
         (1500, 40, dict(rank=12, factor="lstsq", refine_iters=0, quantizer="minmax", bits_l=8)),
-        (600, 24, dict(bits_per_coordinate=1.5, metric="ip", refine_iters=0)),
+        (600, 24, dict(bits_per_coordinate=1.5, metric="ip", refine_iters=0, codec="scalar")),
+        (2000, 40, dict(rank=12, codec="vq")),
     ],
-    ids=["b2", "b0.5-cosine", "b3-8bit-minmax", "rank5-3bit", "paper-lstsq", "ip-no-refine"],
+    ids=["b2", "b0.5-cosine", "b3-8bit-minmax", "rank5-3bit", "paper-lstsq", "ip-no-refine", "vq-rank12"],
 )
 def test_file_bytes_and_layout_are_those_of_a_real_build(n, dim, kw):
     plan = LPLRIndex.plan(n, dim, **kw)
@@ -64,8 +65,8 @@ def measured_peaks(n: int, dim: int, kw: dict, nq: int, k: int, mode: str = "aut
 @pytest.mark.parametrize(
     ("n", "dim", "kw", "nq", "k", "mode"),
     [
-        (50_000, 128, dict(bits_per_coordinate=1), 1000, 10, "auto"),
-        (100_000, 64, dict(bits_per_coordinate=2, metric="cosine"), 100, 10, "auto"),
+        (50_000, 128, dict(bits_per_coordinate=1, codec="scalar"), 1000, 10, "auto"),
+        (100_000, 64, dict(bits_per_coordinate=2, metric="cosine", codec="scalar"), 100, 10, "auto"),
         (60_000, 48, dict(rank=20, bits_l=8, factor="lstsq", refine_iters=0), 500, 20, "auto"),
         (50_000, 64, dict(rank=24, bits_l=4, metric="ip", refine_iters=0), 300, 100, "auto"),
         (50_000, 64, dict(rank=24, bits_l=4, factor="lstsq", refine_iters=0), 300, 100, "fastscan"),
@@ -81,17 +82,38 @@ def test_peak_memory_within_5_percent_of_tracemalloc(n, dim, kw, nq, k, mode):
     assert plan.fastscan_bytes == fs_bytes  # faiss's own copy, counted exactly
 
 
+@pytest.mark.parametrize("kw", [dict(bits_per_coordinate=1), dict(bits_per_coordinate=0.5, metric="cosine"),
+                                dict(bits_per_coordinate=2, metric="ip")], ids=["b1", "b0.5-cosine", "b2-ip"])
+def test_grouped_codes_plan_bounds_the_file_and_estimates_the_peaks(kw):
+    n, dim = 30_000, 64
+    plan = LPLRIndex.plan(n, dim, **kw)
+    assert plan.codec == "vq" and not plan.exact and plan.bits_l == 4 and plan.fastscan
+    build, search, fs_bytes = measured_peaks(n, dim, kw, 200, 10)
+    index = LPLRIndex(dim, **kw).build(data(n, dim, seed=n))
+    assert index.codec == "vq"
+    # the data decide the layout: the file is at most the planned bytes, the rank at most the planned one
+    assert index.nbytes <= plan.file_bytes and index.rank <= plan.rank
+    # codes are whole bytes per vector: at dim 64 one byte is 1/8 bit per coordinate (observed 0.89, 0.78, 0.95)
+    assert 0.75 * plan.file_bytes <= index.nbytes
+    assert plan.fastscan_bytes >= fs_bytes
+    # estimates: the layout is the data's (plan / measured)
+    assert 0.8 * build <= plan.build_peak_bytes <= 1.25 * build  # observed 0.99, 1.10, 1.01
+    assert 0.5 * search <= plan.search_peak_bytes <= 2 * search
+
+
 def test_plan_is_a_small_frozen_dataclass():
-    plan = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)
+    plan = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, codec="scalar")
     assert isinstance(plan, IndexPlan)
     with pytest.raises(AttributeError):
         plan.rank = 3
     assert plan.n_queries == 1000 and plan.k == 10 and plan.search_mode == "fastscan"
     assert plan.bits_per_coordinate == pytest.approx(8 * plan.file_bytes / (100_000 * 384))
     # more queries, more memory; a bigger budget, a larger rank
-    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, n_queries=5000, k=100).search_peak_bytes \
-        > plan.search_peak_bytes
-    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=2).rank > plan.rank
+    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, codec="scalar", n_queries=5000,
+                          k=100).search_peak_bytes > plan.search_peak_bytes
+    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=2, codec="scalar").rank > plan.rank
+    vq = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)
+    assert LPLRIndex.plan(100_000, 384, bits_per_coordinate=2).fastscan_bytes > vq.fastscan_bytes
 
 
 @pytest.mark.parametrize(

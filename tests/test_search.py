@@ -67,7 +67,7 @@ def test_l2_latent_ranking_is_exact_with_the_orthonormal_factor(built, queries):
 
 
 def test_eight_bit_codes_use_the_exact_scan(small_embeddings):
-    index = LPLRIndex(32, bits_per_coordinate=4).build(small_embeddings)
+    index = LPLRIndex(32, bits_per_coordinate=4, codec="scalar").build(small_embeddings)
     assert index.bits_l == 8 and not index.fastscan_ready
     D1, I1 = index.search(small_embeddings[:5], 3)
     D2, I2 = index.search(small_embeddings[:5], 3, mode="factored")

@@ -21,6 +21,7 @@ def test_defaults_are_the_fields_defaults_and_the_index_signature():
     assert DEFAULTS == {
         "bits_per_coordinate": None, "rank": None, "bits_l": None, "bits_r": 8,
         "metric": "l2", "quantizer": "mse-col", "refine_iters": 2, "seed": 0, "factor": "orthonormal",
+        "codec": "auto",
     }
     params = inspect.signature(LPLRIndex.__init__).parameters
     index_defaults = {name: p.default for name, p in params.items() if name in DEFAULTS}
@@ -54,6 +55,9 @@ INVALID = {
     "seed-negative": (dict(rank=4, seed=-1), ValueError),
     "seed-none": (dict(rank=4, seed=None), ValueError),
     "seed-float": (dict(rank=4, seed=1.5), TypeError),
+    "codec-unknown": (dict(rank=4, codec="pq"), ValueError),
+    "codec-vq-with-8-bit": (dict(bits_per_coordinate=1.0, bits_l=8, codec="vq"), ValueError),
+    "codec-vq-with-lstsq": (dict(bits_per_coordinate=1.0, factor="lstsq", codec="vq"), ValueError),
 }
 
 
@@ -93,11 +97,14 @@ def test_frozen_and_replace_validates():
         (dict(rank=4), 8),
         (dict(rank=4, bits_l=3), 3),
         (dict(bits_per_coordinate=0.5), 4),
-        (dict(bits_per_coordinate=2.5), 5),
-        (dict(bits_per_coordinate=7.0), 8),
+        (dict(bits_per_coordinate=2.5), 4),  # grouped codes: always 4-bit
+        (dict(bits_per_coordinate=2.5, codec="scalar"), 5),
+        (dict(bits_per_coordinate=7.0, codec="scalar"), 8),
         (dict(bits_per_coordinate=1.0, bits_l=2), 2),
+        (dict(rank=4, codec="vq"), 4),
     ],
-    ids=["rank", "rank-bits_l", "budget-0.5", "budget-2.5", "budget-7", "budget-bits_l"],
+    ids=["rank", "rank-bits_l", "budget-0.5", "budget-2.5", "scalar-budget-2.5", "scalar-budget-7", "budget-bits_l",
+         "vq-rank"],
 )
 def test_bits_l_used_is_the_index_choice(kwargs, expected):
     assert IndexSettings(16, **kwargs).bits_l_used == expected
