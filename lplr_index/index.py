@@ -1520,6 +1520,8 @@ class LPLRIndex:
         ids = removed = None
         if "ids" in arrays:
             ids = np.array(arrays["ids"])
+            if len(ids) != n:
+                raise ValueError(f"ids must hold ntotal={n} ids, the file holds {len(ids)}")
             if ids.size and ids.min() < 0:
                 raise ValueError(f"ids must be >= 0, the file holds id {ids.min()}")
             _check_unique(ids, "ids")

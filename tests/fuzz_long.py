@@ -59,12 +59,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-#: index settings of the base files: one per metric, one rank-8 8-bit minmax index, and
-#: one ip index with user ids and removed vectors
+#: index settings of the base files: one per metric (grouped codes), one of the scalar
+#: codes, one rank-8 8-bit minmax index, one of grouped codes on the top principal
+#: directions, and one ip index with user ids and removed vectors
 BASES = {
     "l2": dict(bits_per_coordinate=2, metric="l2"),
     "ip": dict(bits_per_coordinate=2, metric="ip"),
     "cosine": dict(bits_per_coordinate=2, metric="cosine"),
+    "scalar-l2": dict(bits_per_coordinate=2, metric="l2", codec="scalar"),
+    "vq-rank6": dict(rank=6, codec="vq", metric="cosine"),
     "rank8-minmax": dict(rank=8, bits_l=8, quantizer="minmax", refine_iters=0),
     "ids-removed": dict(rank=6, bits_l=4, metric="ip"),
 }
@@ -266,7 +269,8 @@ def m_array_values(rng, data):
             flat[where] = rng.integers(0, 256, np.size(flat[where]), dtype=np.uint8)
             desc = f"{name}: {what} = random bytes"
     else:
-        value = [-1, 2**62, -(2**63), 0, int(flat[0]) if flat.size else 0, 10**12][rng.integers(6)]
+        big = [2**62, -(2**63), 10**12] if a.dtype == np.int64 else [2**31 - 1, -(2**31), 10**6]
+        value = [-1, *big, 0, int(flat[0]) if flat.size else 0, 8][rng.integers(6)]
         flat[where] = value
         desc = f"{name}: {what} = {value}"
     return encode(header, arrays, version), desc
@@ -314,7 +318,7 @@ def m_array_dtype(rng, data):
     names = sorted(arrays)
     name = names[rng.integers(len(names))]
     old = arrays[name].dtype.str
-    others = [d for d in ("<f4", "<f8", "|u1", "<i8") if d != old]
+    others = [d for d in ("<f4", "<f8", "|u1", "<i8", "<i4") if d != old]
     new = others[rng.integers(len(others))]
     with np.errstate(all="ignore"):
         arrays[name] = arrays[name].astype(new)

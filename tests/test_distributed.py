@@ -448,8 +448,10 @@ def test_shards_pickle_after_the_encoder_searched(ld, indexes, queries):
     """A grouped encoder that has encoded caches faiss objects: a shard still pickles (to another worker)."""
     import pickle
 
-    index = indexes("l2", 2.0)
-    index.search(queries, 5)  # the encoder's quantizer now caches its faiss product quantizers
+    index = indexes("l2", 1.0)  # a class of groups of 2: a faiss product quantizer encodes it
+    index.search(queries, 5)
+    cached = index._state.encoder.lq.__dict__.get("_pq")  # cached by the build's encoding on the sample
+    assert cached is not None and any(pq is not None for pq in cached)
     shard = ld.Shard(index._state.encoder, index._state.store.codes[:100], "l2", 0, {"s": 1})
     copy = pickle.loads(pickle.dumps(shard))
     assert copy.fingerprint == shard.fingerprint
