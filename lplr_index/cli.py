@@ -34,6 +34,7 @@ from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overla
 from .fileformat import IndexFileError, check_output_path
 from .index import MAX_RESULT_BYTES, SEARCH_MODES, LPLRIndex
 from .quantize import SCHEMES
+from .settings import CODECS
 from .vecio import VectorFileError, hdf5_datasets, hdf5_metric, read_array, read_ground_truth, read_vectors
 
 log = logging.getLogger("lplr_index")
@@ -92,6 +93,7 @@ _FLAGS = {
     "bits_l": "--bits-l",
     "bits_r": "--bits-r",
     "refine_iters": "--refine-iters",
+    "codec": "--codec",
     "rank": "--rank",
     "seed": "--seed",
 }
@@ -235,6 +237,7 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
         "bits_l": index.bits_l,
         "bits_r": index.bits_r,
         "quantizer": index.quantizer,
+        "codec": index.codec,
         "encoder": index.encoder,
         "refine_iters": index.refine_iters,
         "seed": index.seed,
@@ -273,6 +276,7 @@ def _make_index(args, dim: int) -> LPLRIndex:
             quantizer=args.quantizer,
             refine_iters=args.refine_iters,
             seed=args.seed,
+            codec=args.codec,
         )
     except OverflowError as exc:
         raise _budget_overflow(args, exc) from None
@@ -502,7 +506,7 @@ def cmd_plan(args) -> dict:
         plan = LPLRIndex.plan(
             args.n, args.dim, bits_per_coordinate=args.bits_per_coordinate, rank=args.rank,
             n_queries=args.queries, k=args.k, bits_l=args.bits_l, bits_r=args.bits_r, metric=args.metric,
-            quantizer=args.quantizer, refine_iters=args.refine_iters, seed=args.seed,
+            quantizer=args.quantizer, refine_iters=args.refine_iters, seed=args.seed, codec=args.codec,
         )
     except (ValueError, TypeError) as exc:
         raise UserError(_in_user_terms(str(exc), {"n": "--n", "dim": "--dim"})) from None
@@ -615,9 +619,18 @@ def cmd_eval(args) -> dict:
             "exact_accuracy": accuracy(yq, y_exact),
             "exact_weighted_f1": weighted_f1(yq, y_exact),
         })
+    from .evaluation import rate_distortion
+
+    # cosine indexes store unit vectors: their error is against the normalised rows
+    rd = rate_distortion(_unit_rows(Xb) if args.metric == "cosine" else Xb, index, index.bits_per_coordinate)
     result.update({
         f"recall_{recall_k}@{recall_k}": recall_at_k(I, I_true, recall_k),
         f"neighbour_overlap@{recall_k}": neighbour_overlap(I[:, :recall_k], I_true[:, :recall_k]),
+        # the Gaussian rate-distortion reference of the --train vectors at the index's rate
+        "rd_ratio": rd.ratio,
+        "rd_equivalent_bits_per_coordinate": rd.equivalent_bits,
+        "relative_error": rd.relative_error,
+        "rd_reference_relative_error": rd.reference_relative_error,
         "ground_truth": ground_truth,
         "fit_error": index.fit_error,
     })
@@ -638,6 +651,10 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine-iters", type=_int_in(0, 100), default=2, metavar="N",
                    help="alternating refinement rounds, 0-100 (default: 2)")
     p.add_argument("--seed", type=_int_in(0), default=0, help="seed of the sketch (default: 0)")
+    p.add_argument("--codec", choices=CODECS, default="auto",
+                   help="codes: 'vq' groups of principal directions sharing 4-bit codes, rates by variance; "
+                        "'scalar' the paper's one code per direction; 'auto' (default) vq with a budget, "
+                        "scalar with --rank or --bits-l"),
 
 
 def _add_block_rows(p: argparse.ArgumentParser) -> None:
@@ -813,3 +830,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _unit_rows(X):
+    from .evaluation import _normalize_rows
+
+    return _normalize_rows(np.asarray(X, np.float32))

@@ -129,6 +129,10 @@ class GroupedQuantizer:
                 codes[:, c0 : c0 + count] = _unpack(pq.compute_codes(V), 4, count)
         return (codes, 0) if return_clipped else codes
 
+    def __getstate__(self):
+        """Pickled without the cached faiss quantizers (rebuilt on first use): a worker gets the arrays."""
+        return {k: v for k, v in self.__dict__.items() if k != "_pq"}
+
     def _pqs(self):
         pqs = self.__dict__.get("_pq")
         if pqs is None:
@@ -306,10 +310,13 @@ def allocate(var: np.ndarray, code_bits: float, sizes: tuple[int, ...]) -> list[
         return np.argmin(costs, 1)
 
     def classes_of(choice):
-        out = []
+        # a class is cut to whole groups; the directions cut off (its weakest) join the next,
+        # coarser class as its strongest, so a stronger direction never gets fewer bits
+        out, carry = [], np.zeros(0, np.int64)
         for j, g in enumerate(sizes):
-            dims = np.flatnonzero(choice == j)
-            dims = dims[: (len(dims) // g) * g]
+            dims = np.concatenate([carry, np.flatnonzero(choice == j)])
+            keep = (len(dims) // g) * g
+            dims, carry = dims[:keep], dims[keep:]
             if len(dims):
                 out.append((g, dims))
         return out

@@ -63,3 +63,43 @@ def test_version_1_index_accepts_added_vectors(tmp_path):
     assert np.isin(I[:, 0] - np.arange(12), [0, 2005]).all()
     index.save(tmp_path / "more.lplr")
     assert LPLRIndex.load(tmp_path / "more.lplr").ntotal == 2017
+
+
+# ------------------------------------------------------------------ version 2
+V2 = Path(__file__).parent / "data" / "format_v2"
+CASES_V2 = sorted(p.stem for p in V2.glob("*.lplr"))
+
+
+def test_the_frozen_version_2_files_are_there():
+    assert CASES_V2 == ["cosine_b4", "ip_b1_ids", "l2_b2", "lstsq_rank8"]
+
+
+@pytest.mark.parametrize("name", CASES_V2)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_2_files_load_and_search_as_written(name, mmap):
+    path = V2 / f"{name}.lplr"
+    assert read_container(path).version == 2
+    index = LPLRIndex.load(path, mmap=mmap)
+    assert index.codec == "scalar" and index.settings.codec == "scalar"
+    expected = np.load(V2 / f"{name}.expected.npz")
+    Q = np.load(V2 / "queries.npy")
+    np.testing.assert_array_equal(index.live_ids, expected["ids"])
+    np.testing.assert_allclose(index.reconstruct(expected["ids"][:40]), expected["reconstruction"],
+                               rtol=1e-5, atol=1e-5)
+    for mode, key in (("auto", ""), ("factored", "factored_")):
+        D, I = index.search(Q, 5, mode=mode)
+        De = expected[f"{key}distances"]
+        np.testing.assert_allclose(D, De, rtol=1e-4, atol=1e-4)
+        ties = (np.abs(De[:, :, None] - De[:, None, :]) < 1e-5).sum(axis=2) > 1
+        assert ((I == expected[f"{key}indices"]) | ties).all(), mode
+
+
+@pytest.mark.parametrize("name", CASES_V2)
+def test_version_2_index_resaved_keeps_its_layout(name, tmp_path):
+    path = V2 / f"{name}.lplr"
+    LPLRIndex.load(path).save(tmp_path / "again.lplr")
+    old, new = read_container(path), read_container(tmp_path / "again.lplr")
+    assert new.version == 2 and sorted(new.arrays) == sorted(old.arrays)
+    assert new.header["settings"] == old.header["settings"]  # no codec: version 2 had none
+    for key, arr in old.arrays.items():
+        np.testing.assert_array_equal(new.arrays[key], arr)
