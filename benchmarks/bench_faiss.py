@@ -91,12 +91,15 @@ IMAGE_DATASETS = ("fashion-mnist", "cifar10")  # of those, the image ones (full 
 
 # LPLRIndex settings compared; the budget is added per run.
 LPLR_VARIANTS: dict[str, dict[str, Any]] = {
-    # the library's defaults: bits_l picked from the budget, per-column MSE quantizer, 2 refinements
+    # the library's defaults: grouped codes following the spectrum (codec="auto"; at 3.5+ b/c
+    # the scalar 8-bit codes when they win on the sample)
     "default": {},
-    # fixed code widths with the library's quantizer and refinement (the default picks
-    # bits_l from the budget: 4 up to 2 bits/coord, 8 at 4); a variant that resolves to the
-    # same settings as one already run at a budget is skipped there
-    "bl4": {"bits_l": 4},
+    # the scalar LPLR codes (the 0.2.0 default): bits_l picked from the budget (4 up to 2
+    # bits/coord, 8 at 4), per-column MSE quantizer, 2 refinements
+    "scalar": {"codec": "scalar"},
+    # scalar codes of fixed widths; a variant that resolves to the same settings as one
+    # already run at a budget is skipped there
+    "bl4": {"bits_l": 4, "codec": "scalar"},
     "bl8": {"bits_l": 8},
     # the paper's LPLR: B = B' = 8, one global min/max quantizer, no refinement, its
     # least-squares factor (uncentred)
@@ -573,7 +576,7 @@ def run_rival_family(ctx: Context, family: fb.RivalFamily, xtrain: np.ndarray, l
 def lplr_settings_key(index: LPLRIndex) -> tuple:
     """Resolved settings of an (unbuilt) LPLRIndex, to skip variants that coincide."""
     return (index.budget, index.bits_l, index.bits_r, index.quantizer, index.refine_iters, index.seed,
-            index.factor)
+            index.factor, index.codec)
 
 
 def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], None],
@@ -623,8 +626,13 @@ def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], Non
     if nbytes != index.nbytes:
         raise RuntimeError(f"LPLRIndex.nbytes={index.nbytes} but the saved file has {nbytes} bytes")
     codes = index.storage_breakdown()["codes"]
-    param = (f"rank={index.rank}, bl={index.bits_l}, br={index.bits_r}, {index.quantizer}, "
-             f"refine={index.refine_iters}, {index.factor}")
+    if index.codec == "vq":  # the design the build chose: basis, then (group size x groups) per class
+        groups = index.layout["groups"]
+        param = (f"vq {index.encoder} " + " ".join(f"{g}x{c}" for g, c in groups)
+                 + f", rank={index.rank}, br={index.bits_r}")
+    else:
+        param = (f"rank={index.rank}, bl={index.bits_l}, br={index.bits_r}, {index.quantizer}, "
+                 f"refine={index.refine_iters}, {index.factor}")
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     rd = rate_distortion(ctx.data.xb, index, index.bits_per_coordinate)

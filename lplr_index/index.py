@@ -420,6 +420,17 @@ class LPLRIndex:
     factor = property(lambda self: self._settings.factor)
 
     @property
+    def layout(self) -> dict[str, Any]:
+        """How the built index codes a vector: the codec, the basis (``encoder``), the
+        rank and, for grouped codes, ``groups``: ``[group size, groups]`` per class."""
+        enc = self._require_built("layout").encoder
+        out = {"codec": enc.codec, "encoder": enc.kind, "rank": enc.rank, "codes_per_vector": enc.n_codes,
+               "bits_per_code": enc.lq.bits}
+        if enc.codec == "vq":
+            out["groups"] = enc.lq.groups.tolist()
+        return out
+
+    @property
     def codec(self) -> str:
         """The codes stored, ``"vq"`` or ``"scalar"``: the built index's (``codec="auto"``
         decides at :meth:`build`), before that the settings' choice."""

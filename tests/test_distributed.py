@@ -205,7 +205,12 @@ def indexes(data, flat, blas_single_thread):
             X = data if which == "data" else flat
             cache[key] = LPLRIndex(DIM, bits_per_coordinate=budget, metric=metric, seed=1, codec=codec).build(X)
             want = ("scalar", "pinv") if codec == "scalar" else ("vq", "pca" if which == "data" else "rotation")
-            assert (cache[key].codec, cache[key]._state.encoder.kind) == want
+            got = (cache[key].codec, cache[key]._state.encoder.kind)
+            if which == "flat" and metric == "cosine" and codec != "scalar":
+                # unit-normalised white noise: the two bases tie on the sample, either may win
+                assert got in (("vq", "pca"), ("vq", "rotation"))
+            else:
+                assert got == want
         return cache[key]
 
     return get

@@ -186,7 +186,7 @@ def _edited(data: bytes, **arrays) -> bytes:
 
 
 @pytest.mark.parametrize("edit", ["groups-too-wide", "groups-count-zero", "codebook-nan", "codebook-short",
-                                  "dirs-out-of-range", "dirs-repeated", "groups-dtype", "codes-padding"])
+                                  "dirs-out-of-range", "dirs-repeated", "groups-dtype", "scalar-encoder"])
 def test_damaged_grouped_files_are_refused(edit):
     X = flat_data(800, 64)
     index = LPLRIndex(64, bits_per_coordinate=1).build(X)
@@ -216,13 +216,10 @@ def test_damaged_grouped_files_are_refused(edit):
         bad = _edited(data, vq_dirs=d)
     elif edit == "groups-dtype":
         bad = _edited(data, vq_groups=groups.astype(np.int64))
-    else:
-        codes = np.array(c.arrays["l_codes"])
-        n_codes = int(groups[:, 1].sum())
-        if n_codes % 2 == 0:
-            pytest.skip("no padding nibble at this layout")
-        codes[0, -1] |= 0xF0
-        bad = _edited(data, l_codes=codes)
+    else:  # grouped arrays under a header that names the scalar encoder
+        header = dict(c.header)
+        header["encoder"] = "pinv"
+        bad = container_to_bytes(header, {k: np.array(v) for k, v in c.arrays.items()}, version=c.version)
     with pytest.raises(IndexFileError, match="damaged or inconsistent"):
         LPLRIndex.from_bytes(bad)
 
