@@ -164,6 +164,8 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """
     enc = view.encoder
     valid = ids >= 0
+    if enc.codec == "vq":
+        return np.where(valid, _grouped_scores(view, Q, np.where(valid, ids, 0)), -np.inf).astype(np.float32)
     L = view.decode_latent(view.codes[np.where(valid, ids, 0).ravel()])  # (nq*c, m)
     L = L.reshape(ids.shape + (enc.rank,))
     R = enc.R
@@ -180,6 +182,52 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
             n2 = lGl + 2 * (L @ Rm) + enc.mean @ enc.mean
             S = S / np.sqrt(np.maximum(n2, 1e-30))
     return np.where(valid, S, -np.inf).astype(np.float32)
+
+
+def _grouped_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """:func:`exact_scores` of grouped codes by lookup tables, without decoding.
+
+    Every score is a sum over the codes of a vector: with ``z`` the latent row
+    (orthonormal basis ``R``) and ``p`` the query's latent coordinates,
+    ``2 <p, z> - ||z||^2`` (l2), ``<p, z> + <q, mean>`` (ip), and for cosine
+    ``||x_hat||^2 = ||z||^2 + 2 <R mean, z> + ||mean||^2``; each term of a group
+    is one entry of a 16-entry table per query and group.
+    """
+    enc = view.encoder
+    lq = enc.lq
+    M = lq.n_codes
+    codes = _unpack_rows(view, ids.ravel()).reshape(ids.shape + (M,))
+    idx = codes.astype(np.intp) + 16 * np.arange(M)  # (nq, c, M) into a flattened (M, 16) table
+
+    def tables(P: np.ndarray) -> np.ndarray:  # (n, rank) latent rows -> (n, M * 16) of <p_group, centroid>
+        T = np.empty((len(P), M, 16), np.float32)
+        for g, count, z0, c0, C in lq.classes():
+            T[:, c0 : c0 + count] = P[:, z0 : z0 + g * count].reshape(len(P), count, g) @ C.T
+        return T.reshape(len(P), M * 16)
+
+    norms = np.empty((M, 16), np.float32)  # ||centroid||^2 of each group's 16 centroids
+    for g, count, _, c0, C in lq.classes():
+        norms[c0 : c0 + count] = (C * C).sum(1)
+    norms = norms.ravel()
+
+    def lookup(T: np.ndarray) -> np.ndarray:  # per-query tables (nq, M*16) -> (nq, c) sums
+        return np.take_along_axis(T[:, None, :], idx, axis=2).sum(-1)
+
+    if view.metric == "l2":
+        return lookup(2 * tables((Q - enc.mean) @ enc.T) - norms)
+    S = lookup(tables(Q @ enc.T)) + (Q @ enc.mean)[:, None]
+    if view.metric == "cosine":
+        shared = 2 * tables((enc.R @ enc.mean)[None, :])[0] + norms
+        n2 = shared[idx].sum(-1) + float(enc.mean.astype(np.float64) @ enc.mean)
+        S = S / np.sqrt(np.maximum(n2, 1e-30))
+    return S
+
+
+def _unpack_rows(view: CodeView, rows: np.ndarray) -> np.ndarray:
+    from ..packing import _unpack
+
+    enc = view.encoder
+    return _unpack(np.asarray(view.codes[rows]), enc.lq.bits, enc.n_codes)
 
 
 def rerank(view: CodeView, Q: np.ndarray, ids: np.ndarray, k: int, *, chunk: int = 256):
