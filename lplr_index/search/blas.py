@@ -164,7 +164,10 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """
     enc = view.encoder
     valid = ids >= 0
-    if enc.codec == "vq":
+    if enc.codec == "vq" and enc.rank >= 2 * enc.n_codes:
+        # codes of groups: a table lookup per code is cheaper than decoding g directions
+        # (fortunes, 94 codes of 4 directions: batch 1.35x faster); with one code per
+        # direction decoding and one product is faster (Fashion-MNIST: 0.67x with tables)
         return np.where(valid, _grouped_scores(view, Q, np.where(valid, ids, 0)), -np.inf).astype(np.float32)
     L = view.decode_latent(view.codes[np.where(valid, ids, 0).ravel()])  # (nq*c, m)
     L = L.reshape(ids.shape + (enc.rank,))
