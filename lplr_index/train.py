@@ -49,8 +49,18 @@ SAMPLE_ROWS = 1 << 14
 
 
 
+class _Prepares:
+    """``prepare``: what both encoders do to a raw vector before projecting it."""
+
+    def prepare(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as the encoder sees it: normalised (cosine) and centred."""
+        if self.normalize:
+            X = _normalize(X)
+        return X - self.mean
+
+
 @dataclass(frozen=True, eq=False)
-class Encoder:
+class Encoder(_Prepares):
     """The trained state: how a vector becomes codes and how codes decode.
 
     A vector ``x`` (unit-normalised first when ``normalize``) is encoded as
@@ -124,12 +134,6 @@ class Encoder:
             object.__setattr__(self, "_T", T)
         return T
 
-    def prepare(self, X: np.ndarray) -> np.ndarray:
-        """``X`` as the encoder sees it: normalised (cosine) and centred."""
-        if self.normalize:
-            X = _normalize(X)
-        return X - self.mean
-
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, int]:
         """Packed codes of a block of raw vectors and the count of clipped entries."""
         codes, clipped = self.lq.encode(self.prepare(X) @ self.T, return_clipped=True)
@@ -149,11 +153,16 @@ def _orthonormal_rows(R: np.ndarray) -> np.ndarray:
     return (Q * np.sign(np.where(np.diag(r) == 0, 1, np.diag(r)))).T.astype(np.float32)
 
 
+def haar(m: int, *key: int) -> np.ndarray:
+    """A Haar-random m x m orthogonal matrix (float64) regenerated from the integers ``key``."""
+    Q, Rr = np.linalg.qr(np.random.default_rng(list(key)).standard_normal((m, m)))
+    d = np.diag(Rr)
+    return Q * np.sign(np.where(d == 0, 1, d))
+
+
 def _random_rotation(m: int, seed: int) -> np.ndarray:
-    """A Haar-random m x m orthogonal matrix (float64) from ``seed``."""
-    rng = np.random.default_rng([seed, 0x0A7E])
-    Q, Rr = np.linalg.qr(rng.standard_normal((m, m)))
-    return Q * np.sign(np.diag(Rr))
+    """The rotation of the orthonormal factor's basis."""
+    return haar(m, seed, 0x0A7E)
 
 
 def sample_rows(n: int, seed: int, size: int = SAMPLE_ROWS) -> np.ndarray:

@@ -46,6 +46,7 @@ import numpy as np
 from .evaluation import _normalize_rows as _normalize
 from .packing import _pack
 from .quantize import Quantizer, _fit
+from .train import _orthonormal_rows, _Prepares, haar
 
 __all__ = ["GroupedQuantizer", "VQEncoder", "fit_vq", "NoRoom", "CANDIDATE_SIZES", "KMEANS_DISTORTION"]
 
@@ -191,31 +192,17 @@ def check_groups(groups: np.ndarray, codebooks: np.ndarray, dim: int) -> None:
 
 # ------------------------------------------------------------------- encoder
 def haar_rotation(d: int, seed: int) -> np.ndarray:
-    """A Haar-random d x d orthogonal matrix (float64) regenerated from ``seed``."""
-    rng = np.random.default_rng([seed, 0xB0A5])
-    Q, Rr = np.linalg.qr(rng.standard_normal((d, d)))
-    return Q * np.sign(np.where(np.diag(Rr) == 0, 1, np.diag(Rr)))
+    """The seeded rotation whose columns the ``"rotation"`` basis keeps (float64, d x d)."""
+    return haar(d, seed, 0xB0A5)
 
 
 def _class_rotations(groups: np.ndarray, seed: int) -> list[np.ndarray]:
     """The seeded rotation of each class (float64, ``g * count`` square)."""
-    out = []
-    for i, (g, count) in enumerate(groups.tolist()):
-        m = g * count
-        rng = np.random.default_rng([seed, 0xC1A5, i, m])
-        Q, Rr = np.linalg.qr(rng.standard_normal((m, m)))
-        out.append(Q * np.sign(np.where(np.diag(Rr) == 0, 1, np.diag(Rr))))
-    return out
-
-
-def _orthonormal_rows(R: np.ndarray) -> np.ndarray:
-    from .train import _orthonormal_rows as f
-
-    return f(R)
+    return [haar(g * count, seed, 0xC1A5, i, g * count) for i, (g, count) in enumerate(groups.tolist())]
 
 
 @dataclass(frozen=True, eq=False)
-class VQEncoder:
+class VQEncoder(_Prepares):
     """Frozen state of the grouped codes: ``x -> codes((x - mean) R^T)``, ``codes -> mean + z R``.
 
     Attributes
@@ -282,11 +269,6 @@ class VQEncoder:
             T = np.ascontiguousarray(self.R.T)
             object.__setattr__(self, "_T", T)
         return T
-
-    def prepare(self, X: np.ndarray) -> np.ndarray:
-        if self.normalize:
-            X = _normalize(X)
-        return X - self.mean
 
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, int]:
         """Packed codes of a block of raw vectors (nothing is clipped: 0)."""
