@@ -1,4 +1,7 @@
-"""Code designs for the quality issue, measured before any of them goes into the index.
+"""Code designs for the quality issue: the study that preceded the index's grouped codes.
+
+(The index now builds these designs itself, :mod:`lplr_index.vq`, and chooses among them
+at build time; this benchmark keeps the one-design-at-a-time comparison on decoded vectors.)
 
 LPLRIndex gives each kept latent direction one 4-bit scalar code and drops the rest.
 Transform coding says the rate should follow the variance, below one bit per direction
