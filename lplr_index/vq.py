@@ -342,6 +342,8 @@ def _kmeans(P: np.ndarray, seed: int) -> np.ndarray:
     P = np.ascontiguousarray(P, np.float32)
     if len(P) > KMEANS_POINTS:
         P = P[np.sort(np.random.default_rng([seed, 0x7E]).choice(len(P), KMEANS_POINTS, replace=False))]
+    if not 0 <= seed < 2**31:  # faiss takes a C int: a larger seed is hashed into range
+        seed = int(np.random.default_rng([seed, 0xF5]).integers(2**31 - 1))
     km = faiss.Kmeans(P.shape[1], KSUB, niter=KMEANS_ITERS, seed=seed, min_points_per_centroid=1,
                       max_points_per_centroid=1 << 20)
     if len(np.unique(P, axis=0)) < KSUB:  # too few distinct points: repeat them as centroids

@@ -256,3 +256,11 @@ def test_lookup_table_rescoring_equals_scoring_the_decoded_vectors(metric):
         ref = np.einsum("qd,qcd->qc", Q, Xh) / np.linalg.norm(Xh, axis=-1)
     assert np.array_equal(np.isneginf(S), ids < 0)
     np.testing.assert_allclose(S[ids >= 0], ref[ids >= 0], rtol=1e-4, atol=1e-5)  # observed <= 4e-7
+
+
+@pytest.mark.parametrize("seed", [2**31 + 5, 2**63 - 1])
+def test_seeds_beyond_faiss_int_range_build(seed):
+    X = flat_data(2000, 32)
+    a = LPLRIndex(32, bits_per_coordinate=1, seed=seed).build(X)
+    b = LPLRIndex(32, bits_per_coordinate=1, seed=seed).build(X)
+    assert a.to_bytes() == b.to_bytes() and a.codec == "vq"
