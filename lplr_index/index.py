@@ -782,10 +782,13 @@ class LPLRIndex:
     def build(self, X, *, ids=None, progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
         """Learn the shared factor from ``X`` and store ``X``'s codes, replacing any content.
 
-        The fit makes ``2 + refine_iters`` passes over ``X`` in blocks of
-        :data:`lplr_index._blocks.BLOCK_ROWS` rows (one per LPLR/refinement round
-        and one to encode), plus random access to a seeded sample of rows, so a
-        memory-mapped ``X`` is never read whole into memory. If anything fails
+        Grouped codes (``codec="vq"``) make two passes over ``X`` in blocks of
+        :data:`lplr_index._blocks.BLOCK_ROWS` rows (the covariance, then the
+        encoding); the scalar codes make ``2 + refine_iters`` (one per
+        LPLR/refinement round and one to encode; ``codec="auto"`` at 3.5+ bits per
+        coordinate may make both). Designs are fitted and compared on a seeded
+        sample of rows read by random access, so a memory-mapped ``X`` is never
+        read whole into memory. If anything fails
         (bad input, out of memory, Ctrl-C), the index is left as it was.
 
         Parameters
