@@ -50,8 +50,16 @@ SAMPLE_ROWS = 1 << 14
 
 
 
-class _Prepares:
-    """``prepare``: what both encoders do to a raw vector before projecting it."""
+class _EncoderBase:
+    """What both encoders (scalar here, grouped in :mod:`lplr_index.vq`) share:
+    ``prepare`` and the cache of their derived matrices on a frozen instance."""
+
+    def _cached(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        value = self.__dict__.get(key)
+        if value is None:
+            value = make()
+            object.__setattr__(self, key, value)
+        return value
 
     def prepare(self, X: np.ndarray) -> np.ndarray:
         """``X`` as the encoder sees it: normalised (cosine) and centred."""
@@ -61,7 +69,7 @@ class _Prepares:
 
 
 @dataclass(frozen=True, eq=False)
-class Encoder(_Prepares):
+class Encoder(_EncoderBase):
     """The trained state: how a vector becomes codes and how codes decode.
 
     A vector ``x`` (unit-normalised first when ``normalize``) is encoded as
@@ -115,25 +123,21 @@ class Encoder(_Prepares):
     @property
     def R(self) -> np.ndarray:
         """Decoded shared factor, (rank, dim) float32 (cached)."""
-        R = self.__dict__.get("_R")
-        if R is None:
-            R = self.rq.decode(self.rcodes)
-            if self.orthonormal:
-                R = _orthonormal_rows(R)
-            object.__setattr__(self, "_R", R)
-        return R
+        return self._cached("_R", self._decoded_factor)
+
+    def _decoded_factor(self) -> np.ndarray:
+        R = self.rq.decode(self.rcodes)
+        return _orthonormal_rows(R) if self.orthonormal else R
 
     @property
     def T(self) -> np.ndarray:
         """Encoder matrix, (dim, rank) float32 (cached)."""
-        T = self.__dict__.get("_T")
-        if T is None:
-            if self.orthonormal and self.kind == "pinv":
-                T = np.ascontiguousarray(self.R.T)  # the pseudo-inverse of orthonormal rows
-            else:
-                T = _encoder_matrix(self.kind, self.R, self.seed)
-            object.__setattr__(self, "_T", T)
-        return T
+        return self._cached("_T", self._make_T)
+
+    def _make_T(self) -> np.ndarray:
+        if self.orthonormal and self.kind == "pinv":
+            return np.ascontiguousarray(self.R.T)  # the pseudo-inverse of orthonormal rows
+        return _encoder_matrix(self.kind, self.R, self.seed)
 
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, int]:
         """Packed codes of a block of raw vectors and the count of clipped entries."""

@@ -46,7 +46,7 @@ import numpy as np
 from .evaluation import _normalize_rows as _normalize
 from .packing import _pack
 from .quantize import Quantizer, _fit
-from .train import _orthonormal_rows, _Prepares, haar
+from .train import _EncoderBase, _orthonormal_rows, haar
 
 __all__ = ["GroupedQuantizer", "VQEncoder", "fit_vq", "NoRoom", "CANDIDATE_SIZES", "KMEANS_DISTORTION"]
 
@@ -202,7 +202,7 @@ def _class_rotations(groups: np.ndarray, seed: int) -> list[np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class VQEncoder(_Prepares):
+class VQEncoder(_EncoderBase):
     """Frozen state of the grouped codes: ``x -> codes((x - mean) R^T)``, ``codes -> mean + z R``.
 
     Attributes
@@ -248,27 +248,23 @@ class VQEncoder(_Prepares):
     @property
     def R(self) -> np.ndarray:
         """The shared factor: ``rank x dim`` float32 with orthonormal rows (cached)."""
-        R = self.__dict__.get("_R")
-        if R is None:
-            if self.basis == "pca":
-                V = _orthonormal_rows(self.rq.decode(self.rcodes)).astype(np.float64)
-            else:
-                V = haar_rotation(self.dim, self.seed)[:, self.dirs].T
-            parts, r0 = [], 0
-            for O, (g, count) in zip(_class_rotations(self.lq.groups, self.seed), self.lq.groups.tolist()):
-                parts.append(O.T @ V[r0 : r0 + g * count])
-                r0 += g * count
-            R = np.ascontiguousarray(np.vstack(parts), np.float32)
-            object.__setattr__(self, "_R", R)
-        return R
+        return self._cached("_R", self._factor)
+
+    def _factor(self) -> np.ndarray:
+        if self.basis == "pca":
+            V = _orthonormal_rows(self.rq.decode(self.rcodes)).astype(np.float64)
+        else:
+            V = haar_rotation(self.dim, self.seed)[:, self.dirs].T
+        parts, r0 = [], 0
+        for O, (g, count) in zip(_class_rotations(self.lq.groups, self.seed), self.lq.groups.tolist()):
+            parts.append(O.T @ V[r0 : r0 + g * count])
+            r0 += g * count
+        return np.ascontiguousarray(np.vstack(parts), np.float32)
 
     @property
     def T(self) -> np.ndarray:
-        T = self.__dict__.get("_T")
-        if T is None:
-            T = np.ascontiguousarray(self.R.T)
-            object.__setattr__(self, "_T", T)
-        return T
+        """``R^T`` (dim x rank): the pseudo-inverse of orthonormal rows (cached)."""
+        return self._cached("_T", lambda: np.ascontiguousarray(self.R.T))
 
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, int]:
         """Packed codes of a block of raw vectors (nothing is clipped: 0)."""
@@ -518,9 +514,8 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
 
     n, dim = executor.n, executor.dim
     normalize = metric == "cosine"
-    sample = executor.take((sample_rows or default_rows)(n, seed))
-    if normalize:
-        sample = _normalize(sample)
+    raw = executor.take((sample_rows or default_rows)(n, seed))
+    sample = _normalize(raw) if normalize else raw
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
     if on_pass is not None:
         on_pass("covariance")
@@ -534,7 +529,6 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
         designs = [Design("pca", (1,), np.array([[1, rank]], np.int32), np.arange(rank, dtype=np.int32))]
     else:
         designs = []
-        H = None
         for basis in BASES:
             if basis == "pca":
                 var, order = evals, np.arange(dim)
@@ -559,7 +553,6 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     rec, negerr, _, enc, _ = max(results, key=lambda r: (round(r[0], 6), r[1], -r[2]))
     cands = [(d.basis, d.sizes, d.groups.tolist(), r, -ne) for r, ne, _, _, d in results]
     if rival is not None:
-        raw = executor.take((sample_rows or default_rows)(n, seed))
         r_rec, r_err = (check or SampleCheck(sample, metric, seed)).decoded(rival(raw))
         cands.append(("scalar", None, None, r_rec, r_err))
         if round(r_rec, 6) > round(rec, 6):
