@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import faiss
 import numpy as np
@@ -370,20 +370,16 @@ def choose_setting(family: Family, budget: float, calib: SizeCalibrator, *,
         smallest = family.settings(d)[0]
         return Choice(None, None, f"smallest setting {smallest.param} stores "
                                   f"{smallest.code_bytes(d) * 8.0 / d:.3g} bits/coord in codes alone")
-    # binary search: predicted size grows with the setting
-    lo, hi, best = 0, len(fits_code) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        try:
-            bits = calib.predicted_bits(fits_code[mid], family)
-        except RuntimeError as exc:  # e.g. fewer training vectors than centroids
-            return Choice(None, None, f"cannot train {fits_code[mid].param}: "
-                                      f"{str(exc).splitlines()[0][:120]}")
-        if bits <= limit:
-            best = (fits_code[mid], bits)
-            lo = mid + 1
-        else:
-            hi = mid - 1
+    tried = []
+
+    def bits_of(setting):
+        tried.append(setting)
+        return calib.predicted_bits(setting, family)
+
+    try:
+        best = largest_within(fits_code, bits_of, limit)
+    except RuntimeError as exc:  # e.g. fewer training vectors than centroids
+        return Choice(None, None, f"cannot train {tried[-1].param}: {str(exc).splitlines()[0][:120]}")
     if best is None:
         s0 = fits_code[0]
         return Choice(None, None, f"shared parts (codebooks/rotations/matrices) alone exceed the "
@@ -785,6 +781,22 @@ class RivalSizer:
         return self._cache[setting]
 
 
+def largest_within(settings: list, bits_of: Callable[[Any], float], limit: float) -> tuple[Any, float] | None:
+    """``(setting, bits)`` of the largest of ``settings`` (ordered by size, the predicted
+    bits growing with it) with ``bits_of(setting) <= limit``, by binary search; None when
+    none fits. Errors of ``bits_of`` propagate."""
+    lo, hi, best = 0, len(settings) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        bits = bits_of(settings[mid])
+        if bits <= limit:
+            best = (settings[mid], bits)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
 def choose_rival(family: RivalFamily, budget: float, sizer: RivalSizer, *, slack: float,
                  below: RivalSetting | None = None) -> Choice:
     """Largest setting of a rival whose predicted stored size fits ``budget * (1 + slack)``."""
@@ -794,15 +806,7 @@ def choose_rival(family: RivalFamily, budget: float, sizer: RivalSizer, *, slack
         settings = [s for s in settings if s.order < below.order]
     if not settings:
         return Choice(None, None, "no smaller setting left")
-    lo, hi, best = 0, len(settings) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        bits = sizer.predicted_bits(settings[mid])
-        if bits <= limit:
-            best = (settings[mid], bits)
-            lo = mid + 1
-        else:
-            hi = mid - 1
+    best = largest_within(settings, sizer.predicted_bits, limit)
     if best is None:
         s0 = family.settings(sizer.dim)[0]
         return Choice(None, None, f"smallest setting {s0.param} stores {sizer.predicted_bits(s0):.3g} "
