@@ -480,22 +480,12 @@ def run_faiss_family(ctx: Context, family: fb.Family, xtrain: np.ndarray,
     planned, skipped = fb.plan_family(family, args.budgets, calib, slack=args.slack)
     rows = []
     for setting, targets in planned.items():
-        built = None
-        while setting is not None:
-            log(f"  {setting.label}: build (targets {targets or 'native'})")
-            try:
-                built = fb.build_faiss(setting, ctx.data.xb, xtrain, opq_niter=args.opq_niter)
-            except RuntimeError as exc:
-                skipped.append({"family": family.name, "budget": targets,
-                                "reason": f"{setting.param} failed: {str(exc).splitlines()[0][:160]}"})
-                built = None
-                break
-            if not targets or built.bits_per_coordinate <= min(targets) * (1 + args.slack):
-                break
-            # the prediction undershot: step down to the next smaller setting
-            log(f"  {setting.label}: measured {built.bits_per_coordinate:.3f} b/c over budget, stepping down")
-            choice = fb.choose_setting(family, min(targets), calib, slack=args.slack, below=setting)
-            setting, built = choice.setting, None
+        setting, built = _build_within_budget(
+            setting, targets, log, args.slack, RuntimeError,
+            build=lambda s: fb.build_faiss(s, ctx.data.xb, xtrain, opq_niter=args.opq_niter),
+            smaller=lambda s: fb.choose_setting(family, min(targets), calib, slack=args.slack, below=s).setting,
+            failed=lambda s, exc: skipped.append({"family": family.name, "budget": targets,
+                                                  "reason": f"{s.param} failed: {str(exc).splitlines()[0][:160]}"}))
         if built is None:
             if setting is None:
                 skipped.append({"family": family.name, "budget": targets,
@@ -510,6 +500,30 @@ def run_faiss_family(ctx: Context, family: fb.Family, xtrain: np.ndarray,
         log("  " + faiss_report.one_line(rows[-1], args.k))
         del built
     return rows, skipped
+
+
+def _build_within_budget(setting, targets: list[float], log: Callable[[str], None], slack: float,
+                         catch: type[BaseException], *, build, smaller, failed):
+    """Build ``setting``; while the measured bits exceed the smallest target (the size
+    prediction undershot), build the next smaller setting (``smaller(setting)``).
+
+    Returns ``(setting, built)``: ``built`` is None when a build raised ``catch`` (reported
+    through ``failed(setting, exc)``) or when no smaller setting is left (``setting`` None).
+    Empty ``targets`` (a native-rate row) accept any size.
+    """
+    while setting is not None:
+        log(f"  {setting.label}: build (targets {targets or 'native'})")
+        try:
+            built = build(setting)
+        except catch as exc:
+            failed(setting, exc)
+            return setting, None
+        if not targets or built.bits_per_coordinate <= min(targets) * (1 + slack):
+            return setting, built
+        log(f"  {setting.label}: measured {built.bits_per_coordinate:.3f} b/c over budget, stepping down")
+        del built  # released before the next, smaller build
+        setting = smaller(setting)
+    return None, None
 
 
 def run_rival_family(ctx: Context, family: fb.RivalFamily, xtrain: np.ndarray, log: Callable[[str], None]
@@ -542,22 +556,13 @@ def run_rival_family(ctx: Context, family: fb.RivalFamily, xtrain: np.ndarray, l
             planned.setdefault(choice.setting, []).append(b)
     rows = []
     for setting, targets in planned.items():
-        built = None
-        while setting is not None:
-            log(f"  {setting.label}: build (targets {targets})")
-            try:
-                built = family.build(setting, ctx.data.xb, xtrain, k=args.k, threads=threads)
-            except Exception as exc:
-                skipped.append({"family": family.name, "budget": targets, "error": True,
-                                "reason": f"{setting.param} failed: {type(exc).__name__}: "
-                                          f"{str(exc).splitlines()[0][:160]}"})
-                built = None
-                break
-            if built.bits_per_coordinate <= min(targets) * (1 + args.slack):
-                break
-            log(f"  {setting.label}: measured {built.bits_per_coordinate:.3f} b/c over budget, stepping down")
-            choice = fb.choose_rival(family, min(targets), sizer, slack=args.slack, below=setting)
-            setting, built = choice.setting, None
+        setting, built = _build_within_budget(
+            setting, targets, log, args.slack, Exception,
+            build=lambda s: family.build(s, ctx.data.xb, xtrain, k=args.k, threads=threads),
+            smaller=lambda s: fb.choose_rival(family, min(targets), sizer, slack=args.slack, below=s).setting,
+            failed=lambda s, exc: skipped.append({"family": family.name, "budget": targets, "error": True,
+                                                  "reason": f"{s.param} failed: {type(exc).__name__}: "
+                                                            f"{str(exc).splitlines()[0][:160]}"}))
         if built is None:
             if setting is None:
                 skipped.append({"family": family.name, "budget": targets, "reason": "no setting fits after measuring"})
