@@ -631,9 +631,9 @@ def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], Non
     if nbytes != index.nbytes:
         raise RuntimeError(f"LPLRIndex.nbytes={index.nbytes} but the saved file has {nbytes} bytes")
     codes = index.storage_breakdown()["codes"]
-    if index.codec == "vq":  # the design the build chose: basis, then (group size x groups) per class
-        groups = index.layout["groups"]
-        param = (f"vq {index.encoder} " + " ".join(f"{g}x{c}" for g, c in groups)
+    if index.codec == "vq":  # the design the build chose: basis, then (group size x groups) per class,
+        groups = index.layout["groups"]  # "(8b)" where a group has coarse and fine codes
+        param = (f"vq {index.encoder} " + " ".join(f"{g}x{c}" + ("(8b)" if lv == 2 else "") for g, c, lv in groups)
                  + f", rank={index.rank}, br={index.bits_r}")
     else:
         param = (f"rank={index.rank}, bl={index.bits_l}, br={index.bits_r}, {index.quantizer}, "

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ._blocks import BLOCK_ROWS, ExecutingSource, check_block
 from ._validation import check_choice, check_int
-from .index import DEFAULT_RERANK_FACTOR, LPLRIndex, SearchResult
+from .index import LPLRIndex, SearchResult, default_rerank_factor
 from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
@@ -55,7 +55,7 @@ from .fileformat import IndexFileError, read_container, write_container
 from .packing import packed_nbytes
 from .quantize import Quantizer
 from .train import Encoder
-from .vq import GroupedQuantizer, VQEncoder, check_groups
+from .vq import GroupedQuantizer, VQEncoder, _as_groups, check_groups
 
 __all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint", "MANIFEST"]
 
@@ -367,7 +367,7 @@ def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dic
                 "normalize": bool(encoder.normalize), "dim": int(encoder.dim),
                 "lq": [encoder.lq.scheme, int(encoder.lq.bits)],
                 "rq": [encoder.rq.scheme, int(encoder.rq.bits)] if pca else None, "settings": settings}
-        arrays = (encoder.mean, encoder.lq.groups, encoder.lq.codebooks) + (
+        arrays = (encoder.mean, encoder.lq.stored_groups, encoder.lq.codebooks) + (
             (encoder.rcodes, encoder.rq.lo, encoder.rq.hi) if pca else (encoder.dirs,))
     else:
         meta = {"metric": metric, "kind": encoder.kind, "seed": int(encoder.seed),
@@ -453,17 +453,19 @@ class Shard:
 
         Scalar codes are written as shard version 1 (the layout from before
         the grouped codes); grouped codes as version 2 (``"codec": "vq"`` in
-        the header, arrays ``vq_groups``, ``vq_codebooks`` and either
-        ``rcodes``/``r_lo``/``r_hi`` or ``vq_dirs``).
+        the header, arrays ``vq_groups`` of ``(group size, count)``,
+        ``vq_codebooks`` and either ``rcodes``/``r_lo``/``r_hi`` or
+        ``vq_dirs``), or, where groups have coarse and fine codes, version 3
+        (``vq_groups`` of ``(group size, count, levels)``).
         """
         enc = self.view.encoder
         header = {"format": SHARD_FORMAT, "shard_version": 1, "metric": self.view.metric, "kind": enc.kind,
                   "seed": int(enc.seed), "normalize": bool(enc.normalize),
                   "orthonormal": bool(enc.orthonormal), "lq": [enc.lq.scheme, int(enc.lq.bits)]}
         if enc.codec == "vq":
-            header.update(shard_version=2, codec="vq", dim=int(enc.dim),
+            header.update(shard_version=3 if enc.lq.two_level else 2, codec="vq", dim=int(enc.dim),
                           rq=[enc.rq.scheme, int(enc.rq.bits)] if enc.basis == "pca" else None)
-            arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "vq_groups": enc.lq.groups,
+            arrays = {"codes": np.asarray(self.view.codes), "mean": enc.mean, "vq_groups": enc.lq.stored_groups,
                       "vq_codebooks": enc.lq.codebooks}
             if enc.basis == "pca":
                 arrays.update(rcodes=np.asarray(enc.rcodes, np.uint8), r_lo=enc.rq.lo, r_hi=enc.rq.hi)
@@ -476,8 +478,10 @@ class Shard:
         header.update(first_row=self.first_row, settings=self.settings, fingerprint=self.fingerprint)
         if self.ids is not None:
             arrays["ids"] = np.asarray(self.ids, np.int64)
-        # scalar shards keep the container version they had (2): older readers still open them
-        return write_container(path, header, arrays, version=3 if enc.codec == "vq" else 2)
+        # shards keep the container version of their layout (scalar 2, one-level grouped 3, two-level
+        # 4): older readers still open what they can read
+        version = 2 if enc.codec != "vq" else 4 if enc.lq.two_level else 3
+        return write_container(path, header, arrays, version=version)
 
     @classmethod
     def load(cls, path, *, mmap: bool = True, fingerprint: str | None = None) -> "Shard":
@@ -528,10 +532,13 @@ class Shard:
     def ntotal(self) -> int:
         return self.view.ntotal
 
-    def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int):
-        """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none)."""
+    def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None):
+        """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none);
+        ``rerank_factor`` None is the encoder's default (:func:`default_rerank_factor`)."""
         n = self.ntotal
         kk = min(k, n)
+        if rerank_factor is None:
+            rerank_factor = default_rerank_factor(self.view.encoder)
         if mode == "fastscan":
             if "fastscan" not in self._cache:
                 self._cache["fastscan"] = fastscan.FastScanScorer(self.view)
@@ -565,6 +572,10 @@ def _vq_encoder(h: dict, a) -> VQEncoder:
     if groups.dtype != np.int32 or books.dtype != np.float32:
         raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
     groups, books = np.array(groups), np.array(books)
+    if int(h.get("shard_version", 2)) < 3:  # (group size, count): one code level per class
+        if groups.ndim != 2 or groups.shape[1] != 2:
+            raise ValueError(f"a version-2 shard's vq_groups must have shape (n_classes, 2), got {groups.shape}")
+        groups = _as_groups(groups)
     check_groups(groups, books, dim)
     lq = GroupedQuantizer(groups, books)
     rank = h["settings"].get("rank") if isinstance(h["settings"], dict) else None
@@ -849,7 +860,7 @@ class ShardedIndex:
         """
         k = check_int(k, "k", low=1)
         mode = check_choice(mode, "mode", ("auto", "fastscan", "factored"))
-        factor = DEFAULT_RERANK_FACTOR if rerank_factor is None else check_int(
+        factor = None if rerank_factor is None else check_int(
             rerank_factor, "rerank_factor", low=1, high=1 << 20)
         Q = check_block(Q, "queries", 0, self.dim)
         if Q.shape[0] == 0:

@@ -43,7 +43,7 @@ from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .settings import IndexSettings
 from .train import FACTORS, Encoder, fit
-from .vq import KSUB, GroupedQuantizer, VQEncoder, check_groups, fit_vq
+from .vq import TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq
 from .vq import NoRoom as _NoRoom
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "UnknownIdError",
     "SEARCH_MODES",
     "DEFAULT_RERANK_FACTOR",
+    "TWO_LEVEL_RERANK_FACTOR",
     "MAX_RESULT_BYTES",
 ]
 
@@ -60,10 +61,16 @@ SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
 #: candidates per result re-ranked after fast-scan (k' = factor * k); measured in
 #: benchmarks/bench_rerank.py: 4 reaches exact-scan recall within 0.005 at every setting tried
 DEFAULT_RERANK_FACTOR = 4
+
+
+def default_rerank_factor(encoder) -> int:
+    """Fast-scan candidates per result when the caller gives none: more when fast-scan
+    scores the coarse half of two-level codes."""
+    return TWO_LEVEL_RERANK_FACTOR if encoder.codec == "vq" and encoder.lq.two_level else DEFAULT_RERANK_FACTOR
 #: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
 MAX_RESULT_BYTES = 1 << 31
 #: index layout written by this library (container format version)
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 _ARRAYS_V1 = ("l_codes", "l_lo", "l_hi", "r_codes", "r_lo", "r_hi")
 _ARRAYS_V2 = _ARRAYS_V1 + ("mean",)
 #: arrays stored only when needed, in either layout: the user ids, as "ids" (int64,
@@ -274,9 +281,10 @@ class LPLRIndex:
     ``L`` and a shared ``rank x dim`` factor ``R``. The default codes
     (``codec="vq"``, :mod:`lplr_index.vq`) spend the bits where the variance
     is: the principal directions (or, when storing them costs too much,
-    directions of a seeded rotation), each high-variance direction with its own
-    4-bit code and groups of 2, 4 or 8 weaker ones sharing one, the design
-    chosen at build time by its recall on a sample. ``codec="scalar"`` is the
+    directions of a seeded rotation), the strongest directions with 8-bit
+    codes (a coarse and a fine 4-bit code, alone or in pairs), others with
+    their own 4-bit code and groups of 2, 4 or 8 weaker ones sharing one, the
+    design chosen at build time by its recall on a sample. ``codec="scalar"`` is the
     paper's LPLR: one ``bits_l``-bit code per direction of a sketched subspace.
 
     The constructor only stores and validates settings; :meth:`build` does the work.
@@ -422,7 +430,8 @@ class LPLRIndex:
     @property
     def layout(self) -> dict[str, Any]:
         """How the built index codes a vector: the codec, the basis (``encoder``), the
-        rank and, for grouped codes, ``groups``: ``[group size, groups]`` per class."""
+        rank and, for grouped codes, ``groups``: ``[group size, groups, levels]`` per class
+        (levels: 4-bit codes per group, 1, or 2 for a coarse and a fine code)."""
         enc = self._require_built("layout").encoder
         out = {"codec": enc.codec, "encoder": enc.kind, "rank": enc.rank, "codes_per_vector": enc.n_codes,
                "bits_per_code": enc.lq.bits}
@@ -537,12 +546,13 @@ class LPLRIndex:
         per_col = self.quantizer != "minmax"
         nl, nr = (rank if per_col else 1), (self.dim if per_col else 1)
         if vq is not None:
-            basis, groups = vq
-            M, K = int(groups[:, 1].sum()), int((groups[:, 0] * groups[:, 1]).sum())
+            basis, groups = vq[0], _as_groups(vq[1])
+            M, K = int((groups[:, 1] * groups[:, 2]).sum()), int((groups[:, 0] * groups[:, 1]).sum())
             shapes = {
                 "l_codes": ((n, packed_nbytes(M, 4)), np.uint8),
-                "vq_groups": ((len(groups), 2), np.int32),
-                "vq_codebooks": ((KSUB * int(groups[:, 0].sum()),), np.float32),
+                # version 3 stored (group size, count): one code level per class
+                "vq_groups": ((len(groups), 3 if version >= 4 else 2), np.int32),
+                "vq_codebooks": ((sum(book_size(g, lv) for g, _, lv in groups.tolist()),), np.float32),
             }
             if basis == "pca":
                 shapes["r_codes"] = ((K, packed_nbytes(self.dim, self.bits_r)), np.uint8)
@@ -607,7 +617,7 @@ class LPLRIndex:
         if enc.codec == "vq":
             factor = (enc.rcodes.shape[0] * packed_nbytes(self.dim, self.bits_r) + 8 * enc.rq.lo.size
                       if enc.basis == "pca" else 4 * enc.dirs.size)
-            levels = 4 * enc.lq.codebooks.size + 4 * enc.lq.groups.size
+            levels = 4 * enc.lq.codebooks.size + 4 * len(enc.lq.groups) * (3 if st.version >= 4 else 2)
         else:
             factor = enc.rcodes.shape[0] * packed_nbytes(self.dim, self.bits_r)
             levels = 4 * (enc.lq.lo.size * 2 + enc.rq.lo.size * 2)
@@ -740,9 +750,9 @@ class LPLRIndex:
             if s.rank > n:
                 raise ValueError(f"rank={s.rank} needs at least {s.rank} vectors to build on, got n={n}")
             rank = n_codes = s.rank
-            file_bytes = self._file_nbytes(n, rank, 4, vq=("pca", np.array([[1, rank]], np.int32)))
+            file_bytes = self._file_nbytes(n, rank, 4, vq=("pca", np.array([[1, rank, 1]], np.int32)))
         else:
-            fixed = self._file_nbytes(n, 1, 4, vq=("rotation", np.zeros((0, 2), np.int32)))
+            fixed = self._file_nbytes(n, 1, 4, vq=("rotation", np.zeros((0, 3), np.int32)))
             file_bytes = int(s.bits_per_coordinate * n * dim // 8)
             n_codes = int(2 * (file_bytes - fixed) // n)  # 4-bit codes a vector can hold at most
             if n_codes < 1:
@@ -757,7 +767,10 @@ class LPLRIndex:
         search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
         k_eff = min(k, n)
         if search_mode == "fastscan":
-            search = _fastscan_search_peak(n, width, n_queries, k_eff, True)
+            # the re-rank depth is the design's (4 k candidates, 16 k for two-level codes, which
+            # the build may choose with a budget)
+            depth = DEFAULT_RERANK_FACTOR if s.rank is not None else TWO_LEVEL_RERANK_FACTOR
+            search = _fastscan_search_peak(n, width, n_queries, k_eff, True, depth)
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
         else:
             search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
@@ -894,7 +907,7 @@ class LPLRIndex:
                 result = fit_vq(executor, budget, file_bits, bits_r=s.bits_r, scheme=s.quantizer, seed=s.seed,
                                 metric=s.metric, rank=s.rank, rival=rival)
             except _NoRoom:
-                need = file_bits("rotation", np.array([[1, 1]], np.int32)) / (n * self.dim)
+                need = file_bits("rotation", np.array([[1, 1, 1]], np.int32)) / (n * self.dim)
                 with_ids = " and their user ids" if ids is not None else ""
                 raise ValueError(
                     f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index of {n} "
@@ -1185,7 +1198,9 @@ class LPLRIndex:
             index. ``"auto"`` is ``"fastscan"`` when :attr:`fastscan_ready`, else
             ``"factored"``.
         rerank_factor : int, default=None
-            Fast-scan candidates per result (:data:`DEFAULT_RERANK_FACTOR` when None).
+            Fast-scan candidates per result; None: :data:`DEFAULT_RERANK_FACTOR`,
+            or :data:`TWO_LEVEL_RERANK_FACTOR` when groups have coarse and fine
+            codes (fast-scan scores the coarse ones).
         rescore_with : array-like of shape (ntotal, dim), or a path to a ``.npy`` file, default=None
             The original float vectors, one row per stored row in row order
             (memory-mapped is fine): with default ids and no :meth:`compact`,
@@ -1215,7 +1230,7 @@ class LPLRIndex:
         st = self._require_built("search")
         k = check_int(k, "k", low=1)
         mode = check_choice(mode, "mode", SEARCH_MODES)
-        factor = DEFAULT_RERANK_FACTOR if rerank_factor is None else check_int(
+        factor = default_rerank_factor(st.encoder) if rerank_factor is None else check_int(
             rerank_factor, "rerank_factor", low=1, high=1 << 20)
         if n_threads is not None:
             n_threads = check_int(n_threads, "n_threads", low=1, high=4096)
@@ -1363,7 +1378,8 @@ class LPLRIndex:
         st = self._require_built("save")
         enc = st.encoder
         if enc.codec == "vq":
-            arrays = {"l_codes": st.store.codes, "vq_groups": enc.lq.groups, "vq_codebooks": enc.lq.codebooks}
+            groups = enc.lq.groups if st.version >= 4 else np.ascontiguousarray(enc.lq.groups[:, :2])
+            arrays = {"l_codes": st.store.codes, "vq_groups": groups, "vq_codebooks": enc.lq.codebooks}
             if enc.basis == "pca":
                 arrays.update(r_codes=_pack_rows(enc.rcodes, self.bits_r), r_lo=enc.rq.lo, r_hi=enc.rq.hi)
             else:
@@ -1487,6 +1503,11 @@ class LPLRIndex:
             if groups is None or books is None or groups.dtype != np.int32 or books.dtype != np.float32:
                 raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
             groups, books = np.array(groups), np.array(books)
+            if version < 4:  # (group size, count): one code level per class
+                if groups.ndim != 2 or groups.shape[1] != 2:
+                    raise ValueError(f"a version-{version} file's vq_groups must have shape (n_classes, 2), "
+                                     f"got {groups.shape}")
+                groups = _as_groups(groups)
             check_groups(groups, books, s.dim)
             if int((groups[:, 0] * groups[:, 1]).sum()) != rank:
                 raise ValueError(f"vq_groups cover {int((groups[:, 0] * groups[:, 1]).sum())} latent coordinates, "
@@ -1609,14 +1630,15 @@ def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int
     return int(sample + max(block + codes, 2 * codes) + small)
 
 
-def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool = True) -> int:
+def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool = True,
+                          factor: float = DEFAULT_RERANK_FACTOR) -> int:
     """First fast-scan search: the larger of building faiss's copy and the search.
 
     Building decodes 65,536 rows at a time (5 bytes per code: unpacked and
     float32, plus two quantizer blocks), one at a time; the search holds the (nq, 4k) candidates and re-ranks 256
     queries at a time, decoding their candidates (about 5.5 bytes per
     candidate code with an orthonormal factor, 8 with the Gram product of
-    another factor).
+    another factor); ``factor * k`` candidates per query.
     """
     step = 1 << 16
     A1 = min(n, step)
@@ -1626,7 +1648,7 @@ def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool 
         return 5 * rows * rank + 2 * min(1 << 18, rows * rank) * 4
 
     build = decode(A1)  # each block is released before the next is decoded
-    kc = min(n, DEFAULT_RERANK_FACTOR * k)
+    kc = min(n, int(factor * k))
     if orthonormal:
         search = 5.487 * min(nq, 256) * kc * rank + 11.72 * nq * kc + 2.32e6
     else:

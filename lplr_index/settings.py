@@ -83,7 +83,8 @@ class IndexSettings:
     codec : {"auto", "vq", "scalar"}, default="auto"
         How vectors become codes. ``"vq"`` (:mod:`lplr_index.vq`): rates that
         follow the spectrum, groups of principal (or randomly rotated)
-        directions sharing 4-bit k-means codes, the design chosen at build time
+        directions sharing 4-bit k-means codes (or, for the strongest, two:
+        coarse and fine), the design chosen at build time
         by its recall on a sample; with ``rank``, one 4-bit code on each of the
         top ``rank`` principal directions. ``"scalar"``: the paper's LPLR with
         one ``bits_l``-bit code per latent direction (:mod:`lplr_index.train`).

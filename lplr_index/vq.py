@@ -14,32 +14,39 @@ that with vector quantizers that share one 4-bit code between ``g`` directions:
    its rows re-orthonormalised) or, free to store, ``K`` columns of a Haar
    rotation regenerated from the seed (only their indices are stored). The
    latent coordinates of a vector are ``z = (x - mean) R^T``.
-2. **Rates.** Each direction ``j`` of variance ``v_j`` takes the group size
-   ``g`` (or is dropped) minimising ``v_j F(g) + mu 4 / g``, where ``F(g)`` is
-   the squared error per dimension of a 16-centroid k-means of unit Gaussians in
-   ``g`` dimensions (:data:`KMEANS_DISTORTION`) and ``mu`` is bisected so the
-   codes fill the budget (a Lagrangian rate allocation).
-3. **Codes.** The directions of one group size form a class; a seeded random
-   rotation within the class balances their variances, and one 16-centroid
-   k-means codebook (trained on the seeded sample) serves every group of the
-   class. A vector stores one 4-bit code per group.
+2. **Rates.** Each direction ``j`` of variance ``v_j`` takes the code option
+   ``(g, levels)`` (or is dropped) minimising ``v_j F(g, levels) + mu 4 levels / g``,
+   where ``F`` is the squared error per dimension of unit Gaussians in ``g``
+   dimensions under that code (:data:`KMEANS_DISTORTION`) and ``mu`` is
+   bisected so the codes fill the budget (a Lagrangian rate allocation).
+3. **Codes.** The directions of one option form a class; a seeded random
+   rotation within the class balances their variances. A class of one level
+   has one 16-centroid k-means codebook (trained on the seeded sample) and one
+   4-bit code per group; a class of two levels (for directions worth more than
+   4 bits, or 2 bits shared by 4) has a coarse 16-centroid codebook and, per
+   coarse cell, 16 fine centroids fitted to that cell's residuals: 256
+   centroids, two 4-bit codes per group (coarse, fine).
 
-Every such code is a product quantizer of the latent space with sub-vectors of
-different widths: faiss's fast-scan kernels score it with the sub-quantizers
-zero-padded to a common width (:mod:`lplr_index.search.fastscan`), and the
-exact re-ranker decodes it with one table lookup per group.
+The coarse (or only) codes are a product quantizer of the latent space with
+sub-vectors of different widths: faiss's fast-scan kernels score them with the
+sub-quantizers zero-padded to a common width (:mod:`lplr_index.search.fastscan`),
+and the exact re-ranker scores the whole code with one table lookup per group
+(16 or 256 entries). Two-level codes are re-ranked deeper
+(:data:`TWO_LEVEL_RERANK_FACTOR`), since fast-scan sees only their coarse half.
 
-Which basis and which group sizes win depends on the data (measured: on flat
+Which basis and which options win depends on the data (measured: on flat
 text spectra groups of 2-8 directions win; on some synthetic spectra one code per
 direction on the top directions has the best recall although grouping has the
-lower error), so :func:`fit_vq` measures the recall of each candidate design on
-the seeded sample and keeps the best.
+lower error; two-level codes win where some directions deserve more than 4 bits,
+at 4 bits per coordinate on 10^6 synthetic vectors recall 10@10 0.91 against 0.84),
+so :func:`fit_vq` measures the recall of each candidate design on the seeded
+sample, searching two-level codes as the index does, and keeps the best.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -55,30 +62,82 @@ class NoRoom(ValueError):
     """The budget holds the shared parts but not one 4-bit code per vector."""
 
 KSUB = 16  # centroids per codebook (4-bit codes: what fast-scan scores)
-#: squared error per dimension of a 16-centroid k-means of standard Gaussians in g
-#: dimensions (faiss.Kmeans, 40,000 points, 40 iterations, best of 2; bench_codes.py)
-KMEANS_DISTORTION = {1: 0.01082, 2: 0.11027, 4: 0.34862, 8: 0.60999}
-#: group-size sets tried at build time (one code per direction, and two grouped designs)
-CANDIDATE_SIZES = ((1,), (1, 2, 4), (1, 2, 4, 8))
+#: squared error per dimension of standard Gaussians in g dimensions coded by ``(g, levels)``:
+#: one level, a 16-centroid k-means (faiss.Kmeans, 40,000 points, 40 iterations, best of 2;
+#: bench_codes.py); two levels, the 256 centroids of a 16-centroid k-means and a 16-centroid
+#: k-means of each cell's residuals (65,536 points, 25 iterations, nearest of the 256, mean of
+#: two seeds)
+KMEANS_DISTORTION = {(1, 1): 0.01082, (2, 1): 0.11027, (4, 1): 0.34862, (8, 1): 0.60999,
+                     (1, 2): 0.0000968, (2, 2): 0.00787, (4, 2): 0.0982}
+#: options tried at build time: one 4-bit code per direction, two grouped designs, and
+#: groups of 1, 2 or 4 directions with two codes (coarse + fine, 256 centroids) beside them
+CANDIDATE_SIZES = ((1,), (1, 2, 4), (1, 2, 4, 8), ((1, 2), (2, 2), (4, 2), 1, 2, 4, 8))
 BASES = ("pca", "rotation")
 #: sample rows used as queries when choosing the design
 SELECT_QUERIES = 256
 KMEANS_POINTS = 1 << 16  # training points per codebook (a seeded subsample)
 KMEANS_ITERS = 25
+#: fast-scan candidates per result where groups have coarse and fine codes (fast-scan
+#: scores the coarse ones; the index's default re-rank depth for such codes). Measured,
+#: 200,000 x 384 synthetic: recall 10@10 of 40 candidates 0.643-0.928, of 160
+#: 0.689-0.931, of all 0.690-0.931 at 1-4 bits per coordinate
+TWO_LEVEL_RERANK_FACTOR = 16
 
 
 # ----------------------------------------------------------------- quantizer
+class Class(NamedTuple):
+    """One class of a :class:`GroupedQuantizer`: ``count`` groups of ``g`` latent coordinates.
+
+    ``levels`` 4-bit codes per group: 1 (16 centroids ``C``) or 2 (coarse + fine: 256
+    centroids ``C[c] + fine[c, f]``, a coarse code ``c`` and a fine code ``f``).
+    ``z0``: first latent coordinate; ``c0``: column of the first coarse code;
+    ``f0``: column of the first fine code (coarse codes of every class come first).
+    """
+
+    g: int
+    count: int
+    levels: int
+    z0: int
+    c0: int
+    f0: int
+    C: np.ndarray  # (16, g)
+    fine: np.ndarray | None  # (16, 16, g) offsets from the coarse centroids, levels == 2
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """Every centroid: ``(16, g)``, or ``(256, g)`` indexed ``16 c + f``."""
+        if self.fine is None:
+            return self.C
+        return (self.C[:, None, :] + self.fine).reshape(KSUB * KSUB, self.g)
+
+
+def _as_groups(groups) -> np.ndarray:
+    """``(n_classes, 3)`` int32 ``(g, count, levels)``; a ``(n, 2)`` layout has one level."""
+    groups = np.asarray(groups, np.int32)
+    if groups.ndim == 2 and groups.shape[1] == 2:
+        groups = np.hstack([groups, np.ones((len(groups), 1), np.int32)])
+    return groups
+
+
 @dataclass(frozen=True, eq=False)
 class GroupedQuantizer:
-    """4-bit codes of groups of latent coordinates, one codebook per group size.
+    """4-bit codes of groups of latent coordinates, one codebook per class.
 
     Attributes
     ----------
-    groups : ndarray of shape (n_classes, 2), int32
-        ``(g, count)`` per class: ``count`` groups of ``g`` consecutive latent
-        coordinates, classes in order.
-    codebooks : ndarray of shape (sum of 16 * g,), float32
-        The classes' 16 x g codebooks, concatenated row-major.
+    groups : ndarray of shape (n_classes, 3), int32
+        ``(g, count, levels)`` per class: ``count`` groups of ``g`` consecutive
+        latent coordinates, classes in order, each group coded by one 4-bit code
+        (``levels=1``, 16 centroids) or two (``levels=2``: a coarse code and a
+        fine code, 256 centroids). A ``(n_classes, 2)`` array means one level.
+    codebooks : ndarray, float32
+        Per class, row-major: the ``16 x g`` (coarse) centroids, then for two
+        levels the ``16 x 16 x g`` fine offsets (centroid ``16 c + f`` is
+        ``C[c] + fine[c, f]``).
+
+    Codes of a vector: the coarse (or only) code of every group, classes in
+    order, then the fine codes. The coarse codes alone are a 4-bit product
+    quantizer (what fast-scan scans); all codes together are the exact code.
     """
 
     groups: np.ndarray
@@ -86,8 +145,16 @@ class GroupedQuantizer:
     bits = 4
     scheme = "vq"
 
+    def __post_init__(self):
+        object.__setattr__(self, "groups", _as_groups(self.groups))
+
     @property
     def n_codes(self) -> int:
+        return int((self.groups[:, 1] * self.groups[:, 2]).sum())
+
+    @property
+    def n_coarse(self) -> int:
+        """Codes per vector of the coarse (or only) level: the fast-scan part."""
         return int(self.groups[:, 1].sum())
 
     @property
@@ -98,36 +165,65 @@ class GroupedQuantizer:
     def dsub(self) -> int:
         return int(self.groups[:, 0].max())
 
-    def classes(self):
-        """``(g, count, latent offset, code offset, codebook (16, g))`` per class."""
-        z = c = b = 0
+    @property
+    def two_level(self) -> bool:
+        return bool((self.groups[:, 2] > 1).any())
+
+    @property
+    def stored_groups(self) -> np.ndarray:
+        """The layout as files before two-level codes held it, ``(g, count)``, where every
+        class has one level (shard files and fingerprints keep that form); else :attr:`groups`."""
+        return self.groups if self.two_level else np.ascontiguousarray(self.groups[:, :2])
+
+    def classes(self) -> list[Class]:
+        """The :class:`Class` of each row of :attr:`groups`, in order."""
         out = []
-        for g, count in self.groups.tolist():
-            out.append((g, count, z, c, self.codebooks[b : b + KSUB * g].reshape(KSUB, g)))
-            z, c, b = z + g * count, c + count, b + KSUB * g
+        z = c = b = 0
+        f = self.n_coarse
+        for g, count, levels in self.groups.tolist():
+            C = self.codebooks[b : b + KSUB * g].reshape(KSUB, g)
+            fine = None
+            if levels == 2:
+                fine = self.codebooks[b + KSUB * g : b + KSUB * g * (1 + KSUB)].reshape(KSUB, KSUB, g)
+            out.append(Class(g, count, levels, z, c, f if levels == 2 else -1, C, fine))
+            z, c, b = z + g * count, c + count, b + book_size(g, levels)
+            f += count if levels == 2 else 0
         return out
 
     def encode(self, Z: np.ndarray, return_clipped: bool = False):
         """Nearest-centroid codes ``(n, n_codes)`` uint8 of latent rows ``Z`` (n, rank).
 
-        One faiss product quantizer per class (every sub-quantizer holding the
-        class's codebook) finds the nearest centroids with its small-dimension kernels.
+        One faiss product quantizer per class of groups (every sub-quantizer holding
+        the class's 16 or 256 centroids) finds the nearest centroids with its
+        small-dimension kernels; single coordinates count the midpoints below.
         """
         from .packing import _unpack
 
         n = len(Z)
         codes = np.empty((n, self.n_codes), np.uint8)
-        for (g, count, z0, c0, C), pq in zip(self.classes(), self._pqs()):
-            V = np.ascontiguousarray(Z[:, z0 : z0 + g * count], np.float32)
+        for cl, pq in zip(self.classes(), self._pqs()):
+            g, count = cl.g, cl.count
+            V = np.ascontiguousarray(Z[:, cl.z0 : cl.z0 + g * count], np.float32)
             if g == 1:  # scalar levels: count the midpoints below (3 ns a code, faiss ~100)
-                order = np.argsort(C[:, 0], kind="stable")
-                mids = (C[order[1:], 0] + C[order[:-1], 0]) / 2
-                pos = np.zeros(V.shape, np.uint8)
-                for m in mids:
-                    pos += V > m
-                codes[:, c0 : c0 + count] = order.astype(np.uint8)[pos]
+                levels = cl.centroids[:, 0]
+                order = np.argsort(levels, kind="stable")
+                mids = (levels[order[1:]] + levels[order[:-1]]) / 2
+                if cl.levels == 1:
+                    pos = np.zeros(V.shape, np.uint8)
+                    for m in mids:
+                        pos += V > m
+                else:  # 255 midpoints: a binary search
+                    pos = np.searchsorted(mids, V, side="left")
+                full = order.astype(np.uint8)[pos]
+            elif cl.levels == 1:
+                full = _unpack(pq.compute_codes(V), 4, count)
             else:
-                codes[:, c0 : c0 + count] = _unpack(pq.compute_codes(V), 4, count)
+                full = pq.compute_codes(V)
+            if cl.levels == 1:
+                codes[:, cl.c0 : cl.c0 + count] = full
+            else:
+                codes[:, cl.c0 : cl.c0 + count] = full >> 4
+                codes[:, cl.f0 : cl.f0 + count] = full & 15
         return (codes, 0) if return_clipped else codes
 
     def __getstate__(self):
@@ -140,52 +236,83 @@ class GroupedQuantizer:
             import faiss
 
             pqs = []
-            for g, count, _, _, C in self.classes():
-                if g == 1:
+            for cl in self.classes():
+                if cl.g == 1:
                     pqs.append(None)
                     continue
-                pq = faiss.ProductQuantizer(g * count, count, 4)
-                faiss.copy_array_to_vector(np.ascontiguousarray(np.tile(C.ravel(), count), np.float32), pq.centroids)
+                pq = faiss.ProductQuantizer(cl.g * cl.count, cl.count, 4 * cl.levels)
+                faiss.copy_array_to_vector(np.ascontiguousarray(np.tile(cl.centroids.ravel(), cl.count), np.float32),
+                                           pq.centroids)
                 pqs.append(pq)
             object.__setattr__(self, "_pq", pqs)
         return pqs
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Latent rows ``(..., rank)`` float32 of codes ``(..., n_codes)``."""
+    def full_codes(self, codes: np.ndarray) -> list[np.ndarray]:
+        """Per class, the index of each group's centroid in :attr:`Class.centroids` (intp)."""
+        out = []
+        for cl in self.classes():
+            c = codes[:, cl.c0 : cl.c0 + cl.count].astype(np.intp)
+            if cl.levels == 2:
+                c = KSUB * c + codes[:, cl.f0 : cl.f0 + cl.count]
+            out.append(c)
+        return out
+
+    def decode(self, codes: np.ndarray, coarse: bool = False) -> np.ndarray:
+        """Latent rows ``(..., rank)`` float32 of codes ``(..., n_codes)``.
+
+        ``coarse=True`` decodes the coarse codes only (the fast-scan view).
+        """
         codes = np.asarray(codes)
         lead = codes.shape[:-1]
         codes = codes.reshape(-1, codes.shape[-1])
-        out = np.empty((len(codes), self.rank), np.float32)
-        for g, count, z0, c0, C in self.classes():
-            out[:, z0 : z0 + g * count] = C[codes[:, c0 : c0 + count]].reshape(len(codes), g * count)
+        n = len(codes)
+        out = np.empty((n, self.rank), np.float32)
+        for cl, full in zip(self.classes(), [None] * len(self.groups) if coarse else self.full_codes(codes)):
+            if coarse:
+                V = cl.C[codes[:, cl.c0 : cl.c0 + cl.count]]
+            else:
+                V = cl.centroids[full]
+            out[:, cl.z0 : cl.z0 + cl.g * cl.count] = V.reshape(n, cl.g * cl.count)
         return out.reshape(lead + (self.rank,))
 
     def table(self) -> np.ndarray:
-        """Centroids of every group zero-padded to :attr:`dsub`: ``(n_codes, 16, dsub)`` float32."""
-        T = np.zeros((self.n_codes, KSUB, self.dsub), np.float32)
-        for g, count, _, c0, C in self.classes():
-            T[c0 : c0 + count, :, :g] = C
+        """Coarse centroids of every group zero-padded to :attr:`dsub`: ``(n_coarse, 16, dsub)`` float32."""
+        T = np.zeros((self.n_coarse, KSUB, self.dsub), np.float32)
+        for cl in self.classes():
+            T[cl.c0 : cl.c0 + cl.count, :, : cl.g] = cl.C
         return T
 
     def pad(self, Z: np.ndarray) -> np.ndarray:
-        """Latent rows laid out as ``n_codes`` sub-vectors of :attr:`dsub` (zero-padded)."""
+        """Latent rows laid out as ``n_coarse`` sub-vectors of :attr:`dsub` (zero-padded)."""
         n, w = len(Z), self.dsub
-        out = np.zeros((n, self.n_codes, w), np.float32)
-        for g, count, z0, c0, _ in self.classes():
-            out[:, c0 : c0 + count, :g] = Z[:, z0 : z0 + g * count].reshape(n, count, g)
-        return out.reshape(n, self.n_codes * w)
+        out = np.zeros((n, self.n_coarse, w), np.float32)
+        for cl in self.classes():
+            out[:, cl.c0 : cl.c0 + cl.count, : cl.g] = Z[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(n, cl.count, cl.g)
+        return out.reshape(n, self.n_coarse * w)
+
+
+def book_size(g: int, levels: int) -> int:
+    """Floats of one class's codebook: 16 g centroids, plus 256 g fine offsets for two levels."""
+    return KSUB * g * (1 + KSUB * (levels - 1))
 
 
 def check_groups(groups: np.ndarray, codebooks: np.ndarray, dim: int) -> None:
-    """Raise ValueError unless ``groups``/``codebooks`` describe a valid quantizer of at most ``dim`` coordinates."""
-    if groups.ndim != 2 or groups.shape[1] != 2 or len(groups) == 0:
-        raise ValueError(f"vq_groups must have shape (n_classes, 2) with n_classes >= 1, got {groups.shape}")
+    """Raise ValueError unless ``groups``/``codebooks`` describe a valid quantizer of at most ``dim`` coordinates.
+
+    ``groups`` is the ``(n_classes, 3)`` layout (a version-3 file's two columns are
+    given a third, one level, before the check).
+    """
+    if groups.ndim != 2 or groups.shape[1] != 3 or len(groups) == 0:
+        raise ValueError(f"vq_groups must have shape (n_classes, 3) with n_classes >= 1, got {groups.shape}")
     if (groups[:, 0] < 1).any() or (groups[:, 0] > dim).any() or (groups[:, 1] < 1).any():
         raise ValueError(f"vq_groups must hold group sizes in [1, {dim}] and counts >= 1, got {groups.tolist()}")
+    if not np.isin(groups[:, 2], (1, 2)).all():
+        raise ValueError(f"vq_groups must hold 1 or 2 code levels per class, got {groups[:, 2].tolist()}")
     if int((groups[:, 0].astype(np.int64) * groups[:, 1]).sum()) > dim:
         raise ValueError(f"vq_groups cover more than dim={dim} latent coordinates")
-    if codebooks.shape != (KSUB * int(groups[:, 0].sum()),):
-        raise ValueError(f"vq_codebooks must hold {KSUB * int(groups[:, 0].sum())} values, got {codebooks.shape}")
+    size = sum(book_size(g, levels) for g, _, levels in groups.tolist())
+    if codebooks.shape != (size,):
+        raise ValueError(f"vq_codebooks must hold {size} values, got {codebooks.shape}")
     if not np.isfinite(codebooks).all():
         raise ValueError("vq_codebooks must be finite")
 
@@ -198,7 +325,7 @@ def haar_rotation(d: int, seed: int) -> np.ndarray:
 
 def _class_rotations(groups: np.ndarray, seed: int) -> list[np.ndarray]:
     """The seeded rotation of each class (float64, ``g * count`` square)."""
-    return [haar(g * count, seed, 0xC1A5, i, g * count) for i, (g, count) in enumerate(groups.tolist())]
+    return [haar(g * count, seed, 0xC1A5, i, g * count) for i, (g, count) in enumerate(groups[:, :2].tolist())]
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,7 +383,7 @@ class VQEncoder(_EncoderBase):
         else:
             V = haar_rotation(self.dim, self.seed)[:, self.dirs].T
         parts, r0 = [], 0
-        for O, (g, count) in zip(_class_rotations(self.lq.groups, self.seed), self.lq.groups.tolist()):
+        for O, (g, count) in zip(_class_rotations(self.lq.groups, self.seed), self.lq.groups[:, :2].tolist()):
             parts.append(O.T @ V[r0 : r0 + g * count])
             r0 += g * count
         return np.ascontiguousarray(np.vstack(parts), np.float32)
@@ -272,15 +399,24 @@ class VQEncoder(_EncoderBase):
 
 
 # --------------------------------------------------------------------- fitting
-def allocate(var: np.ndarray, code_bits: float, sizes: tuple[int, ...]) -> list[tuple[int, np.ndarray]]:
-    """Directions per group size by a Lagrangian allocation (see the module docstring).
+def _options(sizes) -> list[tuple[int, int]]:
+    """``(g, levels)`` of each entry of ``sizes`` (a bare ``g`` is one level), by falling rate."""
+    opts = [(int(o), 1) if np.isscalar(o) else (int(o[0]), int(o[1])) for o in sizes]
+    return sorted(opts, key=lambda o: (-o[1] / o[0], o[0]))
 
-    ``var`` are the variances of the directions, largest first; returns
-    ``(g, direction indices)`` per used size, each count a multiple of g,
-    spending at most ``code_bits`` bits per vector (4 per group).
+
+def allocate(var: np.ndarray, code_bits: float, sizes) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Directions per code option by a Lagrangian allocation (see the module docstring).
+
+    ``var`` are the variances of the directions, largest first; ``sizes`` the
+    options, each a group size ``g`` (one 4-bit code per group) or ``(g, levels)``
+    (``levels`` 4-bit codes per group). Returns ``((g, levels), direction
+    indices)`` per used option, highest rate first, each count a multiple of g,
+    spending at most ``code_bits`` bits per vector.
     """
-    F = np.array([KMEANS_DISTORTION[g] for g in sizes])
-    rate = np.array([4.0 / g for g in sizes] + [0.0])
+    opts = _options(sizes)
+    F = np.array([KMEANS_DISTORTION[o] for o in opts])
+    rate = np.array([4.0 * lv / g for g, lv in opts] + [0.0])
     var = np.maximum(np.asarray(var, np.float64), 0)
 
     def choose(mu: float):
@@ -288,19 +424,19 @@ def allocate(var: np.ndarray, code_bits: float, sizes: tuple[int, ...]) -> list[
         return np.argmin(costs, 1)
 
     def classes_of(choice):
-        # a class is cut to whole groups; the directions cut off (its weakest) join the next,
-        # coarser class as its strongest, so a stronger direction never gets fewer bits
+        # a class is cut to whole groups; the directions cut off (its weakest) join the next
+        # class (of lower or equal rate) as its strongest, so a stronger direction never gets fewer bits
         out, carry = [], np.zeros(0, np.int64)
-        for j, g in enumerate(sizes):
+        for j, (g, lv) in enumerate(opts):
             dims = np.concatenate([carry, np.flatnonzero(choice == j)])
             keep = (len(dims) // g) * g
             dims, carry = dims[:keep], dims[keep:]
             if len(dims):
-                out.append((g, dims))
+                out.append(((g, lv), dims))
         return out
 
     def spent(cl):
-        return sum(4 * len(d) // g for g, d in cl)
+        return sum(4 * lv * len(d) // g for (g, lv), d in cl)
 
     if code_bits < 4 or not var.any():
         return []
@@ -313,19 +449,20 @@ def allocate(var: np.ndarray, code_bits: float, sizes: tuple[int, ...]) -> list[
             hi = mu
     choice = choose(hi)
     # rates come in steps of one code and classes are cut to whole groups: spend what is
-    # left on one code each for the strongest directions not coded on their own
+    # left on one code each for the strongest directions below 4 bits
     classes = classes_of(choice)
-    if 1 in sizes:
+    if (1, 1) in opts:
+        one = opts.index((1, 1))
         coded = np.zeros(len(var), bool)
-        for g, d in classes:
-            coded[d] = g == 1
+        for (g, lv), d in classes:
+            coded[d] = 4 * lv / g >= 4
         for j in np.flatnonzero(~coded & (var > 0)):
             if spent(classes) + 4 > code_bits:
                 break
-            choice[j] = sizes.index(1)
+            choice[j] = one
             classes = classes_of(choice)
-            if spent(classes) > code_bits:  # re-cutting a group cost more than it freed
-                choice[j] = len(sizes)
+            if spent(classes) > code_bits:  # re-cutting a group cost more than it freed: drop it
+                choice[j] = len(opts)
                 classes = classes_of(choice)
                 break
     return classes
@@ -349,15 +486,40 @@ def _kmeans(P: np.ndarray, seed: int) -> np.ndarray:
     return np.ascontiguousarray(km.centroids, np.float32)
 
 
+def _nearest(C: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Index of the nearest row of ``C`` for each row of ``P`` (faiss's exact search)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(C.shape[1])
+    index.add(np.ascontiguousarray(C, np.float32))
+    return index.search(np.ascontiguousarray(P, np.float32), 1)[1][:, 0]
+
+
+def _tree(P: np.ndarray, seed: int) -> np.ndarray:
+    """Two-level codebook of the rows of ``P``: 16 coarse centroids, then 16 per coarse cell
+    fitted to the residuals of its points; ``(16 + 256) * g`` floats (coarse, then fine offsets)."""
+    P = np.ascontiguousarray(P, np.float32)
+    if len(P) > KMEANS_POINTS:
+        P = P[np.sort(np.random.default_rng([seed, 0x7E]).choice(len(P), KMEANS_POINTS, replace=False))]
+    C = _kmeans(P, seed)
+    cell = _nearest(C, P)
+    fine = np.zeros((KSUB, KSUB, P.shape[1]), np.float32)
+    for c in range(KSUB):
+        R = P[cell == c] - C[c]
+        if len(R):
+            fine[c] = _kmeans(R, int(np.random.default_rng([seed, c, 0xF1]).integers(2**31 - 1)))
+    return np.concatenate([C.ravel(), fine.ravel()])
+
+
 def _layout(classes) -> np.ndarray:
-    return np.array([(g, len(d) // g) for g, d in classes], np.int32).reshape(-1, 2)
+    return np.array([(g, len(d) // g, lv) for (g, lv), d in classes], np.int32).reshape(-1, 3)
 
 
 @dataclass(frozen=True)
 class Design:
     basis: str
-    sizes: tuple[int, ...]
-    groups: np.ndarray  # (n_classes, 2)
+    sizes: tuple  # the options allocated (an entry of CANDIDATE_SIZES)
+    groups: np.ndarray  # (n_classes, 3)
     dirs: np.ndarray  # kept directions of the basis, class order
 
 
@@ -368,7 +530,7 @@ def design(basis: str, sizes, var: np.ndarray, order: np.ndarray,
     ``var``/``order``: variances of the basis's directions, largest first, and their
     column indices; ``file_bits(basis, groups)`` is the exact file size in bits.
     """
-    empty = np.zeros((0, 2), np.int32)
+    empty = np.zeros((0, 3), np.int32)
     code_bits = (budget_bits - file_bits(basis, empty)) / n
     for _ in range(20):  # shared parts grow with the allocation: shrink until the file fits
         classes = allocate(var, code_bits, sizes)
@@ -393,12 +555,14 @@ def build_encoder(d: Design, mean, V_pca, sample_c: np.ndarray, bits_r: int, sch
     else:
         rq = rcodes = None
         dirs = d.dirs
-    probe = VQEncoder(mean, GroupedQuantizer(d.groups, np.zeros(KSUB * int(d.groups[:, 0].sum()), np.float32)),
+    size = sum(book_size(g, lv) for g, _, lv in d.groups.tolist())
+    probe = VQEncoder(mean, GroupedQuantizer(d.groups, np.zeros(size, np.float32)),
                       d.basis, rcodes, rq, dirs, seed, normalize, dim)
     Z = sample_c @ probe.T
     books, z0 = [], 0
-    for i, (g, count) in enumerate(d.groups.tolist()):
-        books.append(_kmeans(Z[:, z0 : z0 + g * count].reshape(-1, g), seed + 1000 * i + g).ravel())
+    for i, (g, count, levels) in enumerate(d.groups.tolist()):
+        P = Z[:, z0 : z0 + g * count].reshape(-1, g)
+        books.append(_kmeans(P, seed + 1000 * i + g).ravel() if levels == 1 else _tree(P, seed + 1000 * i + g))
         z0 += g * count
     lq = GroupedQuantizer(d.groups, np.concatenate(books).astype(np.float32))
     enc = VQEncoder(mean, lq, d.basis, rcodes, rq, dirs, seed, normalize, dim)
@@ -425,36 +589,66 @@ class SampleCheck:
         X = sample[self.db]
         self.truth = self._top(self.Q, X, (X * X).sum(1))
 
-    def _top(self, P, Xd, norms2, chunk: int = 32):
-        """The k best rows of ``Xd`` for query rows ``P`` (chunks of queries bound the memory)."""
+    def _top(self, P, Xd, norms2, chunk: int = 32, first=None, shift=None):
+        """The k best rows of ``Xd`` for query rows ``P`` (chunks of queries bound the memory).
+
+        ``shift``: a per-query constant added to the inner products (ip, cosine);
+        ``first=(Xc, norms2_c, depth)``: as the index searches two-level codes, the
+        ``depth`` best rows by the coarse rows ``Xc`` first, then the k best of those.
+        """
         out = np.empty((len(P), self.k), np.int64)
         for s in range(0, len(P), chunk):
-            S = P[s : s + chunk] @ Xd.T
-            if self.metric == "l2":
-                S = 2 * S - norms2[None, :]
-            elif self.metric == "cosine":
-                S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
+            sh = None if shift is None else shift[s : s + chunk]
+            S = self._scores(P[s : s + chunk], Xd, norms2, sh)
+            if first is not None:
+                Xc, nc, depth = first
+                cand = np.argpartition(-self._scores(P[s : s + chunk], Xc, nc, sh), depth - 1, axis=1)[:, :depth]
+                keep = np.full_like(S, -np.inf)
+                np.put_along_axis(keep, cand, np.take_along_axis(S, cand, 1), 1)
+                S = keep
             np.negative(S, out=S)
             out[s : s + chunk] = np.argpartition(S, self.k - 1, axis=1)[:, : self.k]
         return out
 
+    def _scores(self, P, Xd, norms2, shift=None):
+        S = P @ Xd.T
+        if shift is not None:
+            S += shift[:, None]
+        if self.metric == "l2":
+            S = 2 * S - norms2[None, :]
+        elif self.metric == "cosine":
+            S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
+        return S
+
     def __call__(self, enc: VQEncoder) -> tuple[float, float]:
-        """Recall of exact search on the decoded sample, and the squared error per row."""
+        """Recall of the index's search on the decoded sample, and the squared error per row.
+
+        Exact search of the decoded rows; for two-level codes, as the index searches
+        them, the :data:`TWO_LEVEL_RERANK_FACTOR` ``* k`` best by the coarse codes first.
+        """
         Xc = self.sample - enc.mean
         Z = Xc @ enc.T
-        Zh = enc.lq.decode(enc.lq.encode(Z))
-        err = float(((Xc * Xc).sum(1) - (Z * Z).sum(1) + ((Z - Zh) ** 2).sum(1)).mean())
-        Zd = Zh[self.db]
-        zz = (Zd * Zd).sum(1)
-        m = enc.mean.astype(np.float64)
+        codes = enc.lq.encode(Z)
+        Zh = enc.lq.decode(codes)
+        # ||Xc - Zh R||^2 = ||Xc||^2 - ||Z||^2 + ||Z - Zh||^2 (R has orthonormal rows)
+        err = np.einsum("ij,ij->", Xc, Xc, dtype=np.float64) - np.einsum("ij,ij->", Z, Z, dtype=np.float64)
+        del Xc
+        Z -= Zh
+        err = float(err + np.einsum("ij,ij->", Z, Z, dtype=np.float64)) / len(Z)
+        del Z
+        depth = min(len(self.db), TWO_LEVEL_RERANK_FACTOR * self.k)
+        rows = [Zh[self.db]]
+        del Zh
+        if enc.lq.two_level and depth < len(self.db):
+            rows.append(enc.lq.decode(codes[self.db], coarse=True))
         if self.metric == "l2":
-            P, norms2 = (self.Q - enc.mean) @ enc.T, zz
-            return self._recall(self._top(P, Zd, norms2)), max(err, 0.0)
-        # <q, mean + z R> = <q R^T, z> + <q, mean>: one more latent column carries the constant
-        P = np.hstack([self.Q @ enc.T, (self.Q @ enc.mean)[:, None]])
-        Zd = np.hstack([Zd, np.ones((len(Zd), 1), np.float32)])
-        norms2 = zz + 2 * (Zd[:, :-1] @ (enc.R @ enc.mean)) + float(m @ m)
-        return self._recall(self._top(P, Zd, norms2)), max(err, 0.0)
+            P, shift, norms = (self.Q - enc.mean) @ enc.T, None, [np.einsum("ij,ij->i", Zd, Zd) for Zd in rows]
+        else:  # <q, mean + z R> = <q R^T, z> + <q, mean>
+            m = enc.mean.astype(np.float64)
+            P, shift, Rm = self.Q @ enc.T, self.Q @ enc.mean, enc.R @ enc.mean
+            norms = [np.einsum("ij,ij->i", Zd, Zd) + 2 * (Zd @ Rm) + float(m @ m) for Zd in rows]
+        first = None if len(rows) == 1 else (rows[1], norms[1], depth)
+        return self._recall(self._top(P, rows[0], norms[0], first=first, shift=shift)), max(err, 0.0)
 
     def decoded(self, Xh: np.ndarray) -> tuple[float, float]:
         """Recall and squared error per row of any decoded sample (prepared rows)."""
@@ -526,7 +720,7 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     sample_c = sample - mean
 
     if rank is not None:
-        designs = [Design("pca", (1,), np.array([[1, rank]], np.int32), np.arange(rank, dtype=np.int32))]
+        designs = [Design("pca", (1,), np.array([[1, rank, 1]], np.int32), np.arange(rank, dtype=np.int32))]
     else:
         designs = []
         for basis in BASES:

@@ -1,7 +1,9 @@
 """Frozen files of every format version stay loadable and answer as when written.
 
 ``tests/data/format_v1/`` holds version-1 files written by lplr-index 0.1.0 and
-what that library returned for them (see its README.md). They are never rewritten.
+what that library returned for them (see its README.md); ``format_v2/`` the same for
+version 2 (0.2.0) and ``format_v3/`` for version 3 (0.3.0: the grouped ``vq`` codes in
+both bases, and the scalar codes). They are never rewritten.
 """
 
 from __future__ import annotations
@@ -103,3 +105,93 @@ def test_version_2_index_resaved_keeps_its_layout(name, tmp_path):
     assert new.header["settings"] == old.header["settings"]  # no codec: version 2 had none
     for key, arr in old.arrays.items():
         np.testing.assert_array_equal(new.arrays[key], arr)
+
+
+# ------------------------------------------------------------------ version 3
+V3 = Path(__file__).parent / "data" / "format_v3"
+CASES_V3 = sorted(p.stem for p in V3.glob("*.lplr"))
+#: how each version-3 file codes a vector (``index.layout`` when it was written, see its README.md)
+LAYOUTS_V3 = {
+    "scalar_l2_b2": {"codec": "scalar", "encoder": "pinv", "rank": 14, "codes_per_vector": 14, "bits_per_code": 4},
+    "vq_cosine_b4": {"codec": "vq", "encoder": "rotation", "rank": 31, "codes_per_vector": 30, "bits_per_code": 4,
+                     "groups": [[1, 29], [2, 1]]},
+    "vq_ip_b2_ids": {"codec": "vq", "encoder": "pca", "rank": 12, "codes_per_vector": 12, "bits_per_code": 4,
+                     "groups": [[1, 12]]},
+    "vq_l2_b1": {"codec": "vq", "encoder": "pca", "rank": 8, "codes_per_vector": 6, "bits_per_code": 4,
+                 "groups": [[1, 4], [2, 2]]},
+}
+#: the arrays that hold each basis of the grouped codes: 8-bit basis codes (pca) or the
+#: int32 directions of the seeded rotation
+VQ_ARRAYS = {"pca": {"vq_groups", "vq_codebooks", "r_codes", "r_lo", "r_hi"},
+             "rotation": {"vq_groups", "vq_codebooks", "vq_dirs"}}
+
+
+def assert_layout_as_written(index, name):
+    """``index.layout`` as when the file was written; of the groups only ``[size, count]``
+    per class, what a version-3 file stores (later libraries may describe a class further)."""
+    layout, written = dict(index.layout), dict(LAYOUTS_V3[name])
+    assert index.codec == written["codec"]
+    if "groups" in written:
+        assert [g[:2] for g in layout.pop("groups")] == written.pop("groups")
+    assert layout == written
+
+
+def test_the_frozen_version_3_files_are_there():
+    assert CASES_V3 == ["scalar_l2_b2", "vq_cosine_b4", "vq_ip_b2_ids", "vq_l2_b1"]
+    assert CASES_V3 == sorted(LAYOUTS_V3)
+
+
+@pytest.mark.parametrize("name", CASES_V3)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_3_files_load_and_search_as_written(name, mmap):
+    path = V3 / f"{name}.lplr"
+    container = read_container(path)
+    assert container.version == 3
+    index = LPLRIndex.load(path, mmap=mmap)
+    layout = LAYOUTS_V3[name]
+    assert_layout_as_written(index, name)
+    assert index.settings.codec == container.header["settings"]["codec"]
+    if layout["codec"] == "vq":
+        assert VQ_ARRAYS[layout["encoder"]] <= set(container.arrays)
+        assert not ({"l_lo", "l_hi"} & set(container.arrays))
+        assert container.arrays["vq_groups"].dtype == np.int32
+        np.testing.assert_array_equal(container.arrays["vq_groups"], layout["groups"])
+        if layout["encoder"] == "rotation":
+            assert container.arrays["vq_dirs"].dtype == np.int32 and "r_codes" not in container.arrays
+    expected = np.load(V3 / f"{name}.expected.npz")
+    Q = np.load(V3 / "queries.npy")
+    np.testing.assert_array_equal(index.live_ids, expected["ids"])
+    np.testing.assert_allclose(index.reconstruct(expected["ids"][:40]), expected["reconstruction"],
+                               rtol=1e-5, atol=1e-5)
+    for mode, key in (("auto", ""), ("factored", "factored_")):
+        D, I = index.search(Q, 5, mode=mode)
+        assert_answers_as_written(D, I, expected[f"{key}distances"], expected[f"{key}indices"], mode)
+
+
+@pytest.mark.parametrize("name", CASES_V3)
+def test_version_3_index_resaved_keeps_its_layout(name, tmp_path):
+    path = V3 / f"{name}.lplr"
+    LPLRIndex.load(path).save(tmp_path / "again.lplr")
+    old, new = read_container(path), read_container(tmp_path / "again.lplr")
+    assert new.version == 3 and sorted(new.arrays) == sorted(old.arrays)
+    assert new.header["settings"] == old.header["settings"]  # codec "auto" stays "auto"
+    # the rest of the header too (encoder, bits_l_used, fit_error, counts), but for the writer's version
+    assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
+    for key, arr in old.arrays.items():
+        assert new.arrays[key].dtype == arr.dtype, key
+        np.testing.assert_array_equal(new.arrays[key], arr)
+
+
+@pytest.mark.parametrize("name", ["scalar_l2_b2", "vq_cosine_b4", "vq_l2_b1"])
+def test_version_3_index_accepts_added_vectors(name, tmp_path):
+    index = LPLRIndex.load(V3 / f"{name}.lplr")
+    Q = np.load(V3 / "queries.npy")
+    index.add(Q)
+    assert_layout_as_written(index, name)
+    _, I = index.search(Q, 1)
+    # each query is vector i plus noise: it finds itself (added as 2005 + i) or vector i
+    assert np.isin(I[:, 0] - np.arange(12), [0, 2005]).all()
+    index.save(tmp_path / "more.lplr")
+    again = LPLRIndex.load(tmp_path / "more.lplr")
+    assert again.ntotal == 2017
+    assert_layout_as_written(again, name)

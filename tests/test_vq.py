@@ -8,15 +8,17 @@ import pytest
 from lplr_index import LPLRIndex, exact_knn, recall_at_k
 from lplr_index.evaluation import rate_distortion
 from lplr_index.fileformat import IndexFileError, container_to_bytes, read_container
-from lplr_index.vq import KMEANS_DISTORTION, GroupedQuantizer, allocate
+from lplr_index import vq as vq_module
+from lplr_index.vq import KMEANS_DISTORTION, GroupedQuantizer, allocate, book_size
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")
 
 
-def quantizer(seed=0, groups=((1, 5), (2, 3), (8, 2))):
+def quantizer(seed=0, groups=((1, 5, 1), (2, 3, 2), (8, 2, 1), (1, 2, 2), (4, 1, 2))):
+    """Classes of one and of two code levels, interleaved."""
     rng = np.random.default_rng(seed)
     groups = np.array(groups, np.int32)
-    books = rng.standard_normal(16 * int(groups[:, 0].sum())).astype(np.float32)
+    books = rng.standard_normal(sum(book_size(g, lv) for g, _, lv in groups.tolist())).astype(np.float32)
     return GroupedQuantizer(groups, books), rng
 
 
@@ -36,12 +38,21 @@ def test_codes_are_the_nearest_centroids_of_each_group():
     Z = rng.standard_normal((500, q.rank)).astype(np.float32)
     codes = q.encode(Z)
     assert codes.shape == (500, q.n_codes) and codes.dtype == np.uint8 and codes.max() < 16
-    for g, count, z0, c0, C in q.classes():
-        V = Z[:, z0 : z0 + g * count].reshape(500, count, g)
+    assert q.n_codes == 5 + 3 * 2 + 2 + 2 * 2 + 2 and q.n_coarse == 5 + 3 + 2 + 2 + 1
+    Zh = q.decode(codes)
+    for cl in q.classes():
+        g, count = cl.g, cl.count
+        C = cl.centroids  # 16 or 256 of them
+        assert C.shape == (16 ** cl.levels, g)
+        V = Z[:, cl.z0 : cl.z0 + g * count].reshape(500, count, g)
+        full = codes[:, cl.c0 : cl.c0 + count].astype(int)
+        if cl.levels == 2:
+            full = 16 * full + codes[:, cl.f0 : cl.f0 + count]
+            np.testing.assert_array_equal(C[full], cl.C[full // 16] + cl.fine[full // 16, full % 16])
         best = ((V[:, :, None, :] - C[None, None]) ** 2).sum(-1).min(-1)
-        got = ((V - C[codes[:, c0 : c0 + count]]) ** 2).sum(-1)
+        got = ((V - C[full]) ** 2).sum(-1)
         np.testing.assert_allclose(got, best, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(q.decode(codes)[:, :5], q.classes()[0][4][codes[:, :5], 0])
+        np.testing.assert_array_equal(Zh[:, cl.z0 : cl.z0 + g * count], C[full].reshape(500, -1))
 
 
 def test_padded_layout_keeps_every_distance():
@@ -52,26 +63,39 @@ def test_padded_layout_keeps_every_distance():
     d_padded = ((q.pad(P)[:, None, :] - q.pad(Z)[None]) ** 2).sum(-1)
     np.testing.assert_allclose(d_padded, d_latent, rtol=1e-5)
     T = q.table()
-    assert T.shape == (q.n_codes, 16, q.dsub)
+    assert T.shape == (q.n_coarse, 16, q.dsub)
     codes = q.encode(Z)
-    decoded = T[np.arange(q.n_codes)[None, :], codes].reshape(50, -1)  # faiss's view of the codes
-    np.testing.assert_array_equal(decoded, q.pad(q.decode(codes)))
+    # faiss's view: the coarse codes (the first n_coarse) of the padded coarse centroids
+    decoded = T[np.arange(q.n_coarse)[None, :], codes[:, : q.n_coarse]].reshape(50, -1)
+    np.testing.assert_array_equal(decoded, q.pad(q.decode(codes, coarse=True)))
+    one, _ = quantizer(1, groups=((1, 5, 1), (2, 3, 1)))
+    codes = one.encode(Z[:, : one.rank])
+    np.testing.assert_array_equal(one.decode(codes, coarse=True), one.decode(codes))  # one level: the same
 
 
 # ---------------------------------------------------------------- allocation
 @pytest.mark.parametrize("bits", [4, 37, 100, 256, 1000])
-@pytest.mark.parametrize("sizes", [(1,), (1, 2, 4), (1, 2, 4, 8)])
+@pytest.mark.parametrize("sizes", vq_module.CANDIDATE_SIZES)
 def test_allocation_spends_at_most_the_bits_and_follows_the_variance(bits, sizes):
     var = 0.93 ** np.arange(96)
     classes = allocate(var, bits, sizes)
-    spent = sum(4 * len(d) // g for g, d in classes)
-    assert spent <= bits and spent >= min(bits, 4 * 96) - 4 * max(sizes)  # nothing left worth a code
+    spent = sum(4 * lv * len(d) // g for (g, lv), d in classes)
+    widest = max(8 * o[0] if isinstance(o, tuple) else 4 * o for o in sizes)
+    most = 8 * 96 if isinstance(sizes[0], tuple) else 4 * 96
+    assert spent <= bits and spent >= min(bits, most) - widest  # nothing left worth a code
     rate = np.zeros(96)
-    for g, d in classes:
+    for (g, lv), d in classes:
         assert len(d) % g == 0
-        rate[d] = 4 / g
+        rate[d] = 4 * lv / g
     assert (np.diff(rate) <= 0).all()  # a stronger direction never gets fewer bits
-    assert set(KMEANS_DISTORTION) >= set(sizes)
+    assert set(KMEANS_DISTORTION) >= {o if isinstance(o, tuple) else (o, 1) for o in sizes}
+
+
+def test_two_level_codes_go_to_the_strongest_directions_of_a_steep_spectrum():
+    var = 0.9 ** np.arange(96)
+    classes = dict(allocate(var, 4 * 96, vq_module.CANDIDATE_SIZES[-1]))
+    assert (1, 2) in classes and classes[(1, 2)][0] == 0  # the strongest: 256 levels
+    assert max(len(d) for d in classes.values()) < 96  # rates differ across the spectrum
 
 
 def test_allocation_drops_directions_without_variance():
@@ -141,7 +165,7 @@ def test_rank_gives_one_code_on_each_top_principal_direction():
     index = LPLRIndex(32, rank=6, codec="vq").build(X)
     enc = index._state.encoder  # white-box: the layout
     assert index.codec == "vq" and index.encoder == "pca" and index.rank == 6
-    assert enc.lq.groups.tolist() == [[1, 6]]
+    assert enc.lq.groups.tolist() == [[1, 6, 1]]
     assert index.fit_error < 0.45  # the top 6 of 32 directions with 0.8^j scales keep most of the energy
 
 
@@ -165,13 +189,13 @@ def test_added_vectors_get_the_codes_of_the_build():
     assert (I[:, 0] % 3000 == np.arange(5)).all()
 
 
-def test_saved_grouped_index_round_trips_and_keeps_version_3(tmp_path):
+def test_saved_grouped_index_round_trips_and_keeps_version_4(tmp_path):
     X = flat_data(2000, 32)
     index = LPLRIndex(32, bits_per_coordinate=1, metric="ip").build(X, ids=np.arange(2000) * 5)
     index.remove([0, 5])
     index.save(tmp_path / "a.lplr")
     c = read_container(tmp_path / "a.lplr")
-    assert c.version == 3 and c.header["settings"]["codec"] == "auto" and c.header["encoder"] in ("pca", "rotation")
+    assert c.version == 4 and c.header["settings"]["codec"] == "auto" and c.header["encoder"] in ("pca", "rotation")
     assert {"vq_groups", "vq_codebooks", "l_codes", "mean"} <= set(c.arrays)
     again = LPLRIndex.load(tmp_path / "a.lplr", mmap=True)
     assert again.to_bytes() == index.to_bytes() and again.nbytes == index.nbytes == (tmp_path / "a.lplr").stat().st_size
@@ -186,7 +210,8 @@ def _edited(data: bytes, **arrays) -> bytes:
 
 
 @pytest.mark.parametrize("edit", ["groups-too-wide", "groups-count-zero", "codebook-nan", "codebook-short",
-                                  "dirs-out-of-range", "dirs-repeated", "groups-dtype", "scalar-encoder"])
+                                  "dirs-out-of-range", "dirs-repeated", "groups-dtype", "scalar-encoder",
+                                  "levels-three", "levels-two-short-books", "version-3-columns"])
 def test_damaged_grouped_files_are_refused(edit):
     X = flat_data(800, 64)
     index = LPLRIndex(64, bits_per_coordinate=1).build(X)
@@ -195,7 +220,7 @@ def test_damaged_grouped_files_are_refused(edit):
     c = read_container(data)
     groups, books, dirs = (np.array(c.arrays[k]) for k in ("vq_groups", "vq_codebooks", "vq_dirs"))
     if edit == "groups-too-wide":
-        bad = _edited(data, vq_groups=np.array([[64, 2]], np.int32))
+        bad = _edited(data, vq_groups=np.array([[64, 2, 1]], np.int32))
     elif edit == "groups-count-zero":
         g = groups.copy()
         g[0, 1] = 0
@@ -216,6 +241,16 @@ def test_damaged_grouped_files_are_refused(edit):
         bad = _edited(data, vq_dirs=d)
     elif edit == "groups-dtype":
         bad = _edited(data, vq_groups=groups.astype(np.int64))
+    elif edit == "levels-three":
+        g = groups.copy()
+        g[0, 2] = 3
+        bad = _edited(data, vq_groups=g)
+    elif edit == "levels-two-short-books":  # a second level without its fine codebook
+        g = groups.copy()
+        g[0, 2] = 2
+        bad = _edited(data, vq_groups=g)
+    elif edit == "version-3-columns":  # a version-4 file must say the levels
+        bad = _edited(data, vq_groups=np.ascontiguousarray(groups[:, :2]))
     else:  # grouped arrays under a header that names the scalar encoder
         header = dict(c.header)
         header["encoder"] = "pinv"
@@ -264,3 +299,59 @@ def test_seeds_beyond_faiss_int_range_build(seed):
     a = LPLRIndex(32, bits_per_coordinate=1, seed=seed).build(X)
     b = LPLRIndex(32, bits_per_coordinate=1, seed=seed).build(X)
     assert a.to_bytes() == b.to_bytes() and a.codec == "vq"
+
+
+# ------------------------------------------------------------ two-level codes
+def steep_data(n=4000, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((dim, dim)))
+    return ((rng.standard_normal((n, dim)) * 0.85 ** np.arange(dim)) @ basis).astype(np.float32)
+
+
+@pytest.fixture
+def two_level_only(monkeypatch):
+    """Builds choose among the designs with coarse + fine codes only."""
+    monkeypatch.setattr(vq_module, "CANDIDATE_SIZES", (vq_module.CANDIDATE_SIZES[-1],))
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level_only, tmp_path):
+    from lplr_index.search import blas
+    from lplr_index.search.metrics import prepare_queries
+
+    X = steep_data()
+    Q = X[:60] + 0.01
+    index = LPLRIndex(32, bits_per_coordinate=4, metric=metric, codec="vq").build(X)
+    lq = index._state.encoder.lq  # white-box: the layout
+    assert index.codec == "vq" and lq.two_level and lq.n_codes > lq.n_coarse
+    assert index.bits_per_coordinate <= 4 and index.layout["groups"] == lq.groups.tolist()
+    assert index.fastscan_ready
+    # fast-scan scans the coarse codes, the re-rank the whole code: with a deep enough
+    # re-rank the results are the exact scan's
+    D_fast, _ = index.search(Q, 10, rerank_factor=50)
+    D_exact, I_exact = index.search(Q, 10, mode="factored")
+    D_flat, _ = index.search(Q, 10, mode="reconstructed")
+    np.testing.assert_allclose(D_fast, D_exact, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(D_flat, D_exact, rtol=1e-3, atol=1e-4)
+    # lookup tables of 256 entries score as the decoded vectors do
+    view = index._state.view
+    Qp = prepare_queries(view, Q[:20])
+    ids = np.random.default_rng(0).integers(-1, len(X), (20, 30))
+    enc = view.encoder
+    Xh = index.reconstruct()[np.maximum(ids, 0)]
+    if metric == "l2":
+        ref = 2 * np.einsum("qd,qcd->qc", Qp - enc.mean, Xh - enc.mean) - ((Xh - enc.mean) ** 2).sum(-1)
+    elif metric == "ip":
+        ref = np.einsum("qd,qcd->qc", Qp, Xh)
+    else:
+        ref = np.einsum("qd,qcd->qc", Qp, Xh) / np.linalg.norm(Xh, axis=-1)
+    S = blas._grouped_scores(view, Qp, np.maximum(ids, 0))
+    np.testing.assert_allclose(S[ids >= 0], ref[ids >= 0], rtol=1e-4, atol=1e-4)
+    # saved and loaded (version 4), then added to with the same codes
+    index.save(tmp_path / "a.lplr")
+    again = LPLRIndex.load(tmp_path / "a.lplr")
+    assert read_container(tmp_path / "a.lplr").version == 4
+    assert again.to_bytes() == index.to_bytes()
+    codes = np.array(again._state.store.codes[:50])
+    again.add(X[:50])
+    np.testing.assert_array_equal(np.array(again._state.store.codes[len(X):]), codes)

@@ -164,7 +164,7 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """
     enc = view.encoder
     valid = ids >= 0
-    if enc.codec == "vq" and enc.rank >= 2 * enc.n_codes:
+    if enc.codec == "vq" and enc.rank >= 2 * enc.lq.n_coarse:
         # codes of groups: a table lookup per code is cheaper than decoding g directions
         # (fortunes, 94 codes of 4 directions: batch 1.35x faster); with one code per
         # direction decoding and one product is faster (Fashion-MNIST: 0.67x with tables)
@@ -190,30 +190,33 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def _grouped_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """:func:`exact_scores` of grouped codes by lookup tables, without decoding.
 
-    Every score is a sum over the codes of a vector: with ``z`` the latent row
+    Every score is a sum over the groups of a vector: with ``z`` the latent row
     (orthonormal basis ``R``) and ``p`` the query's latent coordinates,
     ``2 <p, z> - ||z||^2`` (l2), ``<p, z> + <q, mean>`` (ip), and for cosine
     ``||x_hat||^2 = ||z||^2 + 2 <R mean, z> + ||mean||^2``; each term of a group
-    is one entry of a 16-entry table per query and group.
+    is one entry of a table per query and group (16 entries, or 256 for a group
+    with coarse and fine codes).
     """
     enc = view.encoder
     lq = enc.lq
-    M = lq.n_codes
-    codes = _unpack_rows(view, ids.ravel()).reshape(ids.shape + (M,))
-    idx = codes.astype(np.intp) + 16 * np.arange(M)  # (nq, c, M) into a flattened (M, 16) table
+    classes = lq.classes()
+    codes = _unpack_rows(view, ids.ravel())
+    # per group, the offset of its table in one flat row, then each code's entry
+    sizes = [len(cl.centroids) for cl in classes]
+    start = np.cumsum([0] + [cl.count * k for cl, k in zip(classes, sizes)])
+    idx = np.hstack([full + (s0 + k * np.arange(cl.count)) for cl, full, k, s0
+                     in zip(classes, lq.full_codes(codes), sizes, start)]).reshape(ids.shape + (lq.n_coarse,))
 
-    def tables(P: np.ndarray) -> np.ndarray:  # (n, rank) latent rows -> (n, M * 16) of <p_group, centroid>
-        T = np.empty((len(P), M, 16), np.float32)
-        for g, count, z0, c0, C in lq.classes():
-            T[:, c0 : c0 + count] = P[:, z0 : z0 + g * count].reshape(len(P), count, g) @ C.T
-        return T.reshape(len(P), M * 16)
+    def tables(P: np.ndarray) -> np.ndarray:  # (n, rank) latent rows -> (n, total) of <p_group, centroid>
+        T = np.empty((len(P), int(start[-1])), np.float32)
+        for cl, s0, s1 in zip(classes, start[:-1], start[1:]):
+            T[:, s0:s1] = (P[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(len(P), cl.count, cl.g)
+                           @ cl.centroids.T).reshape(len(P), -1)
+        return T
 
-    norms = np.empty((M, 16), np.float32)  # ||centroid||^2 of each group's 16 centroids
-    for g, count, _, c0, C in lq.classes():
-        norms[c0 : c0 + count] = (C * C).sum(1)
-    norms = norms.ravel()
+    norms = np.concatenate([np.tile((cl.centroids * cl.centroids).sum(1), cl.count) for cl in classes])
 
-    def lookup(T: np.ndarray) -> np.ndarray:  # per-query tables (nq, M*16) -> (nq, c) sums
+    def lookup(T: np.ndarray) -> np.ndarray:  # per-query tables (nq, total) -> (nq, c) sums
         return np.take_along_axis(T[:, None, :], idx, axis=2).sum(-1)
 
     if view.metric == "l2":
