@@ -42,8 +42,8 @@ from .quantize import Quantizer
 from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .settings import IndexSettings
-from .train import FACTORS, Encoder, fit
-from .vq import TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq
+from .train import FACTORS, SAMPLE_ROWS, Encoder, fit
+from .vq import TWO_LEVEL_MIN_BITS, TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq
 from .vq import NoRoom as _NoRoom
 
 __all__ = [
@@ -767,9 +767,10 @@ class LPLRIndex:
         search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
         k_eff = min(k, n)
         if search_mode == "fastscan":
-            # the re-rank depth is the design's (4 k candidates, 16 k for two-level codes, which
-            # the build may choose with a budget)
-            depth = DEFAULT_RERANK_FACTOR if s.rank is not None else TWO_LEVEL_RERANK_FACTOR
+            # the re-rank depth is the design's: 4 k candidates, 16 k for two-level codes, which
+            # the build may choose with a budget of 3.5+ bits or when the sample is the data
+            two = s.rank is None and (s.bits_per_coordinate >= TWO_LEVEL_MIN_BITS or n <= SAMPLE_ROWS)
+            depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
             search = _fastscan_search_peak(n, width, n_queries, k_eff, True, depth)
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
         else:
@@ -777,8 +778,6 @@ class LPLRIndex:
             fs_bytes = 0
         # measured (tracemalloc): the sample's copies while the designs are compared dominate,
         # about 7 float32 copies of it (29 bytes per sampled coordinate)
-        from .train import SAMPLE_ROWS
-
         build = int(29 * min(n, SAMPLE_ROWS) * dim + 48 * dim * dim + 2 * n * packed_nbytes(n_codes, 4))
         return IndexPlan(
             n=n, dim=dim, rank=rank, bits_l=4, file_bytes=file_bytes, bits_per_coordinate=8 * file_bytes / (n * dim),
@@ -1620,7 +1619,6 @@ def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int
     also holds the codes so far, and their concatenation doubles them.
     """
     from ._blocks import BLOCK_ROWS
-    from .train import SAMPLE_ROWS
 
     S, B = min(n, SAMPLE_ROWS), min(n, BLOCK_ROWS)
     sample = 2 * S * dim * 4

@@ -28,6 +28,18 @@ def assert_answers_as_written(D, I, De, Ie, mode):
     assert ((I == Ie) | ties).all(), mode
 
 
+def assert_searches_as_written(index, folder, name):
+    """Live ids, reconstruction and the 5-NN of the folder's queries in both modes as the writer's."""
+    expected = np.load(folder / f"{name}.expected.npz")
+    Q = np.load(folder / "queries.npy")
+    np.testing.assert_array_equal(index.live_ids, expected["ids"])
+    np.testing.assert_allclose(index.reconstruct(expected["ids"][:40]), expected["reconstruction"],
+                               rtol=1e-5, atol=1e-5)
+    for mode, key in (("auto", ""), ("factored", "factored_")):
+        D, I = index.search(Q, 5, mode=mode)
+        assert_answers_as_written(D, I, expected[f"{key}distances"], expected[f"{key}indices"], mode)
+
+
 def test_the_frozen_files_are_there():
     assert CASES == ["cosine_b4", "ip_b2", "l2_b2", "paper_rank8"]
 
@@ -86,14 +98,7 @@ def test_version_2_files_load_and_search_as_written(name, mmap):
     assert read_container(path).version == 2
     index = LPLRIndex.load(path, mmap=mmap)
     assert index.codec == "scalar" and index.settings.codec == "scalar"
-    expected = np.load(V2 / f"{name}.expected.npz")
-    Q = np.load(V2 / "queries.npy")
-    np.testing.assert_array_equal(index.live_ids, expected["ids"])
-    np.testing.assert_allclose(index.reconstruct(expected["ids"][:40]), expected["reconstruction"],
-                               rtol=1e-5, atol=1e-5)
-    for mode, key in (("auto", ""), ("factored", "factored_")):
-        D, I = index.search(Q, 5, mode=mode)
-        assert_answers_as_written(D, I, expected[f"{key}distances"], expected[f"{key}indices"], mode)
+    assert_searches_as_written(index, V2, name)
 
 
 @pytest.mark.parametrize("name", CASES_V2)
@@ -158,14 +163,7 @@ def test_version_3_files_load_and_search_as_written(name, mmap):
         np.testing.assert_array_equal(container.arrays["vq_groups"], layout["groups"])
         if layout["encoder"] == "rotation":
             assert container.arrays["vq_dirs"].dtype == np.int32 and "r_codes" not in container.arrays
-    expected = np.load(V3 / f"{name}.expected.npz")
-    Q = np.load(V3 / "queries.npy")
-    np.testing.assert_array_equal(index.live_ids, expected["ids"])
-    np.testing.assert_allclose(index.reconstruct(expected["ids"][:40]), expected["reconstruction"],
-                               rtol=1e-5, atol=1e-5)
-    for mode, key in (("auto", ""), ("factored", "factored_")):
-        D, I = index.search(Q, 5, mode=mode)
-        assert_answers_as_written(D, I, expected[f"{key}distances"], expected[f"{key}indices"], mode)
+    assert_searches_as_written(index, V3, name)
 
 
 @pytest.mark.parametrize("name", CASES_V3)

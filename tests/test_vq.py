@@ -270,6 +270,14 @@ def test_the_scalar_codes_stay_available_and_unchanged():
         LPLRIndex(24, bits_per_coordinate=1, bits_l=8, codec="vq")
 
 
+def decoded_scores(metric, Q, Xh, mean):
+    """The re-ranker's scores (larger is better) of prepared queries ``Q`` against decoded rows ``Xh`` (nq, c, dim)."""
+    if metric == "l2":
+        return 2 * np.einsum("qd,qcd->qc", Q - mean, Xh - mean) - ((Xh - mean) ** 2).sum(-1)
+    S = np.einsum("qd,qcd->qc", Q, Xh)
+    return S if metric == "ip" else S / np.linalg.norm(Xh, axis=-1)
+
+
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 def test_lookup_table_rescoring_equals_scoring_the_decoded_vectors(metric):
     from lplr_index.search import blas
@@ -281,14 +289,7 @@ def test_lookup_table_rescoring_equals_scoring_the_decoded_vectors(metric):
     Q = prepare_queries(view, X[:30] + 0.03)
     ids = np.random.default_rng(0).integers(-1, 3000, (30, 40))
     S = blas.exact_scores(view, Q, ids)
-    Xh = index.reconstruct()[np.maximum(ids, 0)]
-    enc = view.encoder
-    if metric == "l2":
-        ref = 2 * np.einsum("qd,qcd->qc", Q - enc.mean, Xh - enc.mean) - ((Xh - enc.mean) ** 2).sum(-1)
-    elif metric == "ip":
-        ref = np.einsum("qd,qcd->qc", Q, Xh)
-    else:
-        ref = np.einsum("qd,qcd->qc", Q, Xh) / np.linalg.norm(Xh, axis=-1)
+    ref = decoded_scores(metric, Q, index.reconstruct()[np.maximum(ids, 0)], view.encoder.mean)
     assert np.array_equal(np.isneginf(S), ids < 0)
     np.testing.assert_allclose(S[ids >= 0], ref[ids >= 0], rtol=1e-4, atol=1e-5)  # observed <= 4e-7
 
@@ -337,14 +338,7 @@ def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level
     view = index._state.view
     Qp = prepare_queries(view, Q[:20])
     ids = np.random.default_rng(0).integers(-1, len(X), (20, 30))
-    enc = view.encoder
-    Xh = index.reconstruct()[np.maximum(ids, 0)]
-    if metric == "l2":
-        ref = 2 * np.einsum("qd,qcd->qc", Qp - enc.mean, Xh - enc.mean) - ((Xh - enc.mean) ** 2).sum(-1)
-    elif metric == "ip":
-        ref = np.einsum("qd,qcd->qc", Qp, Xh)
-    else:
-        ref = np.einsum("qd,qcd->qc", Qp, Xh) / np.linalg.norm(Xh, axis=-1)
+    ref = decoded_scores(metric, Qp, index.reconstruct()[np.maximum(ids, 0)], view.encoder.mean)
     S = blas._grouped_scores(view, Qp, np.maximum(ids, 0))
     np.testing.assert_allclose(S[ids >= 0], ref[ids >= 0], rtol=1e-4, atol=1e-4)
     # saved and loaded (version 4), then added to with the same codes
@@ -355,3 +349,13 @@ def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level
     codes = np.array(again._state.store.codes[:50])
     again.add(X[:50])
     np.testing.assert_array_equal(np.array(again._state.store.codes[len(X):]), codes)
+
+
+def test_two_level_designs_are_tried_at_high_rates_or_when_the_sample_is_the_data():
+    def tried(X, budget):
+        report = LPLRIndex(X.shape[1], bits_per_coordinate=budget, codec="vq").build(X).build_report
+        return any(isinstance(o, tuple) for c in report["candidates"] for o in (c["sizes"] or ()))
+
+    big = steep_data(20_000, 16)  # more rows than the 16,384-row sample
+    assert not tried(big, 2) and tried(big, 4)
+    assert tried(steep_data(3000, 16), 2)  # the sample is the data: its check is the index's search
