@@ -28,6 +28,18 @@ def assert_answers_as_written(D, I, De, Ie, mode):
     assert ((I == Ie) | ties).all(), mode
 
 
+def resaved(path, tmp_path):
+    """The frozen file and its re-save by today's library: same version, settings and arrays."""
+    LPLRIndex.load(path).save(tmp_path / "again.lplr")
+    old, new = read_container(path), read_container(tmp_path / "again.lplr")
+    assert new.version == old.version and sorted(new.arrays) == sorted(old.arrays)
+    assert new.header["settings"] == old.header["settings"]
+    for key, arr in old.arrays.items():
+        assert new.arrays[key].dtype == arr.dtype, key
+        np.testing.assert_array_equal(new.arrays[key], arr)
+    return old, new
+
+
 def assert_searches_as_written(index, folder, name):
     """Live ids, reconstruction and the 5-NN of the folder's queries in both modes as the writer's."""
     expected = np.load(folder / f"{name}.expected.npz")
@@ -103,13 +115,8 @@ def test_version_2_files_load_and_search_as_written(name, mmap):
 
 @pytest.mark.parametrize("name", CASES_V2)
 def test_version_2_index_resaved_keeps_its_layout(name, tmp_path):
-    path = V2 / f"{name}.lplr"
-    LPLRIndex.load(path).save(tmp_path / "again.lplr")
-    old, new = read_container(path), read_container(tmp_path / "again.lplr")
-    assert new.version == 2 and sorted(new.arrays) == sorted(old.arrays)
-    assert new.header["settings"] == old.header["settings"]  # no codec: version 2 had none
-    for key, arr in old.arrays.items():
-        np.testing.assert_array_equal(new.arrays[key], arr)
+    old, new = resaved(V2 / f"{name}.lplr", tmp_path)
+    assert new.version == 2 and "codec" not in new.header["settings"]  # version 2 had none
 
 
 # ------------------------------------------------------------------ version 3
@@ -168,16 +175,10 @@ def test_version_3_files_load_and_search_as_written(name, mmap):
 
 @pytest.mark.parametrize("name", CASES_V3)
 def test_version_3_index_resaved_keeps_its_layout(name, tmp_path):
-    path = V3 / f"{name}.lplr"
-    LPLRIndex.load(path).save(tmp_path / "again.lplr")
-    old, new = read_container(path), read_container(tmp_path / "again.lplr")
-    assert new.version == 3 and sorted(new.arrays) == sorted(old.arrays)
-    assert new.header["settings"] == old.header["settings"]  # codec "auto" stays "auto"
+    old, new = resaved(V3 / f"{name}.lplr", tmp_path)  # (codec "auto" stays "auto")
+    assert new.version == 3
     # the rest of the header too (encoder, bits_l_used, fit_error, counts), but for the writer's version
     assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
-    for key, arr in old.arrays.items():
-        assert new.arrays[key].dtype == arr.dtype, key
-        np.testing.assert_array_equal(new.arrays[key], arr)
 
 
 @pytest.mark.parametrize("name", ["scalar_l2_b2", "vq_cosine_b4", "vq_l2_b1"])
