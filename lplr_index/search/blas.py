@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..packing import packed_nbytes
+from ..vq import KSUB
 from .metrics import CodeView, finalize, prepare_queries
 from .topk import TopK
 
@@ -200,31 +201,47 @@ def _grouped_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarra
     enc = view.encoder
     lq = enc.lq
     classes = lq.classes()
+    nq, c = ids.shape
     codes = _unpack_rows(view, ids.ravel())
-    # per group, the offset of its table in one flat row, then each code's entry
+    # per group, the offset of its table in one flat row of `total` entries; each candidate
+    # code's entry in the flat (nq, total) tables (np.take of intp offsets: 2.5x faster than
+    # take_along_axis, and than int32 offsets, measured with 256 queries x 160 candidates)
     sizes = [len(cl.centroids) for cl in classes]
     start = np.cumsum([0] + [cl.count * k for cl, k in zip(classes, sizes)])
-    idx = np.hstack([full + (s0 + k * np.arange(cl.count)) for cl, full, k, s0
-                     in zip(classes, lq.full_codes(codes), sizes, start)]).reshape(ids.shape + (lq.n_coarse,))
+    total = int(start[-1])
+    # built group-major, (n_coarse, nq * c): every step on contiguous rows, and the sum over
+    # groups adds whole rows
+    codes = np.ascontiguousarray(codes.T)
+    idx = np.empty((lq.n_coarse, len(ids.ravel())), np.intp)
+    for cl, k, s0 in zip(classes, sizes, start):
+        v = idx[cl.c0 : cl.c0 + cl.count]
+        v[...] = codes[cl.c0 : cl.c0 + cl.count]
+        if cl.levels == 2:
+            v *= KSUB
+            v += codes[cl.f0 : cl.f0 + cl.count]
+        v += (s0 + k * np.arange(cl.count))[:, None]
 
     def tables(P: np.ndarray) -> np.ndarray:  # (n, rank) latent rows -> (n, total) of <p_group, centroid>
-        T = np.empty((len(P), int(start[-1])), np.float32)
+        T = np.empty((len(P), total), np.float32)
         for cl, s0, s1 in zip(classes, start[:-1], start[1:]):
             T[:, s0:s1] = (P[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(len(P), cl.count, cl.g)
                            @ cl.centroids.T).reshape(len(P), -1)
         return T
 
     norms = np.concatenate([np.tile((cl.centroids * cl.centroids).sum(1), cl.count) for cl in classes])
+    n2 = None
+    if view.metric == "cosine":  # ||x_hat||^2 from one shared table (before idx is made per query)
+        shared = 2 * tables((enc.R @ enc.mean)[None, :])[0] + norms
+        n2 = np.take(shared, idx).sum(0).reshape(nq, c) + float(enc.mean.astype(np.float64) @ enc.mean)
+    idx += np.repeat(np.arange(nq) * total, c)[None, :]  # into row q of the (nq, total) tables
 
     def lookup(T: np.ndarray) -> np.ndarray:  # per-query tables (nq, total) -> (nq, c) sums
-        return np.take_along_axis(T[:, None, :], idx, axis=2).sum(-1)
+        return np.take(T.ravel(), idx).sum(0).reshape(nq, c)
 
     if view.metric == "l2":
         return lookup(2 * tables((Q - enc.mean) @ enc.T) - norms)
     S = lookup(tables(Q @ enc.T)) + (Q @ enc.mean)[:, None]
-    if view.metric == "cosine":
-        shared = 2 * tables((enc.R @ enc.mean)[None, :])[0] + norms
-        n2 = shared[idx].sum(-1) + float(enc.mean.astype(np.float64) @ enc.mean)
+    if n2 is not None:
         S = S / np.sqrt(np.maximum(n2, 1e-30))
     return S
 
