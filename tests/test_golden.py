@@ -2,8 +2,9 @@
 
 ``tests/data/format_v1/`` holds version-1 files written by lplr-index 0.1.0 and
 what that library returned for them (see its README.md); ``format_v2/`` the same for
-version 2 (0.2.0) and ``format_v3/`` for version 3 (0.3.0: the grouped ``vq`` codes in
-both bases, and the scalar codes). They are never rewritten.
+version 2 (0.2.0), ``format_v3/`` for version 3 (0.3.0: the grouped ``vq`` codes in
+both bases, and the scalar codes) and ``format_v4/`` for version 4 (0.4.0: two-level
+grouped codes). They are never rewritten.
 """
 
 from __future__ import annotations
@@ -194,3 +195,43 @@ def test_version_3_index_accepts_added_vectors(name, tmp_path):
     again = LPLRIndex.load(tmp_path / "more.lplr")
     assert again.ntotal == 2017
     assert_layout_as_written(again, name)
+
+
+# ------------------------------------------------------------------ version 4
+V4 = Path(__file__).parent / "data" / "format_v4"
+CASES_V4 = sorted(p.stem for p in V4.glob("*.lplr"))
+#: ``index.layout`` of each version-4 file when it was written (see its README.md)
+LAYOUTS_V4 = {
+    "scalar_l2_b4": {"codec": "scalar", "encoder": "pinv", "rank": 15, "codes_per_vector": 15, "bits_per_code": 8},
+    "vq2_ip_b3_ids": {"codec": "vq", "encoder": "pca", "rank": 14, "codes_per_vector": 12, "bits_per_code": 4,
+                      "groups": [[2, 5, 2], [4, 1, 2]]},
+    "vq2_l2_b4": {"codec": "vq", "encoder": "pca", "rank": 21, "codes_per_vector": 21, "bits_per_code": 4,
+                  "groups": [[1, 5, 2], [2, 4, 2], [4, 1, 2], [4, 1, 1]]},
+    "vq_cosine_b1": {"codec": "vq", "encoder": "pca", "rank": 9, "codes_per_vector": 6, "bits_per_code": 4,
+                     "groups": [[1, 3, 1], [2, 3, 1]]},
+}
+
+
+def test_the_frozen_version_4_files_are_there():
+    assert CASES_V4 == sorted(LAYOUTS_V4) == ["scalar_l2_b4", "vq2_ip_b3_ids", "vq2_l2_b4", "vq_cosine_b1"]
+
+
+@pytest.mark.parametrize("name", CASES_V4)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_4_files_load_and_search_as_written(name, mmap):
+    path = V4 / f"{name}.lplr"
+    container = read_container(path)
+    assert container.version == 4
+    index = LPLRIndex.load(path, mmap=mmap)
+    assert index.layout == LAYOUTS_V4[name]
+    if index.codec == "vq":
+        groups = container.arrays["vq_groups"]
+        assert groups.dtype == np.int32 and groups.tolist() == LAYOUTS_V4[name]["groups"]  # levels stored
+    assert_searches_as_written(index, V4, name)
+
+
+@pytest.mark.parametrize("name", CASES_V4)
+def test_version_4_index_resaved_keeps_its_layout(name, tmp_path):
+    old, new = resaved(V4 / f"{name}.lplr", tmp_path)
+    assert new.version == 4
+    assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
