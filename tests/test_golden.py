@@ -29,6 +29,14 @@ def assert_answers_as_written(D, I, De, Ie, mode):
     assert ((I == Ie) | ties).all(), mode
 
 
+def load_frozen(folder, name, version, mmap):
+    """The frozen file's container (checked to be of ``version``) and the index loaded from it."""
+    path = folder / f"{name}.lplr"
+    container = read_container(path)
+    assert container.version == version
+    return container, LPLRIndex.load(path, mmap=mmap)
+
+
 def resaved(path, tmp_path):
     """The frozen file and its re-save by today's library: same version, settings and arrays."""
     LPLRIndex.load(path).save(tmp_path / "again.lplr")
@@ -157,10 +165,7 @@ def test_the_frozen_version_3_files_are_there():
 @pytest.mark.parametrize("name", CASES_V3)
 @pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
 def test_version_3_files_load_and_search_as_written(name, mmap):
-    path = V3 / f"{name}.lplr"
-    container = read_container(path)
-    assert container.version == 3
-    index = LPLRIndex.load(path, mmap=mmap)
+    container, index = load_frozen(V3, name, 3, mmap)
     layout = LAYOUTS_V3[name]
     assert_layout_as_written(index, name)
     assert index.settings.codec == container.header["settings"]["codec"]
@@ -219,10 +224,7 @@ def test_the_frozen_version_4_files_are_there():
 @pytest.mark.parametrize("name", CASES_V4)
 @pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
 def test_version_4_files_load_and_search_as_written(name, mmap):
-    path = V4 / f"{name}.lplr"
-    container = read_container(path)
-    assert container.version == 4
-    index = LPLRIndex.load(path, mmap=mmap)
+    container, index = load_frozen(V4, name, 4, mmap)
     assert index.layout == LAYOUTS_V4[name]
     if index.codec == "vq":
         groups = container.arrays["vq_groups"]
