@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..packing import _unpack
 from .metrics import CodeView, prepare_queries
 
 #: codes encoded (decoded to floats and added) per block when building
@@ -84,9 +83,8 @@ class FastScanScorer:
 
     def _scanned(self, packed: np.ndarray) -> np.ndarray:
         """Latent rows of what fast-scan scores: the coarse codes alone where groups have two."""
-        enc = self.view.encoder
-        if enc.codec == "vq":
-            return enc.lq.decode(_unpack(np.asarray(packed), 4, enc.n_codes), coarse=True)
+        if self.view.encoder.codec == "vq":
+            return self.view.encoder.lq.decode(self.view.unpack(packed), coarse=True)
         return self.view.decode_latent(packed)
 
     def extend(self, view: CodeView) -> None:

@@ -43,10 +43,14 @@ class CodeView:
     def ntotal(self) -> int:
         return int(self.codes.shape[0])
 
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """One uint8 code per entry of packed code rows (any leading shape)."""
+        enc = self.encoder
+        return _unpack(np.asarray(packed), enc.lq.bits, enc.n_codes)
+
     def decode_latent(self, packed: np.ndarray) -> np.ndarray:
         """Float latent coordinates ``L`` of packed code rows (any leading shape)."""
-        enc = self.encoder
-        return enc.lq.decode(_unpack(np.asarray(packed), enc.lq.bits, enc.n_codes))
+        return self.encoder.lq.decode(self.unpack(packed))
 
 
 def prepare_queries(view: CodeView, Q: np.ndarray) -> np.ndarray:
