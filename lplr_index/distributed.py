@@ -55,7 +55,7 @@ from .fileformat import IndexFileError, read_container, write_container
 from .packing import packed_nbytes
 from .quantize import Quantizer
 from .train import Encoder
-from .vq import GroupedQuantizer, VQEncoder, _as_groups, check_groups
+from .vq import GroupedQuantizer, VQEncoder, check_groups, groups_from_file
 
 __all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint", "MANIFEST"]
 
@@ -573,9 +573,7 @@ def _vq_encoder(h: dict, a) -> VQEncoder:
         raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
     groups, books = np.array(groups), np.array(books)
     if int(h.get("shard_version", 2)) < 3:  # (group size, count): one code level per class
-        if groups.ndim != 2 or groups.shape[1] != 2:
-            raise ValueError(f"a version-2 shard's vq_groups must have shape (n_classes, 2), got {groups.shape}")
-        groups = _as_groups(groups)
+        groups = groups_from_file(groups, 2, "a version-2 shard")
     check_groups(groups, books, dim)
     lq = GroupedQuantizer(groups, books)
     rank = h["settings"].get("rank") if isinstance(h["settings"], dict) else None

@@ -43,7 +43,8 @@ from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results
 from .settings import IndexSettings
 from .train import FACTORS, SAMPLE_ROWS, Encoder, fit
-from .vq import TWO_LEVEL_MIN_BITS, TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq
+from .vq import (TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq,
+                 groups_from_file, two_level_tried)
 from .vq import NoRoom as _NoRoom
 
 __all__ = [
@@ -61,16 +62,18 @@ SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
 #: candidates per result re-ranked after fast-scan (k' = factor * k); measured in
 #: benchmarks/bench_rerank.py: 4 reaches exact-scan recall within 0.005 at every setting tried
 DEFAULT_RERANK_FACTOR = 4
+#: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
+MAX_RESULT_BYTES = 1 << 31
+#: index layout written by this library (container format version)
+LAYOUT_VERSION = 4
 
 
 def default_rerank_factor(encoder) -> int:
     """Fast-scan candidates per result when the caller gives none: more when fast-scan
     scores the coarse half of two-level codes."""
     return TWO_LEVEL_RERANK_FACTOR if encoder.codec == "vq" and encoder.lq.two_level else DEFAULT_RERANK_FACTOR
-#: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
-MAX_RESULT_BYTES = 1 << 31
-#: index layout written by this library (container format version)
-LAYOUT_VERSION = 4
+
+
 _ARRAYS_V1 = ("l_codes", "l_lo", "l_hi", "r_codes", "r_lo", "r_hi")
 _ARRAYS_V2 = _ARRAYS_V1 + ("mean",)
 #: arrays stored only when needed, in either layout: the user ids, as "ids" (int64,
@@ -769,7 +772,7 @@ class LPLRIndex:
         if search_mode == "fastscan":
             # the re-rank depth is the design's: 4 k candidates, 16 k for two-level codes, which
             # the build may choose with a budget of 3.5+ bits or when the sample is the data
-            two = s.rank is None and (s.bits_per_coordinate >= TWO_LEVEL_MIN_BITS or n <= SAMPLE_ROWS)
+            two = s.rank is None and two_level_tried(s.bits_per_coordinate, n, min(n, SAMPLE_ROWS))
             depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
             search = _fastscan_search_peak(n, width, n_queries, k_eff, True, depth)
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
@@ -1503,10 +1506,7 @@ class LPLRIndex:
                 raise ValueError("grouped codes need the int32 array vq_groups and the float32 array vq_codebooks")
             groups, books = np.array(groups), np.array(books)
             if version < 4:  # (group size, count): one code level per class
-                if groups.ndim != 2 or groups.shape[1] != 2:
-                    raise ValueError(f"a version-{version} file's vq_groups must have shape (n_classes, 2), "
-                                     f"got {groups.shape}")
-                groups = _as_groups(groups)
+                groups = groups_from_file(groups, 2, f"a version-{version} file")
             check_groups(groups, books, s.dim)
             if int((groups[:, 0] * groups[:, 1]).sum()) != rank:
                 raise ValueError(f"vq_groups cover {int((groups[:, 0] * groups[:, 1]).sum())} latent coordinates, "

@@ -152,10 +152,16 @@ def _encoder_matrix(kind: str, R: np.ndarray, seed: int) -> np.ndarray:
     return np.linalg.pinv(R.astype(np.float64)).astype(np.float32)
 
 
+def _signed_q(A: np.ndarray) -> np.ndarray:
+    """The Q of ``A``'s QR with signs making the diagonal of R non-negative (Gram-Schmidt's Q)."""
+    Q, r = np.linalg.qr(A)
+    d = np.diag(r)
+    return Q * np.sign(np.where(d == 0, 1, d))
+
+
 def _orthonormal_rows(R: np.ndarray) -> np.ndarray:
     """The rows of ``R`` orthonormalised by QR (Gram-Schmidt order, signs kept), float32."""
-    Q, r = np.linalg.qr(R.T.astype(np.float64))
-    return (Q * np.sign(np.where(np.diag(r) == 0, 1, np.diag(r)))).T.astype(np.float32)
+    return _signed_q(R.T.astype(np.float64)).T.astype(np.float32)
 
 
 def haar(m: int, *key: int) -> np.ndarray:
@@ -174,9 +180,7 @@ _HAAR_CACHE_BYTES = 1 << 24
 
 
 def _haar(m: int, key: tuple) -> np.ndarray:
-    Q, Rr = np.linalg.qr(np.random.default_rng(list(key)).standard_normal((m, m)))
-    d = np.diag(Rr)
-    Q = Q * np.sign(np.where(d == 0, 1, d))
+    Q = _signed_q(np.random.default_rng(list(key)).standard_normal((m, m)))
     Q.flags.writeable = False
     return Q
 

@@ -122,6 +122,15 @@ class Class(NamedTuple):
         return (self.C[:, None, :] + self.fine).reshape(KSUB * KSUB, self.g)
 
 
+def groups_from_file(groups: np.ndarray, columns: int, what: str) -> np.ndarray:
+    """The ``(n_classes, 3)`` layout of a file's ``vq_groups`` stored with ``columns`` columns
+    (2, ``(g, count)``: files from before two-level codes, one level per class); ``what``
+    names the file's kind and version in the error."""
+    if groups.ndim != 2 or groups.shape[1] != columns:
+        raise ValueError(f"{what}'s vq_groups must have shape (n_classes, {columns}), got {groups.shape}")
+    return _as_groups(groups)
+
+
 def _as_groups(groups) -> np.ndarray:
     """``(n_classes, 3)`` int32 ``(g, count, levels)``; a ``(n, 2)`` layout has one level."""
     groups = np.asarray(groups, np.int32)
@@ -416,6 +425,12 @@ def _options(sizes) -> list[tuple[int, int]]:
     return sorted(opts, key=lambda o: (-o[1] / o[0], o[0]))
 
 
+def two_level_tried(bits_per_coordinate: float, n: int, sample_rows: int) -> bool:
+    """Whether a build of ``n`` rows tries the designs with two-level codes (see
+    :data:`TWO_LEVEL_MIN_BITS`): at high rates, or when its sample is the whole data."""
+    return bits_per_coordinate >= TWO_LEVEL_MIN_BITS or n <= sample_rows
+
+
 def _two_level(sizes) -> bool:
     return any(lv > 1 for _, lv in _options(sizes))
 
@@ -645,12 +660,8 @@ class SampleCheck:
         Z = Xc @ enc.T
         codes = enc.lq.encode(Z)
         Zh = enc.lq.decode(codes)
-        # ||Xc - Zh R||^2 = ||Xc||^2 - ||Z||^2 + ||Z - Zh||^2 (R has orthonormal rows)
-        err = np.einsum("ij,ij->", Xc, Xc, dtype=np.float64) - np.einsum("ij,ij->", Z, Z, dtype=np.float64)
-        del Xc
-        Z -= Zh
-        err = float(err + np.einsum("ij,ij->", Z, Z, dtype=np.float64)) / len(Z)
-        del Z
+        err = _error_sum(Xc, Z, Zh) / len(Z)
+        del Xc, Z
         depth = min(len(self.db), TWO_LEVEL_RERANK_FACTOR * self.k)
         rows = [Zh[self.db]]
         del Zh
@@ -683,17 +694,21 @@ def cov_stats(block, normalize, mean):
     return X64.T @ X64, len(block)
 
 
+def _error_sum(Xc: np.ndarray, Z: np.ndarray, Zh: np.ndarray) -> float:
+    """``||Xc - Zh R||^2`` summed over rows, as ``||Xc||^2 - ||Z||^2 + ||Z - Zh||^2`` (``R`` has
+    orthonormal rows; ``Z = Xc R^T``, overwritten by ``Z - Zh``), float64 sums."""
+    err = np.einsum("ij,ij->", Xc, Xc, dtype=np.float64) - np.einsum("ij,ij->", Z, Z, dtype=np.float64)
+    Z -= Zh
+    return float(err + np.einsum("ij,ij->", Z, Z, dtype=np.float64))
+
+
 def encode_block(block, encoder: VQEncoder):
     """Packed codes of a block, and the squared error sums ``(||Xc - Xc_hat||^2, ||Xc||^2, ||X||^2)``."""
     X = _normalize(block) if encoder.normalize else block
     Xc = X - encoder.mean
     Z = Xc @ encoder.T
     codes = encoder.lq.encode(Z)
-    Zh = encoder.lq.decode(codes)
-    xx_c = float(np.einsum("ij,ij->", Xc, Xc, dtype=np.float64))
-    # ||Xc - Zh R||^2 = ||Xc||^2 - ||Z||^2 + ||Z - Zh||^2 (R has orthonormal rows)
-    err = xx_c - float(np.einsum("ij,ij->", Z, Z, dtype=np.float64)) + float(
-        np.einsum("ij,ij->", Z - Zh, Z - Zh, dtype=np.float64))
+    err = _error_sum(Xc, Z, encoder.lq.decode(codes))
     xx = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
     return _pack(codes, 4), max(err, 0.0), xx
 
@@ -747,7 +762,7 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
                 order = np.argsort(-var_all, kind="stable")
                 var = var_all[order]
             for sizes in CANDIDATE_SIZES:
-                if _two_level(sizes) and budget_bits < TWO_LEVEL_MIN_BITS * n * dim and n > len(sample):
+                if _two_level(sizes) and not two_level_tried(budget_bits / (n * dim), n, len(sample)):
                     continue
                 d = design(basis, sizes, var, order, file_bits, budget_bits, n)
                 if d is not None and not any(np.array_equal(d.groups, e.groups) and d.basis == e.basis
