@@ -692,10 +692,12 @@ class LPLRIndex:
         -----
         Measured against tracemalloc on builds and first searches of 50,000 to
         200,000 random-order vectors of 32 to 256 dimensions (ranks 16 to 64):
-        the build peak within 2 %; the fast-scan search peak within 3 %; the
-        factored search peak within 7 % (it holds the candidates above each
-        query's running k-th score, whose count depends on the data: the same
-        shapes measured 277 and 310 MiB on two data sets).
+        the build peak within 2 %; the fast-scan search peak bounded, at most
+        14 % over; the factored search peak within 7 % (it holds the candidates
+        above each query's running k-th score, whose count depends on the data:
+        the same shapes measured 277 and 310 MiB on two data sets). With a budget
+        and grouped codes the search peak allows for two-level codes (a 4 times
+        deeper re-rank) wherever the build may choose them.
 
         Examples
         --------
@@ -733,7 +735,7 @@ class LPLRIndex:
         k_eff = min(k, n)
         row_bytes = packed_nbytes(rank, bits_l)
         if search_mode == "fastscan":
-            search = _fastscan_search_peak(n, rank, n_queries, k_eff, s.factor == "orthonormal")
+            search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, s.factor == "orthonormal")
             fs_bytes = -(-n // 32) * 32 * ((rank + 1) // 2)
         else:
             search = _factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
@@ -770,11 +772,10 @@ class LPLRIndex:
         search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
         k_eff = min(k, n)
         if search_mode == "fastscan":
-            # the re-rank depth is the design's: 4 k candidates, 16 k for two-level codes, which
-            # the build may choose with a budget of 3.5+ bits or when the sample is the data
-            two = s.rank is None and two_level_tried(s.bits_per_coordinate, n, min(n, SAMPLE_ROWS))
+            # the re-rank depth is the design's: 4 k candidates, 16 k for two-level codes
+            two = s.rank is None and two_level_tried(s.bits_per_coordinate, n)
             depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
-            search = _fastscan_search_peak(n, width, n_queries, k_eff, True, depth)
+            search = _fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth)
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
         else:
             search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
@@ -854,7 +855,7 @@ class LPLRIndex:
             result = self._fit_vq(source, ids, progress)
             if result.encoder is not None:
                 self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
-                                    ids=_frozen(ids)))
+                                    ids=_frozen(ids)), cache=None if result.scorer is None else {"fastscan": result.scorer})
                 return self
             # codec="auto" at 3.5+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
@@ -903,11 +904,19 @@ class LPLRIndex:
 
         budget = None if s.bits_per_coordinate is None else s.bits_per_coordinate * n * self.dim
         bar = _progress_bar(progress, n, 2 * n, "build (2 passes)")
+        passes = []
+
+        def on_pass(name):  # a two-level design that fails its full-scale check: encoded twice
+            passes.append(name)
+            if bar is not None and len(passes) > 2:
+                bar.total += n
+                bar.desc = f"build ({len(passes)} passes)"
+
         try:
             executor = LocalExecutor(source, progress=None if bar is None else bar.update)
             try:
                 result = fit_vq(executor, budget, file_bits, bits_r=s.bits_r, scheme=s.quantizer, seed=s.seed,
-                                metric=s.metric, rank=s.rank, rival=rival)
+                                metric=s.metric, rank=s.rank, rival=rival, on_pass=on_pass)
             except _NoRoom:
                 need = file_bits("rotation", np.array([[1, 1, 1]], np.int32)) / (n * self.dim)
                 with_ids = " and their user ids" if ids is not None else ""
@@ -922,7 +931,8 @@ class LPLRIndex:
                   if result.encoder is not None else {"basis": "scalar"})
         self.build_report = {"chosen": chosen,
                              "candidates": [dict(zip(("basis", "sizes", "groups", "sample_recall", "sample_error"), c))
-                                            for c in result.candidates]}
+                                            for c in result.candidates],
+                             "full_check": result.full_check}
         return result
 
     def _encode(self, st: _State, source: ArraySource, progress, desc: str) -> tuple[np.ndarray, int]:
@@ -1628,27 +1638,23 @@ def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int
     return int(sample + max(block + codes, 2 * codes) + small)
 
 
-def _fastscan_search_peak(n: int, rank: int, nq: int, k: int, orthonormal: bool = True,
+def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonormal: bool = True,
                           factor: float = DEFAULT_RERANK_FACTOR) -> int:
     """First fast-scan search: the larger of building faiss's copy and the search.
 
-    Building decodes 65,536 rows at a time (5 bytes per code: unpacked and
-    float32, plus two quantizer blocks), one at a time; the search holds the (nq, 4k) candidates and re-ranks 256
-    queries at a time, decoding their candidates (about 5.5 bytes per
-    candidate code with an orthonormal factor, 8 with the Gram product of
-    another factor); ``factor * k`` candidates per query.
+    Building hands faiss the packed codes 65,536 rows at a time (a contiguous copy
+    of their first ``rank`` codes; faiss's own memory is outside tracemalloc's view
+    and counted in ``fastscan_bytes``); the search holds the queries, the (nq, 4k)
+    candidates and re-ranks 256 queries at a time, decoding their candidates (about
+    6.5 bytes per candidate code with an orthonormal factor, 8 with the Gram product
+    of another factor); ``factor * k`` candidates per query. The orthonormal model is
+    a least-squares fit to five measured shapes, raised to bound them all (it
+    over-estimates them by 0-14 %).
     """
-    step = 1 << 16
-    A1 = min(n, step)
-    A2 = min(n - step, step) if n > step else A1
-
-    def decode(rows):
-        return 5 * rows * rank + 2 * min(1 << 18, rows * rank) * 4
-
-    build = decode(A1)  # each block is released before the next is decoded
+    build = min(n, 1 << 16) * ((rank + 1) // 2)
     kc = min(n, int(factor * k))
     if orthonormal:
-        search = 5.487 * min(nq, 256) * kc * rank + 11.72 * nq * kc + 2.32e6
+        search = 6.479 * min(nq, 256) * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
     else:
         search = 7.988 * min(nq, 256) * kc * rank + 9.21 * nq * kc + 0.93e6
     return int(max(build, search))

@@ -40,7 +40,8 @@ direction on the top directions has the best recall although grouping has the
 lower error; two-level codes win where some directions deserve more than 4 bits,
 at 4 bits per coordinate on 10^6 synthetic vectors recall 10@10 0.91 against 0.84),
 so :func:`fit_vq` measures the recall of each candidate design on the seeded
-sample, searching two-level codes as the index does, and keeps the best.
+sample, searching two-level codes as the index does, and keeps the best; on data
+larger than the sample a winning two-level design is checked once more on all rows.
 """
 
 from __future__ import annotations
@@ -72,17 +73,21 @@ KMEANS_DISTORTION = {(1, 1): 0.01082, (2, 1): 0.11027, (4, 1): 0.34862, (8, 1): 
 #: options tried at build time: one 4-bit code per direction, two grouped designs, and
 #: groups of 1, 2 or 4 directions with two codes (coarse + fine, 256 centroids) beside them
 CANDIDATE_SIZES = ((1,), (1, 2, 4), (1, 2, 4, 8), ((1, 2), (2, 2), (4, 2), 1, 2, 4, 8))
-#: bits per coordinate from which the designs with two-level codes are tried on data
-#: larger than the sample. Below it fast-scan's first stage over their coarse half loses
-#: more than their finer codes win, and the sample (where 160 candidates are a larger
-#: share of the rows) does not show it (measured, recall 10@10 of the default search,
-#: two-level against one-level designs: Fashion-MNIST 0.791 / 0.860 / 0.912 against
-#: 0.807 / 0.869 / 0.917 at 0.5 / 1 / 2 bits, 10^6 x 384 synthetic 0.597 / 0.748 against
-#: 0.607 / 0.738 at 1 / 2 bits, although their exact scans were 0.819 / 0.887 and 0.608 /
-#: 0.756); at 4 bits they win everywhere measured (Fashion-MNIST 0.979 against 0.952,
-#: synthetic 0.911 against 0.840). When the sample is the whole data the sample check
-#: sees exactly what the index will do, and they are tried at every budget.
+#: data of up to this many rows (four samples) have a winning two-level design checked on
+#: all rows when they outgrow the sample (see :func:`fit_vq`): that costs an encoding pass
+#: when the check fails (Fashion-MNIST, 60,000 x 1,280 at 1 bit per coordinate: build 12 s
+#: without two-level designs, 17 s with them and the check)
+FULL_CHECK_ROWS = 1 << 16
+#: bits per coordinate from which designs with two-level codes are tried on data of more
+#: than :data:`FULL_CHECK_ROWS` rows, without the check: there they win everywhere measured
+#: (recall 10@10 of the default search, 10^6 x 384 synthetic 0.911 against 0.840 at 4
+#: bits), while below it they lost or won little (0.597 / 0.748 against 0.607 / 0.738 at
+#: 1 / 2 bits), and checking them would take 2-3 times the build (their encoding pass at
+#: 10^6 rows: 13 s, the one-level build 9 s)
 TWO_LEVEL_MIN_BITS = 3.5
+#: deep re-rank of the full-scale check (times the default depth): it gives the recall of
+#: the two-level codes themselves, which the default depth loses some of
+CHECK_DEPTH_MULTIPLE = 10
 BASES = ("pca", "rotation")
 #: sample rows used as queries when choosing the design
 SELECT_QUERIES = 256
@@ -425,10 +430,10 @@ def _options(sizes) -> list[tuple[int, int]]:
     return sorted(opts, key=lambda o: (-o[1] / o[0], o[0]))
 
 
-def two_level_tried(bits_per_coordinate: float, n: int, sample_rows: int) -> bool:
-    """Whether a build of ``n`` rows tries the designs with two-level codes (see
-    :data:`TWO_LEVEL_MIN_BITS`): at high rates, or when its sample is the whole data."""
-    return bits_per_coordinate >= TWO_LEVEL_MIN_BITS or n <= sample_rows
+def two_level_tried(bits_per_coordinate: float, n: int) -> bool:
+    """Whether a build of ``n`` rows tries the designs with two-level codes: on data of up to
+    :data:`FULL_CHECK_ROWS` rows, and from :data:`TWO_LEVEL_MIN_BITS` on larger data."""
+    return n <= FULL_CHECK_ROWS or bits_per_coordinate >= TWO_LEVEL_MIN_BITS
 
 
 def _two_level(sizes) -> bool:
@@ -509,8 +514,8 @@ def _kmeans(P: np.ndarray, seed: int) -> np.ndarray:
         seed = int(np.random.default_rng([seed, 0xF5]).integers(2**31 - 1))
     km = faiss.Kmeans(P.shape[1], KSUB, niter=KMEANS_ITERS, seed=seed, min_points_per_centroid=1,
                       max_points_per_centroid=1 << 20)
-    if len(np.unique(P, axis=0)) < KSUB:  # too few distinct points: repeat them as centroids
-        U = np.unique(P, axis=0)
+    # too few distinct points: repeat them as centroids (a few hundred rows usually show there are enough)
+    if len(np.unique(P[:256], axis=0)) < KSUB and len(U := np.unique(P, axis=0)) < KSUB:
         return np.ascontiguousarray(U[np.arange(KSUB) % len(U)], np.float32)
     km.train(P)
     return np.ascontiguousarray(km.centroids, np.float32)
@@ -575,8 +580,9 @@ def design(basis: str, sizes, var: np.ndarray, order: np.ndarray,
 
 
 def build_encoder(d: Design, mean, V_pca, sample_c: np.ndarray, bits_r: int, scheme: str, seed: int,
-                  normalize: bool) -> VQEncoder:
-    """The encoder of a design: stored basis, class rotations, codebooks trained on the centred sample."""
+                  normalize: bool) -> tuple[VQEncoder, np.ndarray]:
+    """The encoder of a design (stored basis, class rotations, codebooks trained on the centred
+    sample) and the sample's latent rows."""
     dim = len(mean)
     if d.basis == "pca":
         Vsel = V_pca[:, d.dirs].T.astype(np.float32)  # (K, dim)
@@ -597,7 +603,7 @@ def build_encoder(d: Design, mean, V_pca, sample_c: np.ndarray, bits_r: int, sch
     lq = GroupedQuantizer(d.groups, np.concatenate(books).astype(np.float32))
     enc = VQEncoder(mean, lq, d.basis, rcodes, rq, dirs, seed, normalize, dim)
     object.__setattr__(enc, "_R", probe.R)
-    return enc
+    return enc, Z
 
 
 class SampleCheck:
@@ -613,7 +619,7 @@ class SampleCheck:
         n = len(sample)
         nq = min(SELECT_QUERIES, max(1, n // 5))
         qi = np.sort(np.random.default_rng([seed, 0x5E1]).choice(n, nq, replace=False))
-        self.db = np.setdiff1d(np.arange(n), qi)
+        self.qi, self.db = qi, np.setdiff1d(np.arange(n), qi)
         self.Q, self.metric, self.k = sample[qi], metric, min(k, len(self.db))
         self.sample = sample
         X = sample[self.db]
@@ -650,14 +656,18 @@ class SampleCheck:
             S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
         return S
 
-    def __call__(self, enc: VQEncoder) -> tuple[float, float]:
-        """Recall of the index's search on the decoded sample, and the squared error per row.
+    def __call__(self, enc: VQEncoder, Z: np.ndarray | None = None) -> tuple[float, float, float]:
+        """Recall of the index's search on the decoded sample, the squared error per row, and
+        the recall of the exact scan of the decoded sample.
 
         Exact search of the decoded rows; for two-level codes, as the index searches
-        them, the :data:`TWO_LEVEL_RERANK_FACTOR` ``* k`` best by the coarse codes first.
+        them, the :data:`TWO_LEVEL_RERANK_FACTOR` ``* k`` best by the coarse codes first
+        (the exact scan's recall is then reported apart). ``Z``: the sample's latent
+        rows ``(sample - mean) R^T`` when already computed (overwritten).
         """
         Xc = self.sample - enc.mean
-        Z = Xc @ enc.T
+        if Z is None:
+            Z = Xc @ enc.T
         codes = enc.lq.encode(Z)
         Zh = enc.lq.decode(codes)
         err = _error_sum(Xc, Z, Zh) / len(Z)
@@ -673,8 +683,11 @@ class SampleCheck:
             m = enc.mean.astype(np.float64)
             P, shift, Rm = self.Q @ enc.T, self.Q @ enc.mean, enc.R @ enc.mean
             norms = [np.einsum("ij,ij->i", Zd, Zd) + 2 * (Zd @ Rm) + float(m @ m) for Zd in rows]
-        first = None if len(rows) == 1 else (rows[1], norms[1], depth)
-        return self._recall(self._top(P, rows[0], norms[0], first=first, shift=shift)), max(err, 0.0)
+        exact = self._recall(self._top(P, rows[0], norms[0], shift=shift))
+        if len(rows) == 1:
+            return exact, max(err, 0.0), exact
+        first = (rows[1], norms[1], depth)
+        return self._recall(self._top(P, rows[0], norms[0], first=first, shift=shift)), max(err, 0.0), exact
 
     def decoded(self, Xh: np.ndarray) -> tuple[float, float]:
         """Recall and squared error per row of any decoded sample (prepared rows)."""
@@ -683,8 +696,12 @@ class SampleCheck:
         return self._recall(self._top(self.Q, Xd, (Xd * Xd).sum(1))), err
 
     def _recall(self, got) -> float:
-        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(self.truth, got))
-        return hits / (len(self.Q) * self.k)
+        return _hits(self.truth, got) / (len(self.Q) * self.k)
+
+
+def _hits(A: np.ndarray, B: np.ndarray) -> int:
+    """Entries of each row of ``B`` found in the same row of ``A`` (rows of distinct ids), summed."""
+    return int((A[:, :, None] == B[:, None, :]).any(2).sum())
 
 
 def cov_stats(block, normalize, mean):
@@ -702,15 +719,23 @@ def _error_sum(Xc: np.ndarray, Z: np.ndarray, Zh: np.ndarray) -> float:
     return float(err + np.einsum("ij,ij->", Z, Z, dtype=np.float64))
 
 
-def encode_block(block, encoder: VQEncoder):
-    """Packed codes of a block, and the squared error sums ``(||Xc - Xc_hat||^2, ||Xc||^2, ||X||^2)``."""
+def encode_block(block, encoder: VQEncoder, queries: np.ndarray | None = None, metric: str = "l2", k: int = 0):
+    """Packed codes of a block, the squared error sums ``(||Xc - Xc_hat||^2, ||X||^2)``, and
+    with ``queries`` (prepared) the scores and block row indices of the ``k`` best rows of
+    the block for each (exact search of the prepared rows), else None."""
     X = _normalize(block) if encoder.normalize else block
     Xc = X - encoder.mean
     Z = Xc @ encoder.T
     codes = encoder.lq.encode(Z)
     err = _error_sum(Xc, Z, encoder.lq.decode(codes))
     xx = float(np.einsum("ij,ij->", X, X, dtype=np.float64))
-    return _pack(codes, 4), max(err, 0.0), xx
+    top = None
+    if queries is not None:  # faiss's exact search: blocked, so its buffers stay small
+        import faiss
+
+        D, I = faiss.knn(queries, X, min(k, len(X)), faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+        top = (-D if metric == "l2" else D), I
+    return _pack(codes, 4), max(err, 0.0), xx, top
 
 
 @dataclass(frozen=True, eq=False)
@@ -719,6 +744,44 @@ class VQFit:
     codes: np.ndarray
     error: float
     candidates: list  # (basis, sizes, groups, recall, error) measured on the sample
+    #: the full-scale check of a two-level design (:func:`fit_vq`), or None where none was made
+    full_check: dict | None = None
+    #: the fast-scan scorer of ``codes`` that check built, or None
+    scorer: object = None
+
+
+class _Result(NamedTuple):
+    recall: float  # the index's search on the sample
+    error: float
+    exact: float  # the exact scan of the decoded sample
+    enc: VQEncoder
+    design: Design
+
+    def key(self, i: int):
+        return round(self.recall, 6), -self.error, -i
+
+
+def _best(results: list[_Result]) -> _Result | None:
+    return max(results, key=lambda r: r.key(results.index(r)), default=None)
+
+
+def _encode_all(executor, enc: VQEncoder, on_pass, queries=None, metric: str = "l2", k: int = 0):
+    """The encoding pass: packed codes of every row, the relative error, and with ``queries``
+    the row indices of their ``k`` nearest rows (exact search of the prepared rows), else None."""
+    if on_pass is not None:
+        on_pass("encode")
+    blocks, err, xx, tops, start = [], 0.0, 0.0, [], 0
+    for packed, e, x, top in executor.imap(encode_block, enc, queries, metric, k):
+        blocks.append(packed)
+        err, xx = err + e, xx + x
+        if top is not None:
+            tops.append((top[0], top[1] + start))
+        start += len(packed)
+    nearest = None
+    if queries is not None:
+        S, I = np.hstack([t[0] for t in tops]), np.hstack([t[1] for t in tops])
+        nearest = np.take_along_axis(I, np.argsort(-S, axis=1, kind="stable")[:, :k], 1)
+    return np.concatenate(blocks), float(np.sqrt(err / (xx or 1.0))), nearest
 
 
 def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str, seed: int, metric: str,
@@ -733,12 +796,25 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     code each. ``rival(raw sample) -> decoded sample`` is another codec fitted on
     the sample: when its recall on the sample is higher than every design's,
     nothing is encoded and the result's ``encoder`` is None.
+
+    When a design with two-level codes wins on a sample smaller than the data (of at most
+    :data:`FULL_CHECK_ROWS` rows), the sample cannot show what fast-scan's first stage
+    (their coarse codes alone) loses among all rows: its 160 candidates are a larger share
+    of the sample (measured, Fashion-MNIST 60,000 x 1,280 at 1 bit per coordinate: recall on
+    the 16,384-row sample 0.898 against 0.881 for the best one-level design, on the full
+    index 0.860 against 0.869). Its codes are then searched at full scale: during their
+    encoding pass the sample's query rows find their exact neighbours among all rows,
+    then they search the codes with the default depth and 10 times deeper
+    (:func:`lplr_index.search.fastscan.first_stage_recall`), and the design is kept only
+    if its exact recall on the sample, less the recall the default depth lost, still
+    beats the best one-level design; if not, the rows are encoded again with that one.
     """
     from .train import sample_rows as default_rows
 
     n, dim = executor.n, executor.dim
     normalize = metric == "cosine"
-    raw = executor.take((sample_rows or default_rows)(n, seed))
+    rows = (sample_rows or default_rows)(n, seed)
+    raw = executor.take(rows)
     sample = _normalize(raw) if normalize else raw
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
     if on_pass is not None:
@@ -762,7 +838,7 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
                 order = np.argsort(-var_all, kind="stable")
                 var = var_all[order]
             for sizes in CANDIDATE_SIZES:
-                if _two_level(sizes) and not two_level_tried(budget_bits / (n * dim), n, len(sample)):
+                if _two_level(sizes) and not two_level_tried(budget_bits / (n * dim), n):
                     continue
                 d = design(basis, sizes, var, order, file_bits, budget_bits, n)
                 if d is not None and not any(np.array_equal(d.groups, e.groups) and d.basis == e.basis
@@ -773,21 +849,39 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     results = []
     check = SampleCheck(sample, metric, seed) if len(designs) > 1 else None
     for d in designs:
-        enc = build_encoder(d, mean, V, sample_c, bits_r, scheme, seed, normalize)
-        rec, err = (1.0, 0.0) if check is None else check(enc)
-        results.append((rec, -err, len(results), enc, d))
-    rec, negerr, _, enc, _ = max(results, key=lambda r: (round(r[0], 6), r[1], -r[2]))
-    cands = [(d.basis, d.sizes, d.groups.tolist(), r, -ne) for r, ne, _, _, d in results]
+        enc, Z = build_encoder(d, mean, V, sample_c, bits_r, scheme, seed, normalize)
+        rec, err, exact = (1.0, 0.0, 1.0) if check is None else check(enc, Z)
+        del Z
+        results.append(_Result(rec, err, exact, enc, d))
+    top = _best(results)
+    cands = [(r.design.basis, r.design.sizes, r.design.groups.tolist(), r.recall, r.error) for r in results]
+    r_rec = None
     if rival is not None:
         r_rec, r_err = (check or SampleCheck(sample, metric, seed)).decoded(rival(raw))
         cands.append(("scalar", None, None, r_rec, r_err))
-        if round(r_rec, 6) > round(rec, 6):
+        if round(r_rec, 6) > round(top.recall, 6):
             return VQFit(None, None, float("nan"), cands)
-    if on_pass is not None:
-        on_pass("encode")
-    blocks, err, xx = [], 0.0, 0.0
-    for packed, e, x in executor.imap(encode_block, enc):
-        blocks.append(packed)
-        err, xx = err + e, xx + x
-    codes = np.concatenate(blocks)
-    return VQFit(enc, codes, float(np.sqrt(err / (xx or 1.0))), cands)
+    codes = full_check = scorer = None
+    if top.enc.lq.two_level and check is not None and len(sample) < n <= FULL_CHECK_ROWS:
+        from .search.fastscan import first_stage_recall
+
+        # k + 1 neighbours: a query row finds itself
+        codes, error, nearest = _encode_all(executor, top.enc, on_pass, check.Q, metric, check.k + 1)
+        (shallow, deep), scorer = first_stage_recall(
+            top.enc, codes, metric, check.Q, rows[check.qi], nearest, k=check.k,
+            factor=TWO_LEVEL_RERANK_FACTOR, multiple=CHECK_DEPTH_MULTIPLE)
+        predicted = top.exact - (deep - shallow)
+        alt = _best([r for r in results if not r.enc.lq.two_level])
+        full_check = {"groups": top.design.groups.tolist(), "sample_recall": top.recall,
+                      "exact_sample_recall": top.exact, "recall": shallow, "deep_recall": deep,
+                      "predicted_recall": predicted, "kept": True}
+        rivals = [r for r in (None if alt is None else alt.recall, r_rec) if r is not None]
+        if rivals and round(max(rivals), 6) > round(predicted, 6):
+            full_check["kept"] = False
+            codes = scorer = None
+            if alt is None or (r_rec is not None and round(r_rec, 6) > round(alt.recall, 6)):
+                return VQFit(None, None, float("nan"), cands, full_check)
+            top = alt
+    if codes is None:
+        codes, error, _ = _encode_all(executor, top.enc, on_pass)
+    return VQFit(top.enc, codes, error, cands, full_check, scorer)

@@ -61,6 +61,32 @@ def test_faiss_holds_exactly_our_codes(built):
         assert index._fastscan().codes_match(rows=5000)
 
 
+@pytest.mark.parametrize("codec", ["scalar", "two-level"])
+def test_fastscan_takes_the_packed_codes_of_an_odd_count_without_touching_them(embeddings, codec, tmp_path,
+                                                                            monkeypatch):
+    # faiss is given the packed coarse codes directly: with an odd count the last byte's
+    # high nibble (padding, or a two-level index's first fine code) is cleared in a copy
+    from lplr_index import vq
+
+    if codec == "two-level":
+        monkeypatch.setattr(vq, "CANDIDATE_SIZES", (vq.CANDIDATE_SIZES[-1],))
+        index = LPLRIndex(64, bits_per_coordinate=2.03, codec="vq").build(embeddings[:3000])
+        lq = index._state.encoder.lq
+        assert lq.two_level and lq.n_coarse % 2 == 1
+        codes = index._state.view.unpack(index._state.store.codes[:200])
+        assert codes[:, lq.n_coarse].any()  # a fine code shares the last coarse code's byte
+    else:
+        index = LPLRIndex(64, rank=15, bits_l=4, codec="scalar").build(embeddings[:3000])
+    index.save(tmp_path / "a.lplr")
+    loaded = LPLRIndex.load(tmp_path / "a.lplr", mmap=True)  # read-only codes
+    before = np.array(loaded._state.store.codes)
+    assert loaded._fastscan().codes_match(rows=3000)
+    np.testing.assert_array_equal(np.array(loaded._state.store.codes), before)
+    D, I = loaded.search(embeddings[:30], 10, rerank_factor=300)
+    De, Ie = loaded.search(embeddings[:30], 10, mode="factored")
+    assert recall_at_k(I, Ie, 10) >= 0.99
+
+
 def test_l2_latent_ranking_is_exact_with_the_orthonormal_factor(built, queries):
     # the first stage ranks by ||p - l||^2, which equals ||q - x_hat||^2 minus a per-query
     # constant when R R^T = I; the stored 8-bit factor is orthonormal up to rounding

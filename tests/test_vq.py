@@ -351,11 +351,72 @@ def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level
     np.testing.assert_array_equal(np.array(again._state.store.codes[len(X):]), codes)
 
 
-def test_two_level_designs_are_tried_at_high_rates_or_when_the_sample_is_the_data():
-    def tried(X, budget):
-        report = LPLRIndex(X.shape[1], bits_per_coordinate=budget, codec="vq").build(X).build_report
+def test_two_level_designs_are_checked_on_all_rows_when_the_data_outgrows_the_sample(monkeypatch):
+    from lplr_index.search import fastscan
+
+    def build(X, budget=2):
+        index = LPLRIndex(X.shape[1], bits_per_coordinate=budget, codec="vq").build(X)
+        return index, index.build_report
+
+    def tried(report):
         return any(isinstance(o, tuple) for c in report["candidates"] for o in (c["sizes"] or ()))
 
-    big = steep_data(20_000, 16)  # more rows than the 16,384-row sample
-    assert not tried(big, 2) and tried(big, 4)
-    assert tried(steep_data(3000, 16), 2)  # the sample is the data: its check is the index's search
+    small, big = steep_data(3000, 16), steep_data(20_000, 16)  # big: more rows than the 16,384-row sample
+    index, report = build(small)
+    assert tried(report) and report["full_check"] is None  # the sample is the data: its check is the search
+    index, report = build(big)
+    assert tried(report)
+    check = report["full_check"]
+    assert check is not None and any(lv == 2 for _, _, lv in check["groups"])
+    assert 0 <= check["recall"] <= check["deep_recall"] + 0.02 and check["deep_recall"] <= 1
+    assert check["predicted_recall"] == pytest.approx(
+        check["exact_sample_recall"] - (check["deep_recall"] - check["recall"]))
+    assert (index.layout["groups"] == check["groups"]) == check["kept"]
+
+    # the decision follows the measured recalls: nothing lost keeps the two-level design,
+    # everything lost falls back to the best one-level design, encoded in a third pass
+    real = fastscan.first_stage_recall
+    for recalls in ((1.0, 1.0), (0.0, 1.0)):
+        monkeypatch.setattr(fastscan, "first_stage_recall",
+                            lambda *a, recalls=recalls, **kw: (recalls, real(*a, **kw)[1]))
+        index, report = build(big)
+        kept = report["full_check"]["kept"]
+        assert kept == (recalls[0] == 1.0)
+        assert index._state.encoder.lq.two_level == kept
+    monkeypatch.setattr(vq_module, "CANDIDATE_SIZES", vq_module.CANDIDATE_SIZES[:-1])
+    one_level = LPLRIndex(16, bits_per_coordinate=2, codec="vq").build(big)
+    monkeypatch.undo()
+    assert one_level.to_bytes() == index.to_bytes()
+    np.testing.assert_array_equal(index.search(big[:50], 5)[1], one_level.search(big[:50], 5)[1])
+
+
+def test_two_level_designs_on_data_past_the_checked_size_only_at_high_rates(monkeypatch):
+    monkeypatch.setattr(vq_module, "FULL_CHECK_ROWS", 10_000)
+    X = steep_data(12_000, 16)
+    for budget, expect in ((2, False), (4, True)):
+        report = LPLRIndex(16, bits_per_coordinate=budget, codec="vq").build(X).build_report
+        assert any(isinstance(o, tuple) for c in report["candidates"] for o in (c["sizes"] or ())) == expect
+        assert report["full_check"] is None  # the sample (12,000 rows) is the data
+    monkeypatch.undo()
+    assert vq_module.two_level_tried(0.5, 1 << 16) and not vq_module.two_level_tried(3.4, (1 << 16) + 1)
+    assert vq_module.two_level_tried(3.5, 10**9)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_first_stage_recall_counts_the_exact_neighbours_found(metric, two_level_only):
+    from lplr_index.search.fastscan import first_stage_recall
+    from lplr_index.search.metrics import prepare_queries
+
+    X = steep_data(2000, 16)
+    index = LPLRIndex(16, bits_per_coordinate=4, metric=metric, codec="vq").build(X)
+    st = index._state
+    rows = np.arange(0, 2000, 23)
+    Q = prepare_queries(st.view, X[rows])
+    # as neighbours, what the exact scan of the codes finds: a depth holding every row finds them all
+    _, nearest = index.search(X[rows], 11, mode="factored")
+    (shallow, deep), scorer = first_stage_recall(st.encoder, st.store.codes, metric, Q, rows, nearest,
+                                                 k=10, factor=200, multiple=2)
+    assert shallow == deep == 1.0 and scorer.ntotal == 2000
+    (shallow, deep), _ = first_stage_recall(st.encoder, st.store.codes, metric, Q, rows, nearest,
+                                            k=10, factor=1, multiple=200)
+    assert deep == 1.0 and 0.0 <= shallow < 1.0

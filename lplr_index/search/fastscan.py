@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..packing import _unpack
 from .metrics import CodeView, prepare_queries
 
 #: codes encoded (decoded to floats and added) per block when building
@@ -68,40 +69,63 @@ class FastScanScorer:
                 np.arange(16, dtype=np.float32)[None, :] * np.broadcast_to(enc.lq.step, (m,))[:, None]
             ))[:, :, None]
         M, _, dsub = table.shape
-        index = faiss.IndexPQFastScan(M * dsub, M, 4, metric, 32)
-        faiss.copy_array_to_vector(np.ascontiguousarray(table, np.float32).ravel(), index.pq.centroids)
-        index.is_trained = True
-        self.index = index
+        self._table = np.ascontiguousarray(table, np.float32).ravel()
+        self._args = (M * dsub, M, 4, metric)
+        self.index = None
         self.view = view
         self.ntotal = 0
         self.extend(view)
+
+    def _packed(self, packed: np.ndarray) -> np.ndarray:
+        """faiss's codes of packed rows: the first M codes (the coarse ones come first), whose
+        nibble order (low nibble = even code) is faiss's; an odd M leaves a high nibble to clear."""
+        M = self._args[1]
+        if M % 2 == 0:
+            return np.ascontiguousarray(packed[:, : M // 2])
+        out = np.array(packed[:, : (M + 1) // 2])  # a copy: the view's codes stay as they are
+        out[:, -1] &= np.uint8(0x0F)
+        return out
+
+    def _append(self, packed: np.ndarray) -> None:
+        """Add packed code rows without decoding them: an ``IndexPQ`` given the codes,
+        converted to fast-scan's block layout and merged in."""
+        import faiss
+
+        pq = faiss.IndexPQ(*self._args)
+        faiss.copy_array_to_vector(self._table, pq.pq.centroids)
+        pq.is_trained = True
+        pq.add_sa_codes(self._packed(packed))
+        index = faiss.IndexPQFastScan(pq, 32)
+        index.orig_codes = None  # a debugging pointer into pq's codes, freed below
+        del pq
+        if self.index is None:
+            self.index = index
+        else:
+            self.index.merge_from(index)
 
     def _layout(self, L: np.ndarray) -> np.ndarray:
         """Latent rows as faiss's sub-vectors (padded for grouped codes), float32 contiguous."""
         enc = self.view.encoder
         return np.ascontiguousarray(enc.lq.pad(L) if enc.codec == "vq" else L, np.float32)
 
-    def _scanned(self, packed: np.ndarray) -> np.ndarray:
-        """Latent rows of what fast-scan scores: the coarse codes alone where groups have two."""
-        if self.view.encoder.codec == "vq":
-            return self.view.encoder.lq.decode(self.view.unpack(packed), coarse=True)
-        return self.view.decode_latent(packed)
-
     def extend(self, view: CodeView) -> None:
         """Add the rows of ``view`` past those already held (after ``add``)."""
         self.view = view
         for s in range(self.ntotal, view.ntotal, _ADD_ROWS):
-            # decoded latent rows are exactly centroids: faiss's nearest-centroid
-            # encoding gives back codes of the same values
-            self.index.add(self._layout(self._scanned(view.codes[s : s + _ADD_ROWS])))
+            self._append(np.asarray(view.codes[s : s + _ADD_ROWS]))
+        if self.index is None:  # no rows yet
+            self._append(np.zeros((0, view.codes.shape[1]), np.uint8))
         self.ntotal = view.ntotal
 
     def codes_match(self, rows: int = 1024) -> bool:
-        """Whether faiss's codes decode to exactly the view's latent rows for the first ``rows`` rows."""
+        """Whether faiss holds exactly the view's codes (the coarse ones) for the first ``rows`` rows:
+        its reconstruction is the table entries of those codes."""
         n = min(rows, self.ntotal)
-        L = self._layout(self._scanned(self.view.codes[:n]))
-        got = self.index.pq.decode(self.index.pq.compute_codes(L))
-        return bool(np.array_equal(got, L))
+        M = self._args[1]
+        table = self._table.reshape(M, 16, -1)
+        codes = _unpack(self._packed(np.asarray(self.view.codes[:n])), 4, M)
+        want = table[np.arange(M)[None, :], codes].reshape(n, -1)
+        return bool(np.array_equal(self.index.reconstruct_n(0, n), want))
 
     def candidates(self, Q: np.ndarray, kprime: int) -> np.ndarray:
         """Ids (nq, kprime) of the first stage, best first; -1 where fewer exist."""
@@ -123,3 +147,40 @@ class FastScanScorer:
             self._pinv = np.linalg.pinv(self.view.encoder.R.astype(np.float64)).astype(np.float32)
         return self._pinv
 
+
+
+def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, rows: np.ndarray,
+                       nearest: np.ndarray, *, k: int, factor: int, multiple: int, chunk: int = 8
+                       ) -> tuple[tuple[float, float], FastScanScorer]:
+    """Recall k@k of the search of the codes at the re-rank depth ``factor * k``, and ``multiple``
+    times deeper, among all rows.
+
+    Rows ``rows`` of the codes query them (``Q``, their prepared vectors); ``nearest``
+    holds their exact neighbours (at least ``k + 1`` per row, best first); each query
+    row is left out of its own results and neighbours. Returns the two recalls and the
+    scorer (to keep for the index's searches).
+    """
+    from ..vq import _hits
+    from . import blas
+
+    view = CodeView(encoder, codes, metric)
+    scorer = FastScanScorer(view)
+    n = view.ntotal
+    kk = min(k + 1, n)  # one more: the query row finds itself
+    depth, deep = min(n, factor * k + 1), min(n, multiple * factor * k + 1)
+    own = np.asarray(rows)
+    truth = _others(nearest, own, k)
+    hits = np.zeros(2, np.int64)
+    for s in range(0, len(Q), chunk):  # bounds the re-rank's (chunk x deep x codes) offsets
+        q = Q[s : s + chunk]
+        cand = scorer.candidates(q, deep)
+        for j, c in enumerate((cand[:, :depth], cand)):
+            got = blas.rerank(view, q, c, kk, chunk=chunk)[1]
+            hits[j] += _hits(truth[s : s + chunk], _others(got, own[s : s + chunk], k))
+    shallow, deeper = hits / (len(Q) * k)
+    return (float(shallow), float(deeper)), scorer
+
+
+def _others(I: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row of ``I`` other than that row's ``own`` id."""
+    return np.stack([r[r != o][:k] for r, o in zip(I, own)])
