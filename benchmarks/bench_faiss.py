@@ -658,7 +658,8 @@ def run_lplr(ctx: Context, variant: str, budget: float, log: Callable[[str], Non
                          extra={"rank": index.rank, "bits_l": index.bits_l, "bits_r": index.bits_r,
                                 "quantizer": index.quantizer, "fit_error": index.fit_error,
                                 "factor": index.factor, "variant": variant,
-                                "rd_ratio": rd.ratio, "rd_equivalent_bits": rd.equivalent_bits}))
+                                "rd_ratio": rd.ratio, "rd_equivalent_bits": rd.equivalent_bits,
+                                "rd_floor_ratio": rd.floor_ratio}))
         log("  " + faiss_report.one_line(rows[-1], args.k))
     del index
     return rows, skipped

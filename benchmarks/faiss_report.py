@@ -126,7 +126,7 @@ def markdown(result: dict[str, Any]) -> str:
         "All rows:",
         "",
         "| budget | method | setting | bits/coord | code b/c | file | build s | QPS 1t | latency ms 1t "
-        f"| QPS 2t | latency ms 2t | R1@1 | R{k}@{k} | RD ratio |" + (" 3-NN acc |" if has_acc else ""),
+        f"| QPS 2t | latency ms 2t | R1@1 | R{k}@{k} | RD ratio (floor) |" + (" 3-NN acc |" if has_acc else ""),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if has_acc else ""),
     ]
     for r in rows:
@@ -137,7 +137,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_targets(r)} | {_label(r)} | {r['param']} | {r['bits_per_coordinate']:.3f}{over} | {code} "
             f"| {_fmt_bytes(r['file_bytes'])} | {r['build_s']:.2f} | {r['qps']:.0f} | {r['latency_ms']:.2f} "
             f"| {_num(r.get('qps_2t'), '.0f')} | {_num(r.get('latency_ms_2t'), '.2f')} "
-            f"| {r['recall_1_at_1']:.3f} | {r[f'recall_{k}_at_{k}']:.3f} | {_num(r.get('rd_ratio'), '.2f')} |"
+            f"| {r['recall_1_at_1']:.3f} | {r[f'recall_{k}_at_{k}']:.3f} | {_rd(r)} |"
             + (f" {acc:.3f} |" if has_acc and acc is not None else (" – |" if has_acc else ""))
         )
     errors = [s for s in result.get("skipped", []) if s.get("error")]
@@ -322,3 +322,10 @@ def plots(result: dict[str, Any], out_dir: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
     return written
+
+
+def _rd(row: dict) -> str:
+    """The RD ratio, and in parentheses the best ratio of the index's code options on Gaussian
+    data of the same covariance (``RateDistortion.floor_ratio``) where the row has it."""
+    floor = row.get("rd_floor_ratio")
+    return _num(row.get("rd_ratio"), ".2f") + ("" if floor is None else f" ({floor:.2f})")

@@ -629,6 +629,8 @@ def cmd_eval(args) -> dict:
         # the Gaussian rate-distortion reference of the --train vectors at the index's rate
         "rd_ratio": rd.ratio,
         "rd_equivalent_bits_per_coordinate": rd.equivalent_bits,
+        # the ratio the index's code options reach at best on Gaussian data of that covariance
+        "rd_floor_ratio": rd.floor_ratio,
         "relative_error": rd.relative_error,
         "rd_reference_relative_error": rd.reference_relative_error,
         "ground_truth": ground_truth,

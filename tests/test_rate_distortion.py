@@ -33,6 +33,24 @@ def test_report_of_an_index(rng):
     assert 1.0 < r.ratio < 5.0  # observed 3.5
     assert 0 < r.equivalent_bits < r.bits_per_coordinate
     assert r.relative_error == pytest.approx(index.fit_error, rel=1e-3)
+    # the code options' Gaussian floor sits between the reference and the index
+    assert 1.0 < r.floor_ratio <= r.ratio  # observed 1.4 and 3.5
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.9, 0.6])
+def test_the_code_options_floor_lies_above_the_reference_and_falls_with_the_rate(decay):
+    from lplr_index.vq import KMEANS_DISTORTION, gaussian_floor
+
+    var = decay ** np.arange(64)
+    floors = [gaussian_floor(var, 64 * b) / _water_fill(var, 64 * b) for b in (0.25, 0.5, 1, 2, 4)]
+    # every option's distortion is above the Gaussian D(R) at its rate: so is any mix of them
+    assert all(f > 1.0 for f in floors)
+    absolute = [gaussian_floor(var, 64 * b) for b in (0.25, 0.5, 1, 2, 4)]
+    assert all(a > b for a, b in zip(absolute, absolute[1:]))
+    # equal variances at 1 bit per direction: groups of 4 sharing a code (or better) -- the
+    # (4, 1) entry is one candidate, so the floor is at most its distortion
+    if decay == 1.0:
+        assert gaussian_floor(var, 64.0) <= KMEANS_DISTORTION[(4, 1)] * 64 + 1e-9
 
 
 def test_bad_arguments():
