@@ -86,7 +86,8 @@ from pipelines.image_embedders import IMAGE_MODELS  # noqa: E402  (imports no to
 
 DEFAULT_OUT = Path("results") / "runs" / "bench_faiss"  # ignored by git; reference results: --out results/reference/bench_faiss
 SMOKE_OUT = Path("results") / "runs" / "bench_faiss_smoke"
-PIPELINE_DATASETS = ("bbc", "bbc-sentences", "fortunes", "fashion-mnist", "cifar10")  # pipelines datasets --dataset accepts
+#: pipelines datasets --dataset accepts
+PIPELINE_DATASETS = ("bbc", "bbc-sentences", "fortunes", "fashion-mnist", "cifar10")
 IMAGE_DATASETS = ("fashion-mnist", "cifar10")  # of those, the image ones (full size, --model)
 
 # LPLRIndex settings compared; the budget is added per run.

@@ -854,8 +854,10 @@ class LPLRIndex:
         if s.codec_used == "vq":
             result = self._fit_vq(source, ids, progress)
             if result.encoder is not None:
+                # the full-scale check of a two-level design built fast-scan's copy of the codes: kept
+                cache = None if result.scorer is None else {"fastscan": result.scorer}
                 self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
-                                    ids=_frozen(ids)), cache=None if result.scorer is None else {"fastscan": result.scorer})
+                                    ids=_frozen(ids)), cache=cache)
                 return self
             # codec="auto" at 3.5+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used

@@ -781,7 +781,9 @@ class _Result(NamedTuple):
 
 
 def _best(results: list[_Result]) -> _Result | None:
-    return max(results, key=lambda r: r.key(results.index(r)), default=None)
+    """The result of the best recall (then the least error, then the earliest), None if none."""
+    i = max(range(len(results)), key=lambda i: results[i].key(i), default=None)
+    return None if i is None else results[i]
 
 
 def _encode_all(executor, enc: VQEncoder, on_pass, queries=None, metric: str = "l2", k: int = 0):

@@ -25,7 +25,9 @@ the exact cosine. Either way :func:`lplr_index.search.blas.rerank` re-scores the
 candidates exactly from their codes, so the 8-bit table rounding only matters
 when a true neighbour falls outside the candidates.
 
-faiss is imported here only, when a fast-scan index is first built.
+The packed codes are handed to faiss as they are (through an ``IndexPQ`` converted
+to fast-scan's block layout), never decoded and re-encoded. faiss is imported here
+only, when a fast-scan index is first built.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from ..packing import _unpack
 from .metrics import CodeView, prepare_queries
 
-#: codes encoded (decoded to floats and added) per block when building
+#: code rows handed to faiss per block when building (each block's copy is released before the next)
 _ADD_ROWS = 1 << 16
 
 
@@ -146,7 +148,6 @@ class FastScanScorer:
         if getattr(self, "_pinv", None) is None:
             self._pinv = np.linalg.pinv(self.view.encoder.R.astype(np.float64)).astype(np.float32)
         return self._pinv
-
 
 
 def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, rows: np.ndarray,
