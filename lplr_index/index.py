@@ -1647,7 +1647,8 @@ def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonor
     Building hands faiss the packed codes 65,536 rows at a time (a contiguous copy
     of their first ``rank`` codes; faiss's own memory is outside tracemalloc's view
     and counted in ``fastscan_bytes``); the search holds the queries, the (nq, 4k)
-    candidates and re-ranks 256 queries at a time, decoding their candidates (about
+    candidates and re-ranks up to 256 queries at a time (:func:`blas.rerank_chunk`),
+    decoding their candidates (about
     6.5 bytes per candidate code with an orthonormal factor, 8 with the Gram product
     of another factor); ``factor * k`` candidates per query. The orthonormal model is
     a least-squares fit to five measured shapes, raised to bound them all (it
@@ -1655,10 +1656,12 @@ def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonor
     """
     build = min(n, 1 << 16) * ((rank + 1) // 2)
     kc = min(n, int(factor * k))
+    # queries re-ranked together (blas.rerank_chunk, decoding candidates)
+    chunk = min(nq, 256, max(1, blas.RERANK_BYTES // max(4 * kc * rank, 1)))
     if orthonormal:
-        search = 6.479 * min(nq, 256) * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
+        search = 6.479 * chunk * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
     else:
-        search = 7.988 * min(nq, 256) * kc * rank + 9.21 * nq * kc + 0.93e6
+        search = 7.988 * chunk * kc * rank + 9.21 * nq * kc + 0.93e6
     return int(max(build, search))
 
 

@@ -151,7 +151,7 @@ class FastScanScorer:
 
 
 def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, rows: np.ndarray,
-                       nearest: np.ndarray, *, k: int, factor: int, multiple: int, chunk: int = 8
+                       nearest: np.ndarray, *, k: int, factor: int, multiple: int, chunk: int = 64
                        ) -> tuple[tuple[float, float], FastScanScorer]:
     """Recall k@k of the search of the codes at the re-rank depth ``factor * k``, and ``multiple``
     times deeper, among all rows.
@@ -172,11 +172,11 @@ def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, r
     own = np.asarray(rows)
     truth = _others(nearest, own, k)
     hits = np.zeros(2, np.int64)
-    for s in range(0, len(Q), chunk):  # bounds the re-rank's (chunk x deep x codes) offsets
+    for s in range(0, len(Q), chunk):  # bounds the (chunk x deep) candidates
         q = Q[s : s + chunk]
         cand = scorer.candidates(q, deep)
         for j, c in enumerate((cand[:, :depth], cand)):
-            got = blas.rerank(view, q, c, kk, chunk=chunk)[1]
+            got = blas.rerank(view, q, c, kk)[1]
             hits[j] += _hits(truth[s : s + chunk], _others(got, own[s : s + chunk], k))
     shallow, deeper = hits / (len(Q) * k)
     return (float(shallow), float(deeper)), scorer
