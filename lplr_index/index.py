@@ -1656,8 +1656,7 @@ def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonor
     """
     build = min(n, 1 << 16) * ((rank + 1) // 2)
     kc = min(n, int(factor * k))
-    # queries re-ranked together (blas.rerank_chunk, decoding candidates)
-    chunk = min(nq, 256, max(1, blas.RERANK_BYTES // max(4 * kc * rank, 1)))
+    chunk = min(nq, blas.chunk_for(4 * kc * rank))  # queries re-ranked together (decoding candidates)
     if orthonormal:
         search = 6.479 * chunk * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
     else:

@@ -52,6 +52,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .evaluation import _normalize_rows as _normalize
+from .evaluation import recall_at_k
 from .packing import _pack
 from .quantize import Quantizer, _fit
 from .train import _EncoderBase, _orthonormal_rows, haar
@@ -715,12 +716,7 @@ class SampleCheck:
         return self._recall(self._top(self.Q, Xd, (Xd * Xd).sum(1))), err
 
     def _recall(self, got) -> float:
-        return _hits(self.truth, got) / (len(self.Q) * self.k)
-
-
-def _hits(A: np.ndarray, B: np.ndarray) -> int:
-    """Entries of each row of ``B`` found in the same row of ``A`` (rows of distinct ids), summed."""
-    return int((A[:, :, None] == B[:, None, :]).any(2).sum())
+        return recall_at_k(got, self.truth, self.k)
 
 
 def cov_stats(block, normalize, mean):

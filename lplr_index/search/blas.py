@@ -201,8 +201,12 @@ def _uses_tables(enc) -> bool:
 def rerank_chunk(enc, candidates: int) -> int:
     """Queries re-ranked together: a working set of about :data:`RERANK_BYTES` (8-byte table
     offsets per code and candidate, or the decoded float32 candidates), 1 to 256 queries."""
-    per_query = candidates * (8 * enc.lq.n_coarse if _uses_tables(enc) else 4 * enc.rank)
-    return int(min(256, max(1, RERANK_BYTES // max(per_query, 1))))
+    return chunk_for(candidates * (8 * enc.lq.n_coarse if _uses_tables(enc) else 4 * enc.rank))
+
+
+def chunk_for(per_query_bytes: int) -> int:
+    """Queries per re-rank chunk for a working set of ``per_query_bytes`` a query."""
+    return int(min(256, max(1, RERANK_BYTES // max(per_query_bytes, 1))))
 
 
 def _grouped_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray) -> np.ndarray:

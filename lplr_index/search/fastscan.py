@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..evaluation import recall_at_k
 from ..packing import _unpack
 from .metrics import CodeView, prepare_queries
 
@@ -161,7 +162,6 @@ def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, r
     row is left out of its own results and neighbours. Returns the two recalls and the
     scorer (to keep for the index's searches).
     """
-    from ..vq import _hits
     from . import blas
 
     view = CodeView(encoder, codes, metric)
@@ -170,16 +170,15 @@ def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, r
     kk = min(k + 1, n)  # one more: the query row finds itself
     depth, deep = min(n, factor * k + 1), min(n, multiple * factor * k + 1)
     own = np.asarray(rows)
-    truth = _others(nearest, own, k)
-    hits = np.zeros(2, np.int64)
+    found = ([], [])  # the k best of the default depth, and of the deep one
     for s in range(0, len(Q), chunk):  # bounds the (chunk x deep) candidates
         q = Q[s : s + chunk]
         cand = scorer.candidates(q, deep)
-        for j, c in enumerate((cand[:, :depth], cand)):
-            got = blas.rerank(view, q, c, kk)[1]
-            hits[j] += _hits(truth[s : s + chunk], _others(got, own[s : s + chunk], k))
-    shallow, deeper = hits / (len(Q) * k)
-    return (float(shallow), float(deeper)), scorer
+        for got, c in zip(found, (cand[:, :depth], cand)):
+            got.append(_others(blas.rerank(view, q, c, kk)[1], own[s : s + chunk], k))
+    truth = _others(nearest, own, k)
+    shallow, deeper = (recall_at_k(np.vstack(got), truth, k) for got in found)
+    return (shallow, deeper), scorer
 
 
 def _others(I: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
