@@ -40,7 +40,7 @@ from .fileformat import (
 from .packing import _unpack, packed_nbytes
 from .quantize import Quantizer
 from .search import blas, fastscan
-from .search.metrics import CodeView, pad_results
+from .search.metrics import CodeView, pad_results, prepare_queries
 from .settings import IndexSettings
 from .train import FACTORS, SAMPLE_ROWS, Encoder, fit
 from .vq import (TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq,
@@ -1309,8 +1309,9 @@ class LPLRIndex:
         gathered allowed rows 7.5, 12, 15, 23 and 30 ms: they cross at about 0.2.
         """
         if mask is None:
-            cand = self._fastscan().candidates(Q, kc)
-            D, I = blas.rerank(st.view, Q, cand, keep)
+            p = blas.latent(st.view, prepare_queries(st.view, Q))  # both stages' query projection
+            cand = self._fastscan().candidates(Q, kc, p)
+            D, I = blas.rerank(st.view, Q, cand, keep, p=p)
             short = (cand < 0).any(axis=1)
             if short.any():
                 # fast-scan dropped rows (its 16-bit sums saturate on extreme level
@@ -1321,10 +1322,11 @@ class LPLRIndex:
         if frac < FILTER_SCAN_FRACTION:
             return self._scan(st, Q, keep, mask, n_ok)
         kf = int(min(st.n, max(kc, np.ceil(FILTER_OVERFETCH * kc / frac))))
-        cand = self._fastscan().candidates(Q, kf)
+        p = blas.latent(st.view, prepare_queries(st.view, Q))
+        cand = self._fastscan().candidates(Q, kf, p)
         cand = np.where((cand >= 0) & mask[np.maximum(cand, 0)], cand, -1)
         first = np.argsort(cand < 0, axis=1, kind="stable")[:, :kc]  # allowed first, in rank order
-        D, I = blas.rerank(st.view, Q, np.take_along_axis(cand, first, 1), keep)
+        D, I = blas.rerank(st.view, Q, np.take_along_axis(cand, first, 1), keep, p=p)
         short = (I < 0).any(axis=1)
         if short.any():
             D2, I2 = self._scan(st, Q[short], keep, mask, n_ok)

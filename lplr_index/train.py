@@ -61,6 +61,11 @@ class _EncoderBase:
             object.__setattr__(self, key, value)
         return value
 
+    @property
+    def RT(self) -> np.ndarray:
+        """``R^T`` (dim x rank) float32, contiguous (cached): latent coordinates ``q R^T`` of queries."""
+        return self._cached("_RT", lambda: np.ascontiguousarray(self.R.T))
+
     def prepare(self, X: np.ndarray) -> np.ndarray:
         """``X`` as the encoder sees it: normalised (cosine) and centred."""
         if self.normalize:

@@ -87,6 +87,25 @@ def test_fastscan_takes_the_packed_codes_of_an_odd_count_without_touching_them(e
     assert recall_at_k(I, Ie, 10) >= 0.99
 
 
+@pytest.mark.parametrize("codec", ["vq", "scalar"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_both_stages_share_the_query_projection(embeddings, queries, metric, codec):
+    # the search projects the queries once (blas.latent) for the first stage and the re-rank:
+    # candidates and scores are those of each stage projecting on its own
+    index = LPLRIndex(64, bits_per_coordinate=1, metric=metric, codec=codec).build(embeddings[:3000])
+    view, scorer = index._state.view, index._fastscan()
+    Q = queries[:30]
+    Qp = fastscan.prepare_queries(view, Q)
+    p = blas.latent(view, Qp)
+    own = scorer.candidates(Q, 40)
+    np.testing.assert_array_equal(scorer.candidates(Q, 40, p), own)
+    np.testing.assert_array_equal(blas.exact_scores(view, Qp, own, p), blas.exact_scores(view, Qp, own))
+    for a, b in zip(blas.rerank(view, Q, own, 10, p=p), blas.rerank(view, Q, own, 10)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(blas.rerank(view, Q, own, 10, p=p, chunk=7), blas.rerank(view, Q, own, 10)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 def test_l2_latent_ranking_is_exact_with_the_orthonormal_factor(built, queries):
     # the first stage ranks by ||p - l||^2, which equals ||q - x_hat||^2 minus a per-query
     # constant when R R^T = I; the stored 8-bit factor is orthonormal up to rounding

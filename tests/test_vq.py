@@ -420,3 +420,18 @@ def test_first_stage_recall_counts_the_exact_neighbours_found(metric, two_level_
     (shallow, deep), _ = first_stage_recall(st.encoder, st.store.codes, metric, Q, rows, nearest,
                                             k=10, factor=1, multiple=200)
     assert deep == 1.0 and 0.0 <= shallow < 1.0
+
+
+def test_the_layout_is_read_only_and_its_sizes_survive_pickling():
+    import pickle
+
+    lq, _ = quantizer(groups=((1, 3, 2), (2, 4, 1), (4, 2, 1)))
+    assert (lq.n_codes, lq.n_coarse, lq.rank, lq.dsub, lq.two_level) == (12, 9, 19, 4, True)
+    with pytest.raises(ValueError):
+        lq.groups[0, 0] = 2  # the cached sizes and classes follow the layout: it cannot change
+    again = pickle.loads(pickle.dumps(lq))
+    assert "_pq" not in again.__dict__ and again.classes()[1].C.base is not None
+    assert (again.n_codes, again.n_coarse, again.rank, again.dsub, again.two_level) == (12, 9, 19, 4, True)
+    Z = np.random.default_rng(1).standard_normal((50, 19)).astype(np.float32)
+    np.testing.assert_array_equal(again.encode(Z), lq.encode(Z))
+    np.testing.assert_array_equal(again.decode(again.encode(Z)), lq.decode(lq.encode(Z)))

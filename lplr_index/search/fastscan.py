@@ -130,22 +130,28 @@ class FastScanScorer:
         want = table[np.arange(M)[None, :], codes].reshape(n, -1)
         return bool(np.array_equal(self.index.reconstruct_n(0, n), want))
 
-    def candidates(self, Q: np.ndarray, kprime: int) -> np.ndarray:
-        """Ids (nq, kprime) of the first stage, best first; -1 where fewer exist."""
+    def candidates(self, Q: np.ndarray, kprime: int, p: np.ndarray | None = None) -> np.ndarray:
+        """Ids (nq, kprime) of the first stage, best first; -1 where fewer exist.
+
+        ``p``: the re-ranker's latent coordinates of the queries
+        (:func:`lplr_index.search.blas.latent`), reused where they are this stage's
+        (ip; l2 with orthonormal rows).
+        """
         view = self.view
         enc = view.encoder
-        Q = prepare_queries(view, Q)
-        if view.metric == "ip":
-            P = Q @ enc.R.T
+        if p is not None and (view.metric == "ip" or (view.metric == "l2" and enc.orthonormal)):
+            P = p
+        elif view.metric == "ip":
+            P = prepare_queries(view, Q) @ enc.RT
         else:
-            P = (Q - enc.mean) @ self._projector()
+            P = (prepare_queries(view, Q) - enc.mean) @ self._projector()
         _, I = self.index.search(self._layout(P), int(kprime))
         return I
 
     def _projector(self) -> np.ndarray:
         """``R^+`` (dim x rank): least-squares latent coordinates of a query."""
-        if getattr(self, "_pinv", None) is None and self.view.encoder.codec == "vq":
-            self._pinv = self.view.encoder.T  # orthonormal rows: R^+ = R^T
+        if getattr(self, "_pinv", None) is None and self.view.encoder.orthonormal:
+            self._pinv = self.view.encoder.RT  # orthonormal rows: R^+ = R^T
         if getattr(self, "_pinv", None) is None:
             self._pinv = np.linalg.pinv(self.view.encoder.R.astype(np.float64)).astype(np.float32)
         return self._pinv
