@@ -282,16 +282,6 @@ class GroupedQuantizer:
             object.__setattr__(self, "_pq", pqs)
         return pqs
 
-    def full_codes(self, codes: np.ndarray) -> list[np.ndarray]:
-        """Per class, the index of each group's centroid in :attr:`Class.centroids` (intp)."""
-        out = []
-        for cl in self.classes():
-            c = codes[:, cl.c0 : cl.c0 + cl.count].astype(np.intp)
-            if cl.levels == 2:
-                c = KSUB * c + codes[:, cl.f0 : cl.f0 + cl.count]
-            out.append(c)
-        return out
-
     def decode(self, codes: np.ndarray, coarse: bool = False) -> np.ndarray:
         """Latent rows ``(..., rank)`` float32 of codes ``(..., n_codes)``.
 
@@ -302,12 +292,15 @@ class GroupedQuantizer:
         codes = codes.reshape(-1, codes.shape[-1])
         n = len(codes)
         out = np.empty((n, self.rank), np.float32)
-        for cl, full in zip(self.classes(), [None] * len(self.groups) if coarse else self.full_codes(codes)):
-            if coarse:
-                V = cl.C[codes[:, cl.c0 : cl.c0 + cl.count]]
-            else:
-                V = cl.centroids[full]
-            out[:, cl.z0 : cl.z0 + cl.g * cl.count] = V.reshape(n, cl.g * cl.count)
+        for cl in self.classes():
+            idx, table = codes[:, cl.c0 : cl.c0 + cl.count], cl.C
+            if cl.levels == 2 and not coarse:  # centroid 16 c + f: still a byte
+                idx, table = (idx << 4) | codes[:, cl.f0 : cl.f0 + cl.count], cl.centroids
+            # straight into the class's columns (a view: its last axis split into groups);
+            # mode="clip" is not buffered (codes are below 16, or 256, anyway): 2.5x faster
+            # than gathering with intp indices and copying (16,384 two-level rows)
+            dst = out[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(n, cl.count, cl.g)
+            np.take(table, idx, axis=0, out=dst, mode="clip")
         return out.reshape(lead + (self.rank,))
 
     def table(self) -> np.ndarray:
@@ -729,10 +722,14 @@ class SampleCheck:
 
 
 def cov_stats(block, normalize, mean):
-    """Sums of one block for the covariance: ``Xc^T Xc`` (float64) and the row count."""
+    """Sums of one block for the covariance: ``Xc^T Xc`` and the row count.
+
+    The block's product in float32 (half the time of float64: Fashion-MNIST, 60,000 x
+    1,280, 0.63 against 1.28 s at 2 threads; eigenvalues within 6e-6 relative), the sum
+    over blocks in float64.
+    """
     Xc = (_normalize(block) if normalize else block) - mean
-    X64 = Xc.astype(np.float64)
-    return X64.T @ X64, len(block)
+    return (Xc.T @ Xc).astype(np.float64), len(block)
 
 
 def _error_sum(Xc: np.ndarray, Z: np.ndarray, Zh: np.ndarray) -> float:
