@@ -163,7 +163,7 @@ class IndexPlan:
         fast-scan search outside Python's allocator (so not in ``search_peak_bytes``);
         0 when fast-scan is not used.
     codec : {"vq", "scalar"}
-        The codes a build makes (``codec="auto"`` at 3.5+ bits per coordinate may
+        The codes a build makes (``codec="auto"`` at 6+ bits per coordinate may
         also build the scalar 8-bit codes: the data decide).
     exact : bool
         Whether ``file_bytes`` and ``rank`` are what the build will give (False
@@ -340,9 +340,10 @@ class LPLRIndex:
         ``quantizer="minmax"`` and ``refine_iters=0``, to reproduce the paper).
         Scalar codes only.
     codec : {"auto", "vq", "scalar"}, default="auto"
-        ``"auto"``: grouped codes with a budget (at 3.5 bits per coordinate and
-        more, the scalar 8-bit codes are also fitted on the sample and built
-        when their recall there is higher), scalar codes with a rank or a
+        ``"auto"``: grouped codes with a budget (at 6 bits per coordinate and
+        more, :data:`SCALAR_RIVAL_MIN_BITS`, the scalar 8-bit codes are also
+        fitted on the sample and built when their recall there is higher),
+        scalar codes with a rank or a
         ``bits_l`` other than 4 or ``factor="lstsq"``. ``"vq"`` with a rank:
         one 4-bit code on each of the top ``rank`` principal directions.
         :attr:`codec` tells which codes a built index holds.
@@ -809,7 +810,7 @@ class LPLRIndex:
         Grouped codes (``codec="vq"``) make two passes over ``X`` in blocks of
         :data:`lplr_index._blocks.BLOCK_ROWS` rows (the covariance, then the
         encoding); the scalar codes make ``2 + refine_iters`` (one per
-        LPLR/refinement round and one to encode; ``codec="auto"`` at 3.5+ bits per
+        LPLR/refinement round and one to encode; ``codec="auto"`` at 6+ bits per
         coordinate may make both). Designs are fitted and compared on a seeded
         sample of rows read by random access, so a memory-mapped ``X`` is never
         read whole into memory. If anything fails
@@ -867,7 +868,7 @@ class LPLRIndex:
                 self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
                                     ids=_frozen(ids)), cache=cache)
                 return self
-            # codec="auto" at 3.5+ bits per coordinate: the scalar 8-bit codes won on the sample
+            # codec="auto" at 6+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
         if s.bits_per_coordinate is not None:
             rank = self._rank_for_budget(n, bits_l, ids=_ids_layout(ids))

@@ -90,7 +90,7 @@ class IndexSettings:
         one ``bits_l``-bit code per latent direction (:mod:`lplr_index.train`).
         ``"auto"`` is ``"vq"`` with a budget, unless ``bits_l`` (other than 4)
         or ``factor="lstsq"`` asks for the scalar codes; with a rank it is
-        ``"scalar"`` (the paper's settings). See :attr:`codec_used`; at 3.5
+        ``"scalar"`` (the paper's settings). See :attr:`codec_used`; at 6
         bits per coordinate and more the index also tries the scalar 8-bit
         codes on a sample and keeps the better.
 
