@@ -141,7 +141,7 @@ class Encoder(_EncoderBase):
 
     def _make_T(self) -> np.ndarray:
         if self.orthonormal and self.kind == "pinv":
-            return np.ascontiguousarray(self.R.T)  # the pseudo-inverse of orthonormal rows
+            return self.RT  # the pseudo-inverse of orthonormal rows (one cached copy for both)
         return _encoder_matrix(self.kind, self.R, self.seed)
 
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, int]:

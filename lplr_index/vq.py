@@ -678,20 +678,19 @@ class SampleCheck:
             S = S / np.sqrt(np.maximum(norms2, 1e-30))[None, :]
         return S
 
-    def __call__(self, enc: VQEncoder, Z: np.ndarray | None = None) -> tuple[float, float, float]:
+    def __call__(self, enc: VQEncoder, Z: np.ndarray, energy: float) -> tuple[float, float, float]:
         """Recall of the index's search on the decoded sample, the squared error per row, and
         the recall of the exact scan of the decoded sample.
 
         Exact search of the decoded rows; for two-level codes, as the index searches
         them, the :data:`TWO_LEVEL_RERANK_FACTOR` ``* k`` best by the coarse codes first
         (the exact scan's recall is then reported apart). ``Z``: the sample's latent
-        rows ``(sample - mean) R^T`` when already computed (overwritten).
+        rows ``(sample - mean) R^T`` (overwritten); ``energy``: ``||sample - mean||^2``
+        summed, the same for every design (they share the mean).
         """
-        if Z is None:
-            Z = (self.sample - enc.mean) @ enc.T
         codes = enc.lq.encode(Z)
         Zh = enc.lq.decode(codes)
-        err = _error_sum(self._energy(enc.mean), Z, Zh) / len(Z)
+        err = _error_sum(energy, Z, Zh) / len(Z)
         del Z
         depth = min(len(self.db), TWO_LEVEL_RERANK_FACTOR * self.k)
         rows = [Zh[self.db]]
@@ -709,16 +708,6 @@ class SampleCheck:
             return exact, max(err, 0.0), exact
         first = (rows[1], norms[1], depth)
         return self._recall(self._top(P, rows[0], norms[0], first=first, shift=shift)), max(err, 0.0), exact
-
-    def _energy(self, mean: np.ndarray) -> float:
-        """``||sample - mean||^2`` summed (float64): every design shares the mean, so it is
-        computed once (each design's centred copy of the sample was 0.1 s of a Fashion-MNIST
-        build's check)."""
-        key = mean.tobytes()
-        if getattr(self, "_energy_of", (None,))[0] != key:
-            Xc = self.sample - mean
-            self._energy_of = (key, float(np.einsum("ij,ij->", Xc, Xc, dtype=np.float64)))
-        return self._energy_of[1]
 
     def decoded(self, Xh: np.ndarray) -> tuple[float, float]:
         """Recall and squared error per row of any decoded sample (prepared rows)."""
@@ -880,9 +869,11 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
             raise NoRoom("the budget cannot hold one 4-bit code per vector beside the shared parts")
     results = []
     check = SampleCheck(sample, metric, seed) if len(designs) > 1 else None
+    if check is not None:  # ||sample - mean||^2: every design's check uses it
+        energy = float(np.einsum("ij,ij->", sample_c, sample_c, dtype=np.float64))
     for d in designs:
         enc, Z = build_encoder(d, mean, V, sample_c, bits_r, scheme, seed, normalize)
-        rec, err, exact = (1.0, 0.0, 1.0) if check is None else check(enc, Z)
+        rec, err, exact = (1.0, 0.0, 1.0) if check is None else check(enc, Z, energy)
         del Z
         results.append(_Result(rec, err, exact, enc, d))
     top = _best(results)
