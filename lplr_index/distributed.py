@@ -49,7 +49,7 @@ from ._blocks import BLOCK_ROWS, ExecutingSource, check_block
 from ._validation import check_choice, check_int
 from .index import LPLRIndex, SearchResult, default_rerank_factor
 from .search import blas, fastscan
-from .search.metrics import CodeView, pad_results, prepare_queries
+from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
 from .packing import packed_nbytes
@@ -543,8 +543,7 @@ class Shard:
             if "fastscan" not in self._cache:
                 self._cache["fastscan"] = fastscan.FastScanScorer(self.view)
             kc = min(n, max(kk, rerank_factor * kk))
-            p = blas.latent(self.view, prepare_queries(self.view, Q))  # both stages' query projection
-            D, I = blas.rerank(self.view, Q, self._cache["fastscan"].candidates(Q, kc, p), kk, p=p)
+            D, I, _ = self._cache["fastscan"].search(Q, kc, kk)
         else:
             norms2 = None
             if self.view.metric != "ip":

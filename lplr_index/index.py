@@ -159,9 +159,10 @@ class IndexPlan:
     fastscan : bool
         Whether ``mode="auto"`` searches with fast-scan (4-bit codes, orthonormal factor).
     fastscan_bytes : int
-        faiss's own copy of the codes for fast-scan, allocated by the first
-        fast-scan search outside Python's allocator (so not in ``search_peak_bytes``);
-        0 when fast-scan is not used.
+        faiss's own copies of the codes for fast-scan (its block layout, and for l2
+        and ip with an orthonormal factor the flat codes its re-rank scores),
+        allocated by the first fast-scan search outside Python's allocator (so not
+        in ``search_peak_bytes``); 0 when fast-scan is not used.
     codec : {"vq", "scalar"}
         The codes a build makes (``codec="auto"`` at 6+ bits per coordinate may
         also build the scalar 8-bit codes: the data decide).
@@ -744,8 +745,10 @@ class LPLRIndex:
         k_eff = min(k, n)
         row_bytes = packed_nbytes(rank, bits_l)
         if search_mode == "fastscan":
-            search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, s.factor == "orthonormal")
-            fs_bytes = -(-n // 32) * 32 * ((rank + 1) // 2)
+            orthonormal = s.factor == "orthonormal"
+            search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
+            # fast-scan's blocks, and the flat codes of faiss's re-rank (l2, ip with an orthonormal factor)
+            fs_bytes = (-(-n // 32) * 32 + (n if orthonormal and s.metric != "cosine" else 0)) * ((rank + 1) // 2)
         else:
             search = _factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
             fs_bytes = 0
@@ -784,8 +787,11 @@ class LPLRIndex:
             # the re-rank depth is the design's: 4 k candidates, 16 k for two-level codes
             two = s.rank is None and two_level_tried(s.bits_per_coordinate, n)
             depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
-            search = _fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth)
-            fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2)
+            search = _fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
+            # fast-scan's blocks (at most n_codes coarse codes), and the flat codes of faiss's re-rank
+            # (l2, ip): as many bytes again, or one byte per coarse code of two-level codes (a bound)
+            flat = 0 if s.metric == "cosine" else n * (n_codes if two else (n_codes + 1) // 2)
+            fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
         else:
             search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
             fs_bytes = 0
@@ -1320,10 +1326,7 @@ class LPLRIndex:
         gathered allowed rows 7.5, 12, 15, 23 and 30 ms: they cross at about 0.2.
         """
         if mask is None:
-            p = blas.latent(st.view, prepare_queries(st.view, Q))  # both stages' query projection
-            cand = self._fastscan().candidates(Q, kc, p)
-            D, I = blas.rerank(st.view, Q, cand, keep, p=p)
-            short = (cand < 0).any(axis=1)
+            D, I, short = self._fastscan().search(Q, kc, keep)
             if short.any():
                 # fast-scan dropped rows (its 16-bit sums saturate on extreme level
                 # spreads; seen on edited files): those queries get the exact scan
@@ -1654,25 +1657,32 @@ def _build_peak(n: int, dim: int, rank: int, row_bytes: int, metric: str) -> int
 
 
 def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonormal: bool = True,
-                          factor: float = DEFAULT_RERANK_FACTOR) -> int:
-    """First fast-scan search: the larger of building faiss's copy and the search.
+                          factor: float = DEFAULT_RERANK_FACTOR, metric: str = "l2", two_level: bool = False) -> int:
+    """First fast-scan search: the larger of building faiss's copies and the search.
 
     Building hands faiss the packed codes 65,536 rows at a time (a contiguous copy
-    of their first ``rank`` codes; faiss's own memory is outside tracemalloc's view
-    and counted in ``fastscan_bytes``); the search holds the queries, the (nq, 4k)
-    candidates and re-ranks up to 256 queries at a time (:func:`blas.rerank_chunk`),
-    decoding their candidates (about
-    6.5 bytes per candidate code with an orthonormal factor, 8 with the Gram product
-    of another factor); ``factor * k`` candidates per query. The orthonormal model is
-    a least-squares fit to five measured shapes, raised to bound them all (it
-    over-estimates them by 0-14 %).
+    of their first ``rank`` codes; for two-level codes also their unpacked codes and
+    the re-rank's bytes; faiss's own memory is outside tracemalloc's view and counted
+    in ``fastscan_bytes``). ``factor * k`` candidates per query. Where faiss re-ranks
+    (l2 and ip with an orthonormal factor, :class:`fastscan.FastScanScorer`) the search
+    holds the queries' latent rows, faiss's (nq, factor k) scores and ids and the
+    results: a non-negative least-squares fit to 14 measured shapes, raised 2.5 % to
+    bound them all (over by 1-8 %, by up to 44 % for batches of 1-50 queries).
+    Otherwise it re-ranks up to 256 queries at a time (:func:`blas.rerank_chunk`),
+    decoding their candidates (about 6.5 bytes per candidate code with an
+    orthonormal factor, 8 with the Gram product of another factor): a least-squares
+    fit to five measured shapes, raised to bound them all (over by 0-14 %).
     """
-    build = min(n, 1 << 16) * ((rank + 1) // 2)
+    block = min(n, 1 << 16)
+    build = block * ((rank + 1) // 2) + (block * 3 * rank if two_level else 0)
     kc = min(n, int(factor * k))
-    chunk = min(nq, blas.chunk_for(4 * kc * rank))  # queries re-ranked together (decoding candidates)
-    if orthonormal:
+    if orthonormal and metric != "cosine":
+        search = 1.025 * (16.83 * nq * kc + (0.80 + 3.33 * (metric == "l2")) * nq * dim + 3.69 * nq * rank + 17e3)
+    elif orthonormal:
+        chunk = min(nq, blas.chunk_for(4 * kc * rank))  # queries re-ranked together (decoding candidates)
         search = 6.479 * chunk * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
     else:
+        chunk = min(nq, blas.chunk_for(4 * kc * rank))
         search = 7.988 * chunk * kc * rank + 9.21 * nq * kc + 0.93e6
     return int(max(build, search))
 

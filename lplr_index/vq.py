@@ -296,11 +296,11 @@ class GroupedQuantizer:
             idx, table = codes[:, cl.c0 : cl.c0 + cl.count], cl.C
             if cl.levels == 2 and not coarse:  # centroid 16 c + f: still a byte
                 idx, table = (idx << 4) | codes[:, cl.f0 : cl.f0 + cl.count], cl.centroids
-            # straight into the class's columns (a view: its last axis split into groups);
-            # mode="clip" is not buffered (codes are below 16, or 256, anyway): 2.5x faster
-            # than gathering with intp indices and copying (16,384 two-level rows)
             dst = out[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(n, cl.count, cl.g)
-            np.take(table, idx, axis=0, out=dst, mode="clip")
+            if len(self.classes()) == 1:  # the whole output: contiguous
+                np.take(table, idx, axis=0, out=dst, mode="clip")
+            else:
+                dst[...] = np.take(table, idx, axis=0, mode="clip")
         return out.reshape(lead + (self.rank,))
 
     def table(self) -> np.ndarray:

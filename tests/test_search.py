@@ -106,6 +106,86 @@ def test_both_stages_share_the_query_projection(embeddings, queries, metric, cod
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, metric, layout, monkeypatch):
+    # l2 and ip with the orthonormal factor: faiss re-scores the candidates (IndexRefine over a
+    # flat IndexPQ of the whole codes); the same ids and distances as the numpy re-ranker
+    from lplr_index import vq
+
+    if layout == "two-level":
+        monkeypatch.setattr(vq, "CANDIDATE_SIZES", (vq.CANDIDATE_SIZES[-1],))
+        kw = dict(bits_per_coordinate=2.03, codec="vq")
+    elif layout == "one-level":
+        kw = dict(bits_per_coordinate=1, codec="vq")
+    else:
+        kw = dict(bits_per_coordinate=1, codec="scalar")
+    index = LPLRIndex(64, metric=metric, **kw).build(embeddings[:3000])
+    enc, scorer, view = index._state.encoder, index._fastscan(), index._state.view
+    assert scorer.refines and (enc.codec == "vq" and enc.lq.two_level) == (layout == "two-level")
+    Q = queries[:40]
+    for kc, keep in ((40, 10), (160, 160), (7, 1)):
+        D, I, short = scorer.search(Q, kc, keep)
+        De, Ie = blas.rerank(view, Q, scorer.candidates(Q, kc), keep)
+        np.testing.assert_array_equal(I, Ie)
+        np.testing.assert_allclose(D, De, rtol=1e-5, atol=1e-5 * float(np.abs(De).max()))
+        assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
+    # faiss's flat copy: one byte per coarse code of two-level codes, else the packed codes
+    flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
+    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat
+
+
+@pytest.mark.parametrize("kw", [dict(metric="cosine"), dict(rank=12, factor="lstsq", refine_iters=0, bits_l=4)],
+                         ids=["cosine", "lstsq"])
+def test_cosine_and_other_factors_rerank_in_numpy(embeddings, queries, kw):
+    # cosine's norms do not split over codes, and without orthonormal rows the latent
+    # distance is not the exact one: the numpy re-ranker scores them, no flat copy is made
+    index = LPLRIndex(64, bits_per_coordinate=1, **kw) if "rank" not in kw else LPLRIndex(64, **kw)
+    index.build(embeddings[:2000])
+    scorer = index._fastscan()
+    assert not scorer.refines and scorer.exact is None and scorer.nbytes() == scorer.index.codes.size()
+    Q = queries[:20]
+    D, I, _ = scorer.search(Q, 40, 10)
+    De, Ie = blas.rerank(index._state.view, Q, scorer.candidates(Q, 40), 10)
+    np.testing.assert_array_equal(I, Ie)
+    np.testing.assert_array_equal(D, De)
+
+
+def test_faiss_rerank_follows_added_rows(embeddings, queries):
+    # rows added after the first search reach both faiss copies (the IndexRefine is remade)
+    index = LPLRIndex(64, bits_per_coordinate=1).build(embeddings[:2000])
+    index.search(queries[:5], 10)
+    index.add(embeddings[2000:3000])
+    fresh = LPLRIndex.from_bytes(index.to_bytes())
+    assert index._fastscan().exact.ntotal == 3000
+    for a, b in zip(index.search(queries, 10), fresh.search(queries, 10)):
+        np.testing.assert_array_equal(a, b)
+    _, I = index.search(embeddings[2500:2520], 1)
+    assert (I[:, 0] >= 2000).mean() > 0.8  # the added rows are found (observed 1.0)
+
+
+def test_queries_fast_scan_leaves_short_get_the_exact_scan(embeddings, queries, monkeypatch):
+    # where faiss's first stage returns fewer than the asked candidates (its 16-bit sums
+    # saturate on extreme level spreads, seen on edited files), those queries are scanned exactly
+    index = LPLRIndex(64, bits_per_coordinate=1).build(embeddings[:2000])
+    scorer = index._fastscan()
+    real = scorer.search
+
+    def losing(Q, kc, keep, p=None):
+        D, I, short = real(Q, kc, keep, p)
+        short = short.copy()
+        short[::3] = True
+        D[::3], I[::3] = np.inf, -1
+        return D, I, short
+
+    monkeypatch.setattr(scorer, "search", losing)
+    D, I = index.search(queries[:30], 10)
+    De, Ie = index.search(queries[:30], 10, mode="factored")
+    np.testing.assert_array_equal(I[::3], Ie[::3])
+    np.testing.assert_allclose(D[::3], De[::3], rtol=1e-5)
+    assert (I >= 0).all()
+
+
 def test_l2_latent_ranking_is_exact_with_the_orthonormal_factor(built, queries):
     # the first stage ranks by ||p - l||^2, which equals ||q - x_hat||^2 minus a per-query
     # constant when R R^T = I; the stored 8-bit factor is orthonormal up to rounding

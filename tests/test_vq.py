@@ -279,7 +279,7 @@ def decoded_scores(metric, Q, Xh, mean):
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
-def test_lookup_table_rescoring_equals_scoring_the_decoded_vectors(metric):
+def test_rescoring_grouped_codes_equals_scoring_the_decoded_vectors(metric):
     from lplr_index.search import blas
     from lplr_index.search.metrics import prepare_queries
 
@@ -334,13 +334,14 @@ def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level
     D_flat, _ = index.search(Q, 10, mode="reconstructed")
     np.testing.assert_allclose(D_fast, D_exact, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(D_flat, D_exact, rtol=1e-3, atol=1e-4)
-    # lookup tables of 256 entries score as the decoded vectors do
+    # the re-ranker scores the whole codes (256 centroids per group) as the decoded vectors score
     view = index._state.view
     Qp = prepare_queries(view, Q[:20])
     ids = np.random.default_rng(0).integers(-1, len(X), (20, 30))
     ref = decoded_scores(metric, Qp, index.reconstruct()[np.maximum(ids, 0)], view.encoder.mean)
-    S = blas._grouped_scores(view, Qp, np.maximum(ids, 0))
+    S = blas.exact_scores(view, Qp, ids)
     np.testing.assert_allclose(S[ids >= 0], ref[ids >= 0], rtol=1e-4, atol=1e-4)
+    assert np.isneginf(S[ids < 0]).all()
     # saved and loaded (version 4), then added to with the same codes
     index.save(tmp_path / "a.lplr")
     again = LPLRIndex.load(tmp_path / "a.lplr")

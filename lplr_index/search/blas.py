@@ -13,16 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..packing import packed_nbytes
-from ..vq import KSUB
 from .metrics import CodeView, finalize, prepare_queries
 from .topk import TopK
 
 BLOCK_ROWS = 1 << 14  # database rows decoded and scored per block
 QUERY_CHUNK = 1024  # queries scored together (a score block is at most 64 MiB)
-#: working set of one chunk of the re-rank (its table offsets, or its decoded candidates):
-#: small enough to stay in cache. Measured, 1 thread, 500 queries: two-level codes of
-#: BBC 2 b/c 94 -> 57 ms, fortunes 2 b/c 113 -> 60 ms, Fashion-MNIST 4 b/c 781 -> 442 ms
-#: against chunks of 256 queries; one-level codes unchanged (best at 64-256 queries)
+#: working set of one chunk of the re-rank (its decoded candidates): small enough to stay in
+#: cache. Measured, 1 thread, 222-500 queries, cosine, 40 / 160 candidates, 2^18 / 2^20 / 2^22 /
+#: 2^24 bytes: BBC 4 b/c (two-level) 10.0 / 8.3 / 8.5 / 15.4 ms and 46 / 30 / 44 / 58 ms,
+#: fortunes 2 b/c (two-level) 17 / 13 / 13 / 16 and 72 / 47 / 44 / 60, Fashion-MNIST test
+#: set 1 b/c 22 / 13 / 12 / 13 and 41 / 41 / 36 / 42
 RERANK_BYTES = 1 << 22
 
 
@@ -180,8 +180,6 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray, p: np.ndarray |
     valid = ids >= 0
     if p is None:
         p = latent(view, Q)
-    if _uses_tables(enc):
-        return np.where(valid, _grouped_scores(view, Q, np.where(valid, ids, 0), p), -np.inf).astype(np.float32)
     L = view.decode_latent(view.codes[np.where(valid, ids, 0).ravel()])  # (nq*c, m)
     L = L.reshape(ids.shape + (enc.rank,))
     G = _gram(enc)
@@ -197,83 +195,15 @@ def exact_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray, p: np.ndarray |
     return np.where(valid, S, -np.inf).astype(np.float32)
 
 
-def _uses_tables(enc) -> bool:
-    """Whether the re-rank scores by lookup tables: codes of groups, where a table lookup per
-    code is cheaper than decoding g directions (fortunes, 94 codes of 4 directions: batch
-    1.35x faster); with one code per direction decoding and one product is faster
-    (Fashion-MNIST: 0.67x with tables)."""
-    return enc.codec == "vq" and enc.rank >= 2 * enc.lq.n_coarse
-
-
 def rerank_chunk(enc, candidates: int) -> int:
-    """Queries re-ranked together: a working set of about :data:`RERANK_BYTES` (8-byte table
-    offsets per code and candidate, or the decoded float32 candidates), 1 to 256 queries."""
-    return chunk_for(candidates * (8 * enc.lq.n_coarse if _uses_tables(enc) else 4 * enc.rank))
+    """Queries re-ranked together: their decoded float32 candidates about
+    :data:`RERANK_BYTES`, 1 to 256 queries."""
+    return chunk_for(candidates * 4 * enc.rank)
 
 
 def chunk_for(per_query_bytes: int) -> int:
     """Queries per re-rank chunk for a working set of ``per_query_bytes`` a query."""
     return int(min(256, max(1, RERANK_BYTES // max(per_query_bytes, 1))))
-
-
-def _grouped_scores(view: CodeView, Q: np.ndarray, ids: np.ndarray, p: np.ndarray | None = None) -> np.ndarray:
-    """:func:`exact_scores` of grouped codes by lookup tables, without decoding.
-
-    Every score is a sum over the groups of a vector: with ``z`` the latent row
-    (orthonormal basis ``R``) and ``p`` the query's latent coordinates,
-    ``2 <p, z> - ||z||^2`` (l2), ``<p, z> + <q, mean>`` (ip), and for cosine
-    ``||x_hat||^2 = ||z||^2 + 2 <R mean, z> + ||mean||^2``; each term of a group
-    is one entry of a table per query and group (16 entries, or 256 for a group
-    with coarse and fine codes). ``p``: :func:`latent` of ``Q`` when already computed.
-    """
-    enc = view.encoder
-    if p is None:
-        p = latent(view, Q)
-    lq = enc.lq
-    classes = lq.classes()
-    nq, c = ids.shape
-    codes = view.unpack(view.codes[ids.ravel()])
-    # per group, the offset of its table in one flat row of `total` entries; each candidate
-    # code's entry in the flat (nq, total) tables (np.take of intp offsets: 2.5x faster than
-    # take_along_axis, and than int32 offsets, measured with 256 queries x 160 candidates)
-    sizes = [len(cl.centroids) for cl in classes]
-    start = np.cumsum([0] + [cl.count * k for cl, k in zip(classes, sizes)])
-    total = int(start[-1])
-    # built group-major, (n_coarse, nq * c): every step on contiguous rows, and the sum over
-    # groups adds whole rows
-    codes = np.ascontiguousarray(codes.T)
-    idx = np.empty((lq.n_coarse, nq * c), np.intp)
-    for cl, k, s0 in zip(classes, sizes, start):
-        v = idx[cl.c0 : cl.c0 + cl.count]
-        v[...] = codes[cl.c0 : cl.c0 + cl.count]
-        if cl.levels == 2:
-            v *= KSUB
-            v += codes[cl.f0 : cl.f0 + cl.count]
-        v += (s0 + k * np.arange(cl.count))[:, None]
-
-    def tables(P: np.ndarray) -> np.ndarray:  # (n, rank) latent rows -> (n, total) of <p_group, centroid>
-        T = np.empty((len(P), total), np.float32)
-        for cl, s0, s1 in zip(classes, start[:-1], start[1:]):
-            T[:, s0:s1] = (P[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(len(P), cl.count, cl.g)
-                           @ cl.centroids.T).reshape(len(P), -1)
-        return T
-
-    norms = np.concatenate([np.tile((cl.centroids * cl.centroids).sum(1), cl.count) for cl in classes])
-    n2 = None
-    if view.metric == "cosine":  # ||x_hat||^2 from one shared table (before idx is made per query)
-        shared = 2 * tables((enc.R @ enc.mean)[None, :])[0] + norms
-        n2 = np.take(shared, idx).sum(0).reshape(nq, c) + float(enc.mean.astype(np.float64) @ enc.mean)
-    idx += np.repeat(np.arange(nq) * total, c)[None, :]  # into row q of the (nq, total) tables
-
-    def lookup(T: np.ndarray) -> np.ndarray:  # per-query tables (nq, total) -> (nq, c) sums
-        return np.take(T.ravel(), idx).sum(0).reshape(nq, c)
-
-    if view.metric == "l2":
-        return lookup(2 * tables(p) - norms)
-    S = lookup(tables(p)) + (Q @ enc.mean)[:, None]
-    if n2 is not None:
-        S = S / np.sqrt(np.maximum(n2, 1e-30))
-    return S
 
 
 def rerank(view: CodeView, Q: np.ndarray, ids: np.ndarray, k: int, *, chunk: int | None = None,
