@@ -135,6 +135,19 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat
 
 
+def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_results(built, queries):
+    # faiss's implem 14 (heap, to 20 results) / 15 (reservoir): faster in batches than its
+    # default 12 / 13, and the same candidates
+    for index in (built["l2", 1], built["ip", 2]):
+        scorer = index._fastscan()
+        for kc, implem in ((8, 14), (40, 15)):
+            got = scorer.candidates(queries, kc)
+            assert scorer.index.implem == implem
+            scorer.index.implem = 0
+            _, want = scorer.index.search(scorer._layout(blas.latent(index._state.view, queries)), kc)
+            np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+
+
 @pytest.mark.parametrize("kw", [dict(metric="cosine"), dict(rank=12, factor="lstsq", refine_iters=0, bits_l=4)],
                          ids=["cosine", "lstsq"])
 def test_cosine_and_other_factors_rerank_in_numpy(embeddings, queries, kw):
