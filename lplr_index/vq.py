@@ -30,8 +30,8 @@ that with vector quantizers that share one 4-bit code between ``g`` directions:
 The coarse (or only) codes are a product quantizer of the latent space with
 sub-vectors of different widths: faiss's fast-scan kernels score them with the
 sub-quantizers zero-padded to a common width (:mod:`lplr_index.search.fastscan`),
-and the exact re-ranker scores the whole code with one table lookup per group
-(16 or 256 entries). Two-level codes are re-ranked deeper
+and the exact re-rank scores the whole code (16 or 256 entries per group: faiss
+from per-query tables, or numpy by decoding it). Two-level codes are re-ranked deeper
 (:data:`TWO_LEVEL_RERANK_FACTOR`), since fast-scan sees only their coarse half.
 
 Which basis and which options win depends on the data (measured: on flat

@@ -21,9 +21,9 @@ Cosine similarity ``<q, x_hat> / ||x_hat||`` cannot be split over codes; the
 distance of the unit query to ``x_hat`` ranks near neighbours almost alike
 (measured: an inner-product first stage, which favours long ``x_hat``, lost
 a fifth of the neighbours at 1 bit per coordinate), and the re-ranker computes
-the exact cosine. Either way :func:`lplr_index.search.blas.rerank` re-scores the
-candidates exactly from their codes, so the 8-bit table rounding only matters
-when a true neighbour falls outside the candidates.
+the exact cosine. Either way the candidates are re-scored exactly from their codes
+(below), so the 8-bit table rounding only matters when a true neighbour falls
+outside the candidates.
 
 With l2 and ip and an orthonormal shared factor (the index's defaults) the re-rank
 runs in faiss too: an ``IndexRefine`` re-scores the candidates from a flat
