@@ -159,10 +159,11 @@ class IndexPlan:
     fastscan : bool
         Whether ``mode="auto"`` searches with fast-scan (4-bit codes, orthonormal factor).
     fastscan_bytes : int
-        faiss's own copies of the codes for fast-scan (its block layout, and for l2
-        and ip with an orthonormal factor the flat codes its re-rank scores),
-        allocated by the first fast-scan search outside Python's allocator (so not
-        in ``search_peak_bytes``); 0 when fast-scan is not used.
+        What faiss holds for fast-scan: its copy of the codes in block layout, and
+        for l2 and ip with an orthonormal factor the flat codes its re-rank scores
+        and the projection ``R`` (float32); allocated by the first fast-scan search
+        outside Python's allocator (so not in ``search_peak_bytes``); 0 when
+        fast-scan is not used.
     codec : {"vq", "scalar"}
         The codes a build makes (``codec="auto"`` at 6+ bits per coordinate may
         also build the scalar 8-bit codes: the data decide).
@@ -747,8 +748,11 @@ class LPLRIndex:
         if search_mode == "fastscan":
             orthonormal = s.factor == "orthonormal"
             search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
-            # fast-scan's blocks, and the flat codes of faiss's re-rank (l2, ip with an orthonormal factor)
-            fs_bytes = (-(-n // 32) * 32 + (n if orthonormal and s.metric != "cosine" else 0)) * ((rank + 1) // 2)
+            # fast-scan's blocks, and for faiss's re-rank (l2, ip with an orthonormal factor) the flat
+            # codes and the projection R (rank x dim float32)
+            refined = orthonormal and s.metric != "cosine"
+            fs_bytes = (-(-n // 32) * 32 + (n if refined else 0)) * ((rank + 1) // 2) + (
+                4 * rank * s.dim if refined else 0)
         else:
             search = _factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
             fs_bytes = 0
@@ -788,9 +792,10 @@ class LPLRIndex:
             two = s.rank is None and two_level_tried(s.bits_per_coordinate, n)
             depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
             search = _fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
-            # fast-scan's blocks (at most n_codes coarse codes), and the flat codes of faiss's re-rank
-            # (l2, ip): as many bytes again, or one byte per coarse code of two-level codes (a bound)
-            flat = 0 if s.metric == "cosine" else n * (n_codes if two else (n_codes + 1) // 2)
+            # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank (l2, ip) the
+            # flat codes (as many bytes again, or one byte per coarse code of two-level codes: a
+            # bound) and the projection R (rank x dim float32; rank a bound)
+            flat = 0 if s.metric == "cosine" else n * (n_codes if two else (n_codes + 1) // 2) + 4 * rank * dim
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
         else:
             search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)

@@ -130,9 +130,10 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
         np.testing.assert_array_equal(I, Ie)
         np.testing.assert_allclose(D, De, rtol=1e-5, atol=1e-5 * float(np.abs(De).max()))
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
-    # faiss's flat copy: one byte per coarse code of two-level codes, else the packed codes
+    # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
+    # and its projection R (float32)
     flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
-    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat
+    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
 def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_results(built, queries):
@@ -184,8 +185,8 @@ def test_queries_fast_scan_leaves_short_get_the_exact_scan(embeddings, queries, 
     scorer = index._fastscan()
     real = scorer.search
 
-    def losing(Q, kc, keep, p=None):
-        D, I, short = real(Q, kc, keep, p)
+    def losing(Q, kc, keep):
+        D, I, short = real(Q, kc, keep)
         short = short.copy()
         short[::3] = True
         D[::3], I[::3] = np.inf, -1

@@ -96,6 +96,7 @@ class FastScanScorer:
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
         self._refine = None  # the IndexRefine over both, made at the first search after a change
+        self._proj = None  # faiss's projection of the queries (:meth:`_projection`)
         self.view = view
         self.ntotal = 0
         self.extend(view)
@@ -168,8 +169,15 @@ class FastScanScorer:
         return out
 
     def nbytes(self) -> int:
-        """Bytes of faiss's copies of the codes: fast-scan's blocks and the re-rank's flat codes."""
-        return int(self.index.codes.size()) + (0 if self.exact is None else int(self.exact.codes.size()))
+        """Bytes faiss holds for the search: fast-scan's blocks of the codes and, where it
+        re-ranks, its flat copy of the codes and the projection ``R`` (float32, made at the
+        first search)."""
+        held = int(self.index.codes.size())
+        if self.exact is not None:
+            held += int(self.exact.codes.size())
+        if self._proj is not None:
+            held += 4 * int(self._proj.A.size())
+        return held
 
     def _layout(self, L: np.ndarray) -> np.ndarray:
         """Latent rows as faiss's sub-vectors (padded for grouped codes), float32 contiguous."""
@@ -214,21 +222,19 @@ class FastScanScorer:
         _, I = self.index.search(self._layout(P), int(kprime))
         return I
 
-    def search(self, Q: np.ndarray, kc: int, keep: int, p: np.ndarray | None = None):
+    def search(self, Q: np.ndarray, kc: int, keep: int):
         """Both stages: ``kc`` candidates per query re-scored exactly, the ``keep`` best.
 
         Returns ``(D, I, short)``: distances and row ids (nq, keep) as the index returns
         them (-1 past the rows found), and per query whether fast-scan found fewer than
-        ``kc`` rows (its 16-bit sums saturate on extreme level spreads). ``p``:
-        :func:`lplr_index.search.blas.latent` of the prepared queries, when computed.
+        ``kc`` rows (its 16-bit sums saturate on extreme level spreads).
         """
         from . import blas
 
         view = self.view
         Q = prepare_queries(view, Q)
-        if p is None:
-            p = blas.latent(view, Q)
         if not self.refines:
+            p = blas.latent(view, Q)  # both stages' query projection
             cand = self.candidates(Q, kc, p)
             D, I = blas.rerank(view, Q, cand, keep, p=p)
             return D, I, (cand < 0).any(axis=1)
@@ -237,16 +243,40 @@ class FastScanScorer:
 
             self._refine = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
             self._refine.k_factor = 1.0
+        mean = view.encoder.mean
+        # (q - mean) R^T (l2) or q R^T (ip), projected by faiss (centred first, in float32 as the
+        # re-ranker does), padded to faiss's sub-vectors
+        P = self._layout(self._projection().apply(np.ascontiguousarray(Q - mean if view.metric == "l2" else Q,
+                                                                      np.float32)))
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
         self._implem(kc)
-        Dr, cand = self._refine.search(self._layout(p), int(kc))
+        Dr, cand = self._refine.search(P, int(kc))
         if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
-            S = np.einsum("ij,ij->i", p, p)[:, None] - Dr[:, :keep]
-        else:
-            S = Dr[:, :keep] + (Q @ view.encoder.mean)[:, None]
+            S = np.einsum("ij,ij->i", P, P)[:, None] - Dr[:, :keep]
+        else:  # einsum, not BLAS (below)
+            S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
         I = cand[:, :keep]
         D, I = finalize(view, Q, np.where(I >= 0, S, -np.inf), I)
         return D, I, (cand < 0).any(axis=1)
+
+    def _projection(self):
+        """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries).
+
+        Projecting in faiss keeps the search on faiss's OpenMP threads: numpy's BLAS
+        threads, still spinning after its product while faiss's threads scan, made
+        2-thread searches slower than 1-thread ones on this 2-core machine (fortunes,
+        0.5 b/c, 1,000 queries, numpy BLAS and faiss at 2 threads: 27.0 ms with numpy's
+        projection, 14.1 ms with faiss's; both at 1 thread 21.7 / 21.3 ms).
+        """
+        if self._proj is None:
+            import faiss
+
+            R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)  # (rank, dim)
+            lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
+            faiss.copy_array_to_vector(R.ravel(), lt.A)
+            lt.is_trained = True
+            self._proj = lt
+        return self._proj
 
     def _implem(self, k: int) -> None:
         """faiss's fast-scan loop for ``k`` results: its query-blocked kernels (``implem`` 14,
