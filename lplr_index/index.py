@@ -1672,7 +1672,8 @@ def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonor
     (l2 and ip with an orthonormal factor, :class:`fastscan.FastScanScorer`) the search
     holds the queries' latent rows, faiss's (nq, factor k) scores and ids and the
     results: a non-negative least-squares fit to 14 measured shapes, raised 2.5 % to
-    bound them all (over by 1-8 %, by up to 44 % for batches of 1-50 queries).
+    bound them all (over by 1-5 % on 10 of them, 32-56 % on two, more on batches of 1-10
+    queries, where building faiss's copy is the peak and is over-estimated).
     Otherwise it re-ranks up to 256 queries at a time (:func:`blas.rerank_chunk`),
     decoding their candidates (about 6.5 bytes per candidate code with an
     orthonormal factor, 8 with the Gram product of another factor): a least-squares
