@@ -532,6 +532,12 @@ class Shard:
     def ntotal(self) -> int:
         return self.view.ntotal
 
+    def _norms2(self) -> np.ndarray:
+        """:func:`blas.row_norms2` of every row, computed once."""
+        if "norms2" not in self._cache:
+            self._cache["norms2"] = blas.row_norms2(self.view)
+        return self._cache["norms2"]
+
     def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None):
         """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none);
         ``rerank_factor`` None is the encoder's default (:func:`default_rerank_factor`)."""
@@ -543,14 +549,9 @@ class Shard:
             if "fastscan" not in self._cache:
                 self._cache["fastscan"] = fastscan.FastScanScorer(self.view)
             kc = min(n, max(kk, rerank_factor * kk))
-            D, I, _ = self._cache["fastscan"].search(Q, kc, kk)
+            D, I, _ = self._cache["fastscan"].search(Q, kc, kk, self._norms2() if self.view.metric == "cosine" else None)
         else:
-            norms2 = None
-            if self.view.metric != "ip":
-                if "norms2" not in self._cache:
-                    self._cache["norms2"] = blas.row_norms2(self.view)
-                norms2 = self._cache["norms2"]
-            D, I = blas.scan(self.view, Q, kk, norms2=norms2)
+            D, I = blas.scan(self.view, Q, kk, norms2=None if self.view.metric == "ip" else self._norms2())
         ok = I >= 0
         rows = np.maximum(I, 0)
         I = np.where(ok, self.ids[rows] if self.ids is not None else rows + self.first_row, -1)

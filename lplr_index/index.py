@@ -160,8 +160,8 @@ class IndexPlan:
         Whether ``mode="auto"`` searches with fast-scan (4-bit codes, orthonormal factor).
     fastscan_bytes : int
         What faiss holds for fast-scan: its copy of the codes in block layout, and
-        for l2 and ip with an orthonormal factor the flat codes its re-rank scores
-        and the projection ``R`` (float32); allocated by the first fast-scan search
+        with an orthonormal factor the flat codes its re-rank scores and the
+        projection ``R`` (float32); allocated by the first fast-scan search
         outside Python's allocator (so not in ``search_peak_bytes``); 0 when
         fast-scan is not used.
     codec : {"vq", "scalar"}
@@ -750,7 +750,7 @@ class LPLRIndex:
             search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
             # fast-scan's blocks, and for faiss's re-rank (l2, ip with an orthonormal factor) the flat
             # codes and the projection R (rank x dim float32)
-            refined = orthonormal and s.metric != "cosine"
+            refined = orthonormal
             fs_bytes = (-(-n // 32) * 32 + (n if refined else 0)) * ((rank + 1) // 2) + (
                 4 * rank * s.dim if refined else 0)
         else:
@@ -795,7 +795,7 @@ class LPLRIndex:
             # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank (l2, ip) the
             # flat codes (as many bytes again, or one byte per coarse code of two-level codes: a
             # bound) and the projection R (rank x dim float32; rank a bound)
-            flat = 0 if s.metric == "cosine" else n * (n_codes if two else (n_codes + 1) // 2) + 4 * rank * dim
+            flat = n * (n_codes if two else (n_codes + 1) // 2) + 4 * rank * dim
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
         else:
             search = _factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
@@ -1331,7 +1331,7 @@ class LPLRIndex:
         gathered allowed rows 7.5, 12, 15, 23 and 30 ms: they cross at about 0.2.
         """
         if mask is None:
-            D, I, short = self._fastscan().search(Q, kc, keep)
+            D, I, short = self._fastscan().search(Q, kc, keep, self._norms2() if self.metric == "cosine" else None)
             if short.any():
                 # fast-scan dropped rows (its 16-bit sums saturate on extreme level
                 # spreads; seen on edited files): those queries get the exact scan
@@ -1669,24 +1669,25 @@ def _fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonor
     of their first ``rank`` codes; for two-level codes also their unpacked codes and
     the re-rank's bytes; faiss's own memory is outside tracemalloc's view and counted
     in ``fastscan_bytes``). ``factor * k`` candidates per query. Where faiss re-ranks
-    (l2 and ip with an orthonormal factor, :class:`fastscan.FastScanScorer`) the search
-    holds the queries' latent rows, faiss's (nq, factor k) scores and ids and the
-    results: a non-negative least-squares fit to 14 measured shapes, raised 2.5 % to
+    (an orthonormal factor, :class:`fastscan.FastScanScorer`) the search holds the
+    queries' latent rows, faiss's (nq, factor k) scores and ids and the results: a
+    non-negative least-squares fit to 14 measured l2 and ip shapes, raised 2.5 % to
     bound them all (over by 1-5 % on 10 of them, 32-56 % on two, more on batches of 1-10
-    queries, where building faiss's copy is the peak and is over-estimated).
-    Otherwise it re-ranks up to 256 queries at a time (:func:`blas.rerank_chunk`),
-    decoding their candidates (about 6.5 bytes per candidate code with an
-    orthonormal factor, 8 with the Gram product of another factor): a least-squares
-    fit to five measured shapes, raised to bound them all (over by 0-14 %).
+    queries, where building faiss's copy is the peak and is over-estimated); cosine
+    first computes the rows' norms (kept: 4 bytes a row) from decoded blocks, about 13.4
+    bytes per decoded entry (five measured shapes: over by 1-12 %, 62 % on one with
+    2,000 queries). Otherwise (another factor) it re-ranks up to 256 queries at a time
+    (:func:`blas.rerank_chunk`), decoding their candidates (about 8 bytes per candidate
+    code with the Gram product): a least-squares fit to measured shapes, raised to bound
+    them all.
     """
     block = min(n, 1 << 16)
     build = block * ((rank + 1) // 2) + (block * 3 * rank if two_level else 0)
     kc = min(n, int(factor * k))
-    if orthonormal and metric != "cosine":
-        search = 1.025 * (16.83 * nq * kc + (0.80 + 3.33 * (metric == "l2")) * nq * dim + 3.69 * nq * rank + 17e3)
-    elif orthonormal:
-        chunk = min(nq, blas.chunk_for(4 * kc * rank))  # queries re-ranked together (decoding candidates)
-        search = 6.479 * chunk * kc * rank + 25.99 * nq * kc + 3.260 * nq * dim + 0.4755e6
+    if orthonormal:
+        search = 1.025 * (16.83 * nq * kc + (0.80 + 3.33 * (metric != "ip")) * nq * dim + 3.69 * nq * rank + 17e3)
+        if metric == "cosine":  # the rows' norms (kept), computed first from decoded blocks
+            search = 4 * n + max(search, 13.4 * min(n, blas.BLOCK_ROWS) * rank)
     else:
         chunk = min(nq, blas.chunk_for(4 * kc * rank))
         search = 7.988 * chunk * kc * rank + 9.21 * nq * kc + 0.93e6

@@ -107,10 +107,11 @@ def test_both_stages_share_the_query_projection(embeddings, queries, metric, cod
 
 
 @pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar"])
-@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("metric", METRICS)
 def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, metric, layout, monkeypatch):
-    # l2 and ip with the orthonormal factor: faiss re-scores the candidates (IndexRefine over a
-    # flat IndexPQ of the whole codes); the same ids and distances as the numpy re-ranker
+    # the orthonormal factor: faiss re-scores the candidates (IndexRefine over a flat IndexPQ
+    # of the whole codes; cosine from the distance and the rows' norms); the same ids and
+    # distances as the numpy re-ranker
     from lplr_index import vq
 
     if layout == "two-level":
@@ -124,8 +125,9 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     enc, scorer, view = index._state.encoder, index._fastscan(), index._state.view
     assert scorer.refines and (enc.codec == "vq" and enc.lq.two_level) == (layout == "two-level")
     Q = queries[:40]
+    norms2 = blas.row_norms2(view) if metric == "cosine" else None
     for kc, keep in ((40, 10), (160, 160), (7, 1)):
-        D, I, short = scorer.search(Q, kc, keep)
+        D, I, short = scorer.search(Q, kc, keep, norms2)
         De, Ie = blas.rerank(view, Q, scorer.candidates(Q, kc), keep)
         np.testing.assert_array_equal(I, Ie)
         np.testing.assert_allclose(D, De, rtol=1e-5, atol=1e-5 * float(np.abs(De).max()))
@@ -149,20 +151,20 @@ def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_resul
             np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
 
 
-@pytest.mark.parametrize("kw", [dict(metric="cosine"), dict(rank=12, factor="lstsq", refine_iters=0, bits_l=4)],
-                         ids=["cosine", "lstsq"])
-def test_cosine_and_other_factors_rerank_in_numpy(embeddings, queries, kw):
-    # cosine's norms do not split over codes, and without orthonormal rows the latent
-    # distance is not the exact one: the numpy re-ranker scores them, no flat copy is made
-    index = LPLRIndex(64, bits_per_coordinate=1, **kw) if "rank" not in kw else LPLRIndex(64, **kw)
-    index.build(embeddings[:2000])
-    scorer = index._fastscan()
-    assert not scorer.refines and scorer.exact is None and scorer.nbytes() == scorer.index.codes.size()
+def test_other_factors_and_cosine_without_norms_rerank_in_numpy(embeddings, queries):
+    # without orthonormal rows the latent distance is not the exact one: the numpy re-ranker
+    # scores the candidates and no flat copy is made; cosine without the rows' norms too
+    index = LPLRIndex(64, rank=12, factor="lstsq", refine_iters=0, bits_l=4).build(embeddings[:2000])
+    cos = LPLRIndex(64, bits_per_coordinate=1, metric="cosine").build(embeddings[:2000])
+    assert not index._fastscan().refines and index._fastscan().exact is None
+    assert index._fastscan().nbytes() == index._fastscan().index.codes.size()
     Q = queries[:20]
-    D, I, _ = scorer.search(Q, 40, 10)
-    De, Ie = blas.rerank(index._state.view, Q, scorer.candidates(Q, 40), 10)
-    np.testing.assert_array_equal(I, Ie)
-    np.testing.assert_array_equal(D, De)
+    for idx in (index, cos):
+        scorer = idx._fastscan()
+        D, I, _ = scorer.search(Q, 40, 10)
+        De, Ie = blas.rerank(idx._state.view, Q, scorer.candidates(Q, 40), 10)
+        np.testing.assert_array_equal(I, Ie)
+        np.testing.assert_array_equal(D, De)
 
 
 def test_faiss_rerank_follows_added_rows(embeddings, queries):
@@ -185,8 +187,8 @@ def test_queries_fast_scan_leaves_short_get_the_exact_scan(embeddings, queries, 
     scorer = index._fastscan()
     real = scorer.search
 
-    def losing(Q, kc, keep):
-        D, I, short = real(Q, kc, keep)
+    def losing(Q, kc, keep, norms2=None):
+        D, I, short = real(Q, kc, keep, norms2)
         short = short.copy()
         short[::3] = True
         D[::3], I[::3] = np.inf, -1

@@ -25,17 +25,20 @@ the exact cosine. Either way the candidates are re-scored exactly from their cod
 (below), so the 8-bit table rounding only matters when a true neighbour falls
 outside the candidates.
 
-With l2 and ip and an orthonormal shared factor (the index's defaults) the re-rank
-runs in faiss too: an ``IndexRefine`` re-scores the candidates from a flat
-``IndexPQ`` of the whole codes (4-bit, or 8-bit ``16 c + f`` per group for
-two-level codes), whose per-query tables are the exact latent distances or
-products: the same scores as the numpy re-ranker up to float rounding, with
-no decoding in Python. It costs a second copy of the codes in faiss's memory
-(:meth:`FastScanScorer.nbytes`); measured, 1 thread, batches of 222-500
-queries, whole search: fortunes 2 b/c (two-level, 160 candidates) 83 -> 40 ms,
-BBC 4 b/c (two-level) 49 -> 12 ms, fortunes 0.5 b/c 16.6 -> 13.0 ms. Cosine
-(its norms do not split over codes), other factors and filtered searches
-re-rank with :func:`lplr_index.search.blas.rerank`.
+With an orthonormal shared factor (the index's default) the re-rank runs in
+faiss too: an ``IndexRefine`` re-scores the candidates from a flat ``IndexPQ``
+of the whole codes (4-bit, or 8-bit ``16 c + f`` per group for two-level
+codes), whose per-query tables are the exact latent distances or products:
+the same scores as the numpy re-ranker up to float rounding, with no decoding
+in Python. Cosine, whose norms do not split over codes, gets the distance from
+faiss and divides by the rows' norms (:func:`lplr_index.search.blas.row_norms2`,
+4 bytes a row, computed at its first search). It costs a second copy of the
+codes in faiss's memory (:meth:`FastScanScorer.nbytes`); measured, 1 thread,
+batches of 222-500 queries, whole search: fortunes 2 b/c (two-level, 160
+candidates) 83 -> 40 ms, BBC 4 b/c (two-level) 49 -> 12 ms, fortunes 0.5 b/c
+16.6 -> 13.0 ms (l2); cosine fortunes 2 b/c 81 -> 48 ms, BBC 4 b/c 53 -> 20 ms.
+Other factors and filtered searches re-rank with
+:func:`lplr_index.search.blas.rerank`.
 
 The packed codes are handed to faiss as they are (through an ``IndexPQ`` converted
 to fast-scan's block layout), never decoded and re-encoded. faiss is imported here
@@ -90,9 +93,9 @@ class FastScanScorer:
         self._table = np.ascontiguousarray(table, np.float32).ravel()
         self._args = (M * dsub, M, 4, metric)
         self.index = None
-        #: whether the re-rank runs in faiss (:meth:`search`): l2 and ip with orthonormal rows,
-        #: where the latent distance (product) is the exact score
-        self.refines = view.metric in ("l2", "ip") and enc.orthonormal
+        #: whether the re-rank runs in faiss (:meth:`search`): orthonormal rows, where the latent
+        #: distance (product) is the exact score (cosine: with the rows' norms)
+        self.refines = enc.orthonormal
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
         self._refine = None  # the IndexRefine over both, made at the first search after a change
@@ -222,18 +225,20 @@ class FastScanScorer:
         _, I = self.index.search(self._layout(P), int(kprime))
         return I
 
-    def search(self, Q: np.ndarray, kc: int, keep: int):
+    def search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):
         """Both stages: ``kc`` candidates per query re-scored exactly, the ``keep`` best.
 
         Returns ``(D, I, short)``: distances and row ids (nq, keep) as the index returns
         them (-1 past the rows found), and per query whether fast-scan found fewer than
-        ``kc`` rows (its 16-bit sums saturate on extreme level spreads).
+        ``kc`` rows (its 16-bit sums saturate on extreme level spreads). ``norms2``:
+        :func:`lplr_index.search.blas.row_norms2` of every row, which cosine's re-rank in
+        faiss needs (without them cosine re-ranks in numpy).
         """
         from . import blas
 
         view = self.view
         Q = prepare_queries(view, Q)
-        if not self.refines:
+        if not self.refines or (view.metric == "cosine" and norms2 is None):
             p = blas.latent(view, Q)  # both stages' query projection
             cand = self.candidates(Q, kc, p)
             D, I = blas.rerank(view, Q, cand, keep, p=p)
@@ -244,20 +249,33 @@ class FastScanScorer:
             self._refine = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
             self._refine.k_factor = 1.0
         mean = view.encoder.mean
-        # (q - mean) R^T (l2) or q R^T (ip), projected by faiss (centred first, in float32 as the
-        # re-ranker does), padded to faiss's sub-vectors
-        P = self._layout(self._projection().apply(np.ascontiguousarray(Q - mean if view.metric == "l2" else Q,
-                                                                      np.float32)))
+        # (q - mean) R^T (l2, cosine) or q R^T (ip), projected by faiss (centred first, in float32
+        # as the re-ranker does), padded to faiss's sub-vectors
+        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - mean, np.float32)
+        P = self._layout(self._projection().apply(Qc))
+        qc2 = np.einsum("ij,ij->i", Qc, Qc)[:, None] if view.metric == "cosine" else None
+        del Qc
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
         self._implem(kc)
         Dr, cand = self._refine.search(P, int(kc))
-        if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
-            S = np.einsum("ij,ij->i", P, P)[:, None] - Dr[:, :keep]
-        else:  # einsum, not BLAS (below)
+        short = (cand < 0).any(axis=1)
+        if view.metric == "ip":  # einsum, not BLAS (below)
+            I = cand[:, :keep]
             S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
-        I = cand[:, :keep]
-        D, I = finalize(view, Q, np.where(I >= 0, S, -np.inf), I)
-        return D, I, (cand < 0).any(axis=1)
+            return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
+        pp = np.einsum("ij,ij->i", P, P)[:, None]
+        if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
+            I = cand[:, :keep]
+            return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
+        # cosine: ||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 + ||p - z||^2 (R's rows orthonormal),
+        # so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2, over ||x_hat||; every
+        # candidate scored, the keep best kept (faiss sorted them by distance)
+        n2 = norms2[np.maximum(cand, 0)]
+        d2 = (qc2 - pp) + Dr
+        qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
+        S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
+        D, I = blas.select(view, Q, S, cand, keep)
+        return D, I, short
 
     def _projection(self):
         """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries).
