@@ -259,7 +259,7 @@ class FastScanScorer:
         self._implem(kc)
         Dr, cand = self._refine.search(P, int(kc))
         short = (cand < 0).any(axis=1)
-        if view.metric == "ip":  # einsum, not BLAS (below)
+        if view.metric == "ip":  # einsum, not numpy's BLAS threads (see _projection)
             I = cand[:, :keep]
             S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
             return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
