@@ -129,8 +129,17 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     for kc, keep in ((40, 10), (160, 160), (7, 1)):
         D, I, short = scorer.search(Q, kc, keep, norms2)
         De, Ie = blas.rerank(view, Q, scorer.candidates(Q, kc), keep)
-        np.testing.assert_array_equal(I, Ie)
-        np.testing.assert_allclose(D, De, rtol=1e-5, atol=1e-5 * float(np.abs(De).max()))
+        tol = 1e-5 * float(np.abs(De).max())
+        np.testing.assert_allclose(D, De, rtol=1e-5, atol=tol)
+        # the same ids, but where two distances tie to float rounding (faiss and numpy round
+        # apart) and at the last kept place (its tie may be the next candidate)
+        tie = np.zeros(I.shape, bool)
+        tie[:, -1] = True
+        close = np.abs(np.diff(De, axis=1)) <= tol
+        tie[:, 1:] |= close
+        tie[:, :-1] |= close
+        assert not ((I != Ie) & ~tie).any()
+        assert (I == Ie).mean() > 0.9  # observed 1.0
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
     # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
     # and its projection R (float32)
@@ -140,15 +149,19 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
 
 def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_results(built, queries):
     # faiss's implem 14 (heap, to 20 results) / 15 (reservoir): faster in batches than its
-    # default 12 / 13, and the same candidates
+    # default 12 / 13, and the same candidates: the same first-stage scores (its 16-bit sums
+    # tie often, so ids may differ at the last tied score)
     for index in (built["l2", 1], built["ip", 2]):
         scorer = index._fastscan()
+        P = scorer._layout(blas.latent(index._state.view, queries))
         for kc, implem in ((8, 14), (40, 15)):
-            got = scorer.candidates(queries, kc)
+            scorer.candidates(queries[:2], kc)  # sets the kernels
             assert scorer.index.implem == implem
+            D, I = scorer.index.search(P, kc)
             scorer.index.implem = 0
-            _, want = scorer.index.search(scorer._layout(blas.latent(index._state.view, queries)), kc)
-            np.testing.assert_array_equal(np.sort(got, axis=1), np.sort(want, axis=1))
+            De, Ie = scorer.index.search(P, kc)
+            np.testing.assert_array_equal(np.sort(D, axis=1), np.sort(De, axis=1))
+            assert np.mean([len(set(a) & set(b)) for a, b in zip(I, Ie)]) / kc > 0.98  # observed 1.0
 
 
 def test_other_factors_and_cosine_without_norms_rerank_in_numpy(embeddings, queries):
