@@ -193,6 +193,28 @@ def test_faiss_rerank_follows_added_rows(embeddings, queries):
     assert (I[:, 0] >= 2000).mean() > 0.8  # the added rows are found (observed 1.0)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_large_batches_are_searched_in_chunks_with_the_same_results(embeddings, queries, metric, monkeypatch):
+    # the candidates of one chunk of queries stay under SEARCH_CHUNK_BYTES (a batch of many
+    # queries with a deep re-rank would otherwise hold n_queries x rerank_factor x k of them)
+    index = LPLRIndex(64, bits_per_coordinate=1, metric=metric).build(embeddings[:2000])
+    want = index.search(queries, 10)
+    monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * 40 * 7)  # 7 queries per chunk
+    calls = []
+    real = faiss.IndexRefine.search
+
+    def counting(self, *a, **kw):
+        calls.append(len(a[0]))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(faiss.IndexRefine, "search", counting)
+    got = index.search(queries, 10)
+    # the projection's product rounds by batch size: distances in their last bits
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert (got[1] == want[1]).mean() > 0.99  # observed 1.0
+    assert calls and max(calls) == 7 and sum(calls) == len(queries)
+
+
 def test_queries_fast_scan_leaves_short_get_the_exact_scan(embeddings, queries, monkeypatch):
     # where faiss's first stage returns fewer than the asked candidates (its 16-bit sums
     # saturate on extreme level spreads, seen on edited files), those queries are scanned exactly

@@ -56,6 +56,10 @@ from .metrics import CodeView, finalize, prepare_queries
 
 #: code rows handed to faiss per block when building (each block's copy is released before the next)
 _ADD_ROWS = 1 << 16
+#: working set of one query chunk of :meth:`FastScanScorer.search`: its candidates' scores and ids
+#: (about 16 bytes each); a larger batch is searched in chunks, so the candidates (``rerank_factor``
+#: times the results, which the index caps) never take more
+SEARCH_CHUNK_BYTES = 1 << 28
 
 
 def supported(view: CodeView) -> bool:
@@ -236,6 +240,10 @@ class FastScanScorer:
         """
         from . import blas
 
+        chunk = max(1, SEARCH_CHUNK_BYTES // (16 * int(kc)))
+        if len(Q) > chunk:
+            parts = [self.search(Q[s : s + chunk], kc, keep, norms2) for s in range(0, len(Q), chunk)]
+            return tuple(np.concatenate(a) for a in zip(*parts))
         view = self.view
         Q = prepare_queries(view, Q)
         if not self.refines or (view.metric == "cosine" and norms2 is None):
