@@ -1341,6 +1341,10 @@ class LPLRIndex:
         if frac < FILTER_SCAN_FRACTION:
             return self._scan(st, Q, keep, mask, n_ok)
         kf = int(min(st.n, max(kc, np.ceil(FILTER_OVERFETCH * kc / frac))))
+        chunk = max(1, fastscan.SEARCH_CHUNK_BYTES // (16 * kf))  # bounds the (queries, kf) candidates
+        if len(Q) > chunk:
+            parts = [self._search_fastscan(st, Q[s : s + chunk], keep, kc, mask, n_ok) for s in range(0, len(Q), chunk)]
+            return tuple(np.concatenate(a) for a in zip(*parts))
         p = blas.latent(st.view, prepare_queries(st.view, Q))
         cand = self._fastscan().candidates(Q, kf, p)
         cand = np.where((cand >= 0) & mask[np.maximum(cand, 0)], cand, -1)

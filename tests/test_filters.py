@@ -161,6 +161,31 @@ def test_fastscan_falls_back_to_the_exact_scan_when_few_candidates_survive(index
     knn_checker(Xr, Q, De, _positions(index.ids[rows], Ie), metric)
 
 
+def test_filtered_fastscan_takes_large_batches_in_query_chunks(indexes, data, monkeypatch):
+    # the over-fetched candidates of one chunk of queries stay under SEARCH_CHUNK_BYTES
+    from lplr_index.search import fastscan
+
+    index = indexes["l2", "default"]
+    _, Q = data
+    live = index.live_ids
+    allowed = live[live % 2 == 0]
+    want = index.search(Q, K, mode="fastscan", allowed=allowed)
+    sizes = []
+    real = fastscan.FastScanScorer.candidates
+
+    def counting(self, Qs, *a, **kw):
+        sizes.append(len(Qs))
+        return real(self, Qs, *a, **kw)
+
+    monkeypatch.setattr(fastscan.FastScanScorer, "candidates", counting)
+    kf = int(np.ceil(index_module.FILTER_OVERFETCH * 4 * K / (len(allowed) / index.ntotal)))
+    monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kf * 9)  # 9 queries per chunk
+    got = index.search(Q, K, mode="fastscan", allowed=allowed)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)  # products round by batch size
+    assert (got[1] == want[1]).mean() > 0.99  # observed 1.0
+    assert max(sizes) == 9 and sum(sizes) == len(Q)
+
+
 def test_small_allowed_sets_scan_the_allowed_rows_exactly(indexes, data, monkeypatch):
     index = indexes["l2", "default"]
     _, Q = data
