@@ -748,11 +748,10 @@ class LPLRIndex:
         if search_mode == "fastscan":
             orthonormal = s.factor == "orthonormal"
             search = _fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
-            # fast-scan's blocks, and for faiss's re-rank (l2, ip with an orthonormal factor) the flat
-            # codes and the projection R (rank x dim float32)
-            refined = orthonormal
-            fs_bytes = (-(-n // 32) * 32 + (n if refined else 0)) * ((rank + 1) // 2) + (
-                4 * rank * s.dim if refined else 0)
+            # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the flat codes and
+            # the projection R (rank x dim float32)
+            fs_bytes = (-(-n // 32) * 32 + (n if orthonormal else 0)) * ((rank + 1) // 2) + (
+                4 * rank * s.dim if orthonormal else 0)
         else:
             search = _factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
             fs_bytes = 0
@@ -792,9 +791,9 @@ class LPLRIndex:
             two = s.rank is None and two_level_tried(s.bits_per_coordinate, n)
             depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
             search = _fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
-            # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank (l2, ip) the
-            # flat codes (as many bytes again, or one byte per coarse code of two-level codes: a
-            # bound) and the projection R (rank x dim float32; rank a bound)
+            # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank the flat
+            # codes (as many bytes again, or one byte per coarse code of two-level codes: a bound)
+            # and the projection R (rank x dim float32; rank a bound)
             flat = n * (n_codes if two else (n_codes + 1) // 2) + 4 * rank * dim
             fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
         else:
@@ -1341,10 +1340,11 @@ class LPLRIndex:
         if frac < FILTER_SCAN_FRACTION:
             return self._scan(st, Q, keep, mask, n_ok)
         kf = int(min(st.n, max(kc, np.ceil(FILTER_OVERFETCH * kc / frac))))
-        chunk = max(1, fastscan.SEARCH_CHUNK_BYTES // (16 * kf))  # bounds the (queries, kf) candidates
-        if len(Q) > chunk:
-            parts = [self._search_fastscan(st, Q[s : s + chunk], keep, kc, mask, n_ok) for s in range(0, len(Q), chunk)]
-            return tuple(np.concatenate(a) for a in zip(*parts))
+        return fastscan.in_query_chunks(lambda q: self._filtered_fastscan(st, q, keep, kc, kf, mask, n_ok), Q, kf)
+
+    def _filtered_fastscan(self, st: _State, Q, keep: int, kc: int, kf: int, mask, n_ok: int):
+        """:meth:`_search_fastscan` with a filter, for one chunk of queries: ``kf`` candidates
+        fetched, the allowed ones re-ranked."""
         p = blas.latent(st.view, prepare_queries(st.view, Q))
         cand = self._fastscan().candidates(Q, kf, p)
         cand = np.where((cand >= 0) & mask[np.maximum(cand, 0)], cand, -1)

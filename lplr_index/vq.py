@@ -128,6 +128,14 @@ class Class(NamedTuple):
             return self.C
         return (self.C[:, None, :] + self.fine).reshape(KSUB * KSUB, self.g)
 
+    def index(self, codes: np.ndarray, coarse: bool = False) -> np.ndarray:
+        """Each group's centroid in :attr:`centroids` (``16 c + f``, still a byte), or with
+        ``coarse`` in ``C``, from unpacked codes ``(n, n_codes)``: ``(n, count)`` uint8."""
+        idx = codes[:, self.c0 : self.c0 + self.count]
+        if self.levels == 2 and not coarse:
+            idx = (idx << 4) | codes[:, self.f0 : self.f0 + self.count]
+        return idx
+
 
 def groups_from_file(groups: np.ndarray, columns: int, what: str) -> np.ndarray:
     """The ``(n_classes, 3)`` layout of a file's ``vq_groups`` stored with ``columns`` columns
@@ -292,14 +300,13 @@ class GroupedQuantizer:
         codes = codes.reshape(-1, codes.shape[-1])
         n = len(codes)
         out = np.empty((n, self.rank), np.float32)
+        single = len(self.classes()) == 1  # its columns are the whole output: contiguous
         for cl in self.classes():
-            idx, table = codes[:, cl.c0 : cl.c0 + cl.count], cl.C
-            if cl.levels == 2 and not coarse:  # centroid 16 c + f: still a byte
-                idx, table = (idx << 4) | codes[:, cl.f0 : cl.f0 + cl.count], cl.centroids
+            idx, table = cl.index(codes, coarse), (cl.C if coarse else cl.centroids)
             dst = out[:, cl.z0 : cl.z0 + cl.g * cl.count].reshape(n, cl.count, cl.g)
-            if len(self.classes()) == 1:  # the whole output: contiguous
+            if single:
                 np.take(table, idx, axis=0, out=dst, mode="clip")
-            else:
+            else:  # numpy's take into a strided out is the slow part: gather, then copy
                 dst[...] = np.take(table, idx, axis=0, mode="clip")
         return out.reshape(lead + (self.rank,))
 

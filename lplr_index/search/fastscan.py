@@ -56,10 +56,21 @@ from .metrics import CodeView, finalize, prepare_queries
 
 #: code rows handed to faiss per block when building (each block's copy is released before the next)
 _ADD_ROWS = 1 << 16
-#: working set of one query chunk of :meth:`FastScanScorer.search`: its candidates' scores and ids
-#: (about 16 bytes each); a larger batch is searched in chunks, so the candidates (``rerank_factor``
-#: times the results, which the index caps) never take more
+#: working set of one query chunk of a fast-scan search (:func:`in_query_chunks`): its candidates'
+#: scores and ids (about 16 bytes each); a larger batch is searched in chunks, so the candidates
+#: (``rerank_factor`` times the results, which the index caps) never take more
 SEARCH_CHUNK_BYTES = 1 << 28
+
+
+def in_query_chunks(search, Q: np.ndarray, depth: int):
+    """``search(Q)`` of a batch whose queries hold ``depth`` candidates each, over chunks of
+    queries whose candidates stay under :data:`SEARCH_CHUNK_BYTES`; the arrays it returns
+    concatenated."""
+    chunk = max(1, SEARCH_CHUNK_BYTES // (16 * int(depth)))
+    if len(Q) <= chunk:
+        return search(Q)
+    parts = [search(Q[s : s + chunk]) for s in range(0, len(Q), chunk)]
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
 def supported(view: CodeView) -> bool:
@@ -168,11 +179,7 @@ class FastScanScorer:
         codes = _unpack(packed, 4, lq.n_codes)
         out = np.empty((len(codes), lq.n_coarse), np.uint8)
         for cl in lq.classes():
-            v = out[:, cl.c0 : cl.c0 + cl.count]
-            v[...] = codes[:, cl.c0 : cl.c0 + cl.count]
-            if cl.levels == 2:
-                v <<= 4
-                v |= codes[:, cl.f0 : cl.f0 + cl.count]
+            out[:, cl.c0 : cl.c0 + cl.count] = cl.index(codes)
         return out
 
     def nbytes(self) -> int:
@@ -238,12 +245,12 @@ class FastScanScorer:
         :func:`lplr_index.search.blas.row_norms2` of every row, which cosine's re-rank in
         faiss needs (without them cosine re-ranks in numpy).
         """
+        return in_query_chunks(lambda q: self._search(q, kc, keep, norms2), Q, kc)
+
+    def _search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None):
+        """:meth:`search` of one chunk of queries."""
         from . import blas
 
-        chunk = max(1, SEARCH_CHUNK_BYTES // (16 * int(kc)))
-        if len(Q) > chunk:
-            parts = [self.search(Q[s : s + chunk], kc, keep, norms2) for s in range(0, len(Q), chunk)]
-            return tuple(np.concatenate(a) for a in zip(*parts))
         view = self.view
         Q = prepare_queries(view, Q)
         if not self.refines or (view.metric == "cosine" and norms2 is None):
