@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, TracedPeak, machine, make_embeddings, markdown_table, median_time, peak_rss_mib, run_case_in_subprocess, write_results  # noqa: E402
 

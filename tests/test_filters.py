@@ -288,3 +288,57 @@ def test_same_answers_as_faiss_id_map_with_removals_and_a_selector(indexes, data
         # observed: identical ids in every mode; distances to float32 rounding
         assert (I == If).mean() >= 0.99, mode
         np.testing.assert_allclose(D, Df, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_mostly_allowed_filters_rerank_in_faiss(indexes, data, metric, monkeypatch, brute_knn):
+    # removed vectors alone (or a filter allowing most rows): faiss's exact re-rank, not numpy's
+    from lplr_index.search import blas
+
+    index = indexes[metric, "user"]
+    _, Q = data
+    allowed = index.live_ids[index.live_ids % 10 != 3]  # about 0.86 of the rows
+    assert len(allowed) / index.ntotal >= index_module.FILTER_REFINE_FRACTION
+    want = {name: index.search(Q, K, mode="fastscan", allowed=a) for name, a in (("tombstones", None),
+                                                                                 ("filter", allowed))}
+
+    def no_numpy_rerank(*a, **kw):
+        raise AssertionError("the numpy re-ranker ran")
+
+    monkeypatch.setattr(blas, "rerank", no_numpy_rerank)
+    for name, a in (("tombstones", None), ("filter", allowed)):
+        D, I = index.search(Q, K, mode="fastscan", allowed=a)
+        np.testing.assert_array_equal(I, want[name][1])
+        ok = index.live_ids if a is None else allowed
+        rows = np.flatnonzero(np.isin(index.ids, ok))
+        assert np.isin(I, index.ids[rows]).all() and (I >= 0).all()
+        Xr = index.reconstruct()[rows]
+        pos = _positions(index.ids[rows], I)
+        assert recall_at_k(pos, brute_knn(Xr, Q, K, metric), K) >= 0.97  # observed 1.0
+        np.testing.assert_allclose(D, brute_force_distances(Xr, Q, pos, metric), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_mostly_allowed_filter_missing_the_near_rows_falls_back(indexes, data, metric, monkeypatch):
+    # 0.98 of the rows allowed, but not the queries' nearest ones: faiss's candidates hold
+    # too few allowed rows, so those queries take the over-fetching path, whose answer it is
+    index = indexes[metric, "default"]
+    Q = data[1][:4]
+    _, near = index.search(Q, 8 * K, mode="factored")
+    allowed = np.setdiff1d(index.live_ids, near[:, : 6 * K])
+    assert len(allowed) / index.ntotal >= index_module.FILTER_REFINE_FRACTION
+    calls = []
+    real = LPLRIndex._filtered_fastscan
+
+    def counting(self, st, Qs, *a):
+        calls.append(len(Qs))
+        return real(self, st, Qs, *a)
+
+    monkeypatch.setattr(LPLRIndex, "_filtered_fastscan", counting)
+    D, I = index.search(Q, K, mode="fastscan", allowed=allowed)
+    assert sum(calls) == len(Q)  # every query's 40-odd candidates were all among its 60 nearest
+    monkeypatch.setattr(index_module, "FILTER_REFINE_FRACTION", 2.0)  # the over-fetching path alone
+    D2, I2 = index.search(Q, K, mode="fastscan", allowed=allowed)
+    np.testing.assert_array_equal(I, I2)
+    np.testing.assert_array_equal(D, D2)
+    assert np.isin(I, allowed).all()

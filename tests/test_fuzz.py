@@ -14,7 +14,6 @@ worker that died or hung) with reproducers.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
