@@ -889,10 +889,13 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
                     designs.append(d)
         if not designs:
             raise NoRoom("the budget cannot hold one 4-bit code per vector beside the shared parts")
+    # recall on the sample is measured whenever there is a choice, also when the model leaves one design
+    choice = len(designs) > 1 or rival is not None
+    if len(designs) > 1:
         least = min(d.model for d in designs)
         designs = [d for d in designs if d.model <= DESIGN_ERROR_RATIO * least]
     results = []
-    check = SampleCheck(sample, metric, seed) if len(designs) > 1 else None
+    check = SampleCheck(sample, metric, seed) if choice else None
     if check is not None:  # ||sample - mean||^2: every design's check uses it
         energy = float(np.einsum("ij,ij->", sample_c, sample_c, dtype=np.float64))
     for d in designs:
@@ -904,12 +907,14 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     cands = [(r.design.basis, r.design.sizes, r.design.groups.tolist(), r.recall, r.error) for r in results]
     r_rec = None
     if rival is not None:
-        r_rec, r_err = (check or SampleCheck(sample, metric, seed)).decoded(rival(raw))
+        r_rec, r_err = check.decoded(rival(raw))
         cands.append(("scalar", None, None, r_rec, r_err))
         if round(r_rec, 6) > round(top.recall, 6):
             return VQFit(None, None, float("nan"), cands)
     codes = full_check = scorer = None
-    if top.enc.lq.two_level and check is not None and len(sample) < n <= FULL_CHECK_ROWS:
+    alt = _best([r for r in results if not r.enc.lq.two_level])
+    if (top.enc.lq.two_level and check is not None and len(sample) < n <= FULL_CHECK_ROWS
+            and (alt is not None or r_rec is not None)):  # with nothing to fall back on, nothing to check
         from .search.fastscan import first_stage_recall
 
         # k + 1 neighbours: a query row finds itself
@@ -918,7 +923,6 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
             top.enc, codes, metric, check.Q, rows[check.qi], nearest, k=check.k,
             factor=TWO_LEVEL_RERANK_FACTOR, multiple=CHECK_DEPTH_MULTIPLE)
         predicted = top.exact - (deep - shallow)
-        alt = _best([r for r in results if not r.enc.lq.two_level])
         full_check = {"groups": top.design.groups.tolist(), "sample_recall": top.recall,
                       "exact_sample_recall": top.exact, "recall": shallow, "deep_recall": deep,
                       "predicted_recall": predicted, "kept": True}

@@ -179,6 +179,32 @@ def test_designs_far_above_the_least_model_error_are_not_fitted(monkeypatch):
     assert pruned.to_bytes() == every.to_bytes()
 
 
+def test_a_single_design_left_by_the_model_is_still_measured_against_the_scalar_rival():
+    # at high rates on a steep spectrum the model leaves only the two-level design: its recall
+    # on the sample is still measured (not assumed), so the scalar codes fitted from 6 bits can win
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    X = ((rng.standard_normal((6000, 32)) * 0.7 ** np.arange(32)) @ basis).astype(np.float32)
+    alone = LPLRIndex(32, bits_per_coordinate=4).build(X).build_report["candidates"]
+    assert len(alone) == 1 and 0.5 < alone[0]["sample_recall"] < 1  # observed 0.982
+    for budget in (6, 8):
+        report = LPLRIndex(32, bits_per_coordinate=budget).build(X).build_report
+        recall = {c["basis"]: c["sample_recall"] for c in report["candidates"]}
+        assert len(recall) == 2 and all(r < 1 for r in recall.values())
+        # observed: the scalar codes win at both (0.982 against 0.979, 0.986 against 0.983)
+        assert report["chosen"]["basis"] == ("scalar" if recall["scalar"] > recall["pca"] else "pca")
+
+
+def test_a_two_level_design_with_no_alternative_is_not_checked_on_all_rows():
+    # more rows than the sample, but the model left no one-level design to fall back on
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    X = ((rng.standard_normal((20_000, 32)) * 0.7 ** np.arange(32)) @ basis).astype(np.float32)
+    report = LPLRIndex(32, bits_per_coordinate=4).build(X).build_report
+    assert [c["basis"] for c in report["candidates"]] == ["pca"]
+    assert any(lv == 2 for _, _, lv in report["chosen"]["groups"]) and report["full_check"] is None
+
+
 def test_model_error_counts_dropped_directions_and_code_distortion():
     var = np.array([4.0, 2.0, 1.0, 0.5, 0.25])
     classes = [((1, 1), np.array([0, 1])), ((2, 1), np.array([2, 3]))]
