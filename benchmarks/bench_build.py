@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faiss import PIPELINE_DATASETS, load_pipeline_dataset, make_synthetic  # noqa: E402
+from bench_faiss import add_source_args, check_source_args, load_source  # noqa: E402
 from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 
 #: lplr-index 0.2.0 (the scalar codes with fast-scan search), whose build times the quality
@@ -81,13 +81,7 @@ def build_once(lib: Path, rows: Path, budget: float, threads: int) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", choices=PIPELINE_DATASETS, default="fashion-mnist",
-                     help="a pipelines dataset (embedded first if not cached; default fashion-mnist)")
-    src.add_argument("--synthetic", action="store_true", help="bench_faiss.py's synthetic mixture instead")
-    p.add_argument("--n", type=int, default=1_000_000, help="synthetic database rows")
-    p.add_argument("--dim", type=int, default=384, help="synthetic dimension")
-    p.add_argument("--bits", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], help="budgets, bits per coordinate")
+    add_source_args(p)
     p.add_argument("--rounds", type=int, default=3, help="builds of each version at each budget")
     p.add_argument("--threads", type=int, default=2, help="OpenMP and BLAS threads of every build")
     ref = p.add_mutually_exclusive_group()
@@ -96,11 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="a folder holding the reference's lplr_index package instead of --ref")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "reference" / "bench_build")
     args = p.parse_args(argv)
-    for name in ("rounds", "threads", "n", "dim"):
+    check_source_args(p, args)
+    for name in ("rounds", "threads"):
         if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if any(b <= 0 for b in args.bits):
-        p.error(f"--bits must be positive, got {args.bits}")
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.ref_path is not None and not (args.ref_path / "lplr_index" / "__init__.py").is_file():
         p.error(f"--ref-path must hold the lplr_index package, got {args.ref_path}")
     return args
@@ -108,12 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.synthetic:
-        X = make_synthetic(args.n, 1, args.dim).xb
-        name = f"synthetic-{args.n}x{args.dim}"
-    else:
-        data = load_pipeline_dataset(args.dataset, None)
-        X, name = data.xb, data.name
+    data = load_source(args, n_queries=1)
+    X, name = data.xb, data.name
+    del data
     with tempfile.TemporaryDirectory(prefix="bench_build_") as tmp:
         tmp = Path(tmp)
         rows = tmp / "rows.npy"

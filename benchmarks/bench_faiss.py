@@ -314,6 +314,33 @@ class Timing:
     latency_n: int
 
 
+def add_source_args(p: argparse.ArgumentParser, bits: Sequence[float] = (0.5, 1.0, 2.0, 4.0)) -> None:
+    """The data options the single-purpose benchmarks share (``bench_latency.py``,
+    ``bench_build.py``): a pipelines dataset or the synthetic mixture, and the budgets."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", choices=PIPELINE_DATASETS, default="fashion-mnist",
+                     help="a pipelines dataset (embedded first if not cached; default fashion-mnist)")
+    src.add_argument("--synthetic", action="store_true", help="bench_faiss.py's synthetic mixture instead")
+    p.add_argument("--n", type=int, default=1_000_000, help="synthetic database rows")
+    p.add_argument("--dim", type=int, default=384, help="synthetic dimension")
+    p.add_argument("--bits", type=float, nargs="+", default=list(bits), help="budgets, bits per coordinate")
+
+
+def check_source_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("n", "dim"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if any(b <= 0 for b in args.bits):
+        p.error(f"--bits must be positive, got {args.bits}")
+
+
+def load_source(args: argparse.Namespace, n_queries: int = 1000) -> Dataset:
+    """The data :func:`add_source_args` selected (synthetic: ``n_queries`` queries)."""
+    if args.synthetic:
+        return make_synthetic(args.n, n_queries, args.dim)
+    return load_pipeline_dataset(args.dataset, None)
+
+
 def measure_threads(search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None, xq: np.ndarray,
                     args: argparse.Namespace, *,
                     search_t: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None

@@ -32,7 +32,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_faiss import PIPELINE_DATASETS, load_pipeline_dataset, make_synthetic  # noqa: E402
+from bench_faiss import add_source_args, check_source_args, load_source  # noqa: E402
 from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 
 from lplr_index import LPLRIndex  # noqa: E402
@@ -82,13 +82,7 @@ def measure(budget: float, xb: np.ndarray, xq: np.ndarray, args) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--dataset", choices=PIPELINE_DATASETS, default="fashion-mnist",
-                     help="a pipelines dataset (embedded first if not cached; default fashion-mnist)")
-    src.add_argument("--synthetic", action="store_true", help="bench_faiss.py's synthetic mixture instead")
-    p.add_argument("--n", type=int, default=1_000_000, help="synthetic database rows")
-    p.add_argument("--dim", type=int, default=384, help="synthetic dimension")
-    p.add_argument("--bits", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0], help="budgets, bits per coordinate")
+    add_source_args(p)
     p.add_argument("--queries", type=int, default=100, help="single queries per block")
     p.add_argument("--rounds", type=int, default=6, help="alternating blocks per index")
     p.add_argument("--k", type=int, default=10)
@@ -96,22 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "reference" / "bench_latency")
     args = p.parse_args(argv)
-    for name in ("queries", "rounds", "k", "max_train", "n", "dim"):
+    check_source_args(p, args)
+    for name in ("queries", "rounds", "k", "max_train"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if any(b <= 0 for b in args.bits):
-        p.error(f"--bits must be positive, got {args.bits}")
     return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.synthetic:
-        data = make_synthetic(args.n, 1000, args.dim)
-        name = f"synthetic-{args.n}x{args.dim}"
-    else:
-        data = load_pipeline_dataset(args.dataset, None)
-        name = data.name
+    data = load_source(args)
+    name = data.name
     rows = []
     for b in args.bits:
         row = measure(b, data.xb, data.xq, args)
