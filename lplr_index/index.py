@@ -956,8 +956,10 @@ class LPLRIndex:
         chosen = ({"basis": result.encoder.basis, "groups": result.encoder.lq.groups.tolist()}
                   if result.encoder is not None else {"basis": "scalar"})
         self.build_report = {"chosen": chosen,
-                             "candidates": [dict(zip(("basis", "sizes", "groups", "sample_recall", "sample_error"), c))
-                                            for c in result.candidates],
+                             "candidates": [dict(zip(("basis", "sizes", "groups", "sample_recall", "sample_error",
+                                                      "model_ratio"), c)) for c in result.candidates],
+                             "not_fitted": [dict(zip(("basis", "sizes", "groups", "model_ratio"), c))
+                                            for c in result.not_fitted],
                              "full_check": result.full_check}
         return result
 

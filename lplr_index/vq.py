@@ -782,11 +782,13 @@ class VQFit:
     encoder: VQEncoder
     codes: np.ndarray
     error: float
-    candidates: list  # (basis, sizes, groups, recall, error) measured on the sample
+    candidates: list  # (basis, sizes, groups, recall, error, model error / least), measured on the sample
     #: the full-scale check of a two-level design (:func:`fit_vq`), or None where none was made
     full_check: dict | None = None
     #: the fast-scan scorer of ``codes`` that check built, or None
     scorer: object = None
+    #: (basis, sizes, groups, model error / least) of the designs the model left out
+    not_fitted: list = field(default_factory=list)
 
 
 class _Result(NamedTuple):
@@ -891,9 +893,14 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
             raise NoRoom("the budget cannot hold one 4-bit code per vector beside the shared parts")
     # recall on the sample is measured whenever there is a choice, also when the model leaves one design
     choice = len(designs) > 1 or rival is not None
-    if len(designs) > 1:
-        least = min(d.model for d in designs)
-        designs = [d for d in designs if d.model <= DESIGN_ERROR_RATIO * least]
+    least = min(d.model for d in designs)  # nan for the rank's single design: nothing left out
+
+    def ratio(d: Design) -> float | None:
+        return float(d.model / least) if np.isfinite(d.model) and least > 0 else None
+
+    not_fitted = [(d.basis, d.sizes, d.groups.tolist(), ratio(d)) for d in designs
+                  if d.model > DESIGN_ERROR_RATIO * least]
+    designs = [d for d in designs if not d.model > DESIGN_ERROR_RATIO * least]
     results = []
     check = SampleCheck(sample, metric, seed) if choice else None
     if check is not None:  # ||sample - mean||^2: every design's check uses it
@@ -904,13 +911,14 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
         del Z
         results.append(_Result(rec, err, exact, enc, d))
     top = _best(results)
-    cands = [(r.design.basis, r.design.sizes, r.design.groups.tolist(), r.recall, r.error) for r in results]
+    cands = [(r.design.basis, r.design.sizes, r.design.groups.tolist(), r.recall, r.error, ratio(r.design))
+             for r in results]
     r_rec = None
     if rival is not None:
         r_rec, r_err = check.decoded(rival(raw))
-        cands.append(("scalar", None, None, r_rec, r_err))
+        cands.append(("scalar", None, None, r_rec, r_err, None))
         if round(r_rec, 6) > round(top.recall, 6):
-            return VQFit(None, None, float("nan"), cands)
+            return VQFit(None, None, float("nan"), cands, not_fitted=not_fitted)
     codes = full_check = scorer = None
     alt = _best([r for r in results if not r.enc.lq.two_level])
     if (top.enc.lq.two_level and check is not None and len(sample) < n <= FULL_CHECK_ROWS
@@ -931,8 +939,8 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
             full_check["kept"] = False
             codes = scorer = None
             if alt is None or (r_rec is not None and round(r_rec, 6) > round(alt.recall, 6)):
-                return VQFit(None, None, float("nan"), cands, full_check)
+                return VQFit(None, None, float("nan"), cands, full_check, not_fitted=not_fitted)
             top = alt
     if codes is None:
         codes, error, _ = _encode_all(executor, top.enc, on_pass)
-    return VQFit(top.enc, codes, error, cands, full_check, scorer)
+    return VQFit(top.enc, codes, error, cands, full_check, scorer, not_fitted)

@@ -166,11 +166,19 @@ def test_designs_far_above_the_least_model_error_are_not_fitted(monkeypatch):
     basis, _ = np.linalg.qr(rng.standard_normal((64, 64)))
     X = ((rng.standard_normal((5000, 64)) * 0.8 ** np.arange(64)) @ basis).astype(np.float32)
     pruned = LPLRIndex(64, bits_per_coordinate=1).build(X)
+    limit = vq_module.DESIGN_ERROR_RATIO
     monkeypatch.setattr(vq_module, "DESIGN_ERROR_RATIO", float("inf"))
     every = LPLRIndex(64, bits_per_coordinate=1).build(X)
     kept = {(c["basis"], str(c["sizes"])) for c in pruned.build_report["candidates"]}
     fitted = {(c["basis"], str(c["sizes"])): c["sample_error"] for c in every.build_report["candidates"]}
     assert kept < set(fitted) and {b for b, _ in set(fitted) - kept} == {"rotation"}
+    # the report names what was left out and why: its model error over the least
+    left_out = pruned.build_report["not_fitted"]
+    assert {(c["basis"], str(c["sizes"])) for c in left_out} == set(fitted) - kept
+    assert all(c["model_ratio"] > limit for c in left_out)
+    assert all(1 <= c["model_ratio"] <= limit for c in pruned.build_report["candidates"])
+    assert min(c["model_ratio"] for c in pruned.build_report["candidates"]) == 1
+    assert every.build_report["not_fitted"] == []
     least = min(fitted.values())
     # the measured errors agree with the model's verdict: every design left out measured over
     # twice the least error (observed 3.5-19 times), and the choice is the same
