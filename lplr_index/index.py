@@ -1362,14 +1362,15 @@ class LPLRIndex:
         scorer = self._fastscan()
         if frac >= FILTER_REFINE_FRACTION and scorer.refines:
             kd = int(min(st.n, max(kc, np.ceil(kc / frac))))
-            return self._refined_filtered(st, Q, keep, kd, mask, kc, kf, n_ok)
+            return fastscan.in_query_chunks(lambda q: self._refined_filtered(st, q, keep, kd, mask, kc, kf, n_ok),
+                                            Q, kd)
         return fastscan.in_query_chunks(lambda q: self._filtered_fastscan(st, q, keep, kc, kf, mask, n_ok), Q, kf)
 
     def _refined_filtered(self, st: _State, Q, keep: int, kd: int, mask, kc: int, kf: int, n_ok: int):
-        """:meth:`_search_fastscan` with a filter that allows most rows (removed vectors, say):
-        faiss's fast-scan and exact re-rank of ``kd`` candidates (about ``kc`` of them allowed),
-        the disallowed dropped afterwards; queries left with fewer than ``keep`` allowed
-        candidates get :meth:`_filtered_fastscan`."""
+        """:meth:`_search_fastscan` with a filter that allows most rows (removed vectors, say),
+        for one chunk of queries: faiss's fast-scan and exact re-rank of ``kd`` candidates
+        (about ``kc`` of them allowed), the disallowed dropped afterwards; queries left with
+        fewer than ``keep`` allowed candidates get :meth:`_filtered_fastscan`."""
         D, I, short = self._fastscan().search(Q, kd, kd, self._norms2() if self.metric == "cosine" else None)
         ok = (I >= 0) & mask[np.maximum(I, 0)]
         first = np.argsort(~ok, axis=1, kind="stable")[:, :keep]  # allowed first, in distance order

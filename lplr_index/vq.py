@@ -97,7 +97,8 @@ BASES = ("pca", "rotation")
 #: benchmark sets at 0.5-4 bits per coordinate (synthetic 10^6 x 384, 2 bits: one code per
 #: direction, recall on the sample 0.874 against 0.856 for the least error), while every
 #: design over 4 times lost by 0.02-0.24 (Fashion-MNIST's rotation designs, 6.3-24 times,
-#: recall 0.58-0.96 against 0.82-0.99); they cost a quarter to a third of its builds
+#: recall 0.58-0.96 against 0.82-0.99), whose fits took 16-66 % of its builds (10.9 / 16.4 /
+#: 19.8 / 23.0 s at 0.5-4 bits with them, 7.6 / 10.0 / 16.6 / 7.8 s without)
 DESIGN_ERROR_RATIO = 4.0
 #: sample rows used as queries when choosing the design
 SELECT_QUERIES = 256
