@@ -1359,26 +1359,27 @@ class LPLRIndex:
         if frac < FILTER_SCAN_FRACTION:
             return self._scan(st, Q, keep, mask, n_ok)
         kf = int(min(st.n, max(kc, np.ceil(FILTER_OVERFETCH * kc / frac))))
-        scorer = self._fastscan()
-        if frac >= FILTER_REFINE_FRACTION and scorer.refines:
-            kd = int(min(st.n, max(kc, np.ceil(kc / frac))))
-            return fastscan.in_query_chunks(lambda q: self._refined_filtered(st, q, keep, kd, mask, kc, kf, n_ok),
-                                            Q, kd)
-        return fastscan.in_query_chunks(lambda q: self._filtered_fastscan(st, q, keep, kc, kf, mask, n_ok), Q, kf)
 
-    def _refined_filtered(self, st: _State, Q, keep: int, kd: int, mask, kc: int, kf: int, n_ok: int):
+        def overfetch(q):
+            return fastscan.in_query_chunks(lambda c: self._filtered_fastscan(st, c, keep, kc, kf, mask, n_ok), q, kf)
+
+        if frac >= FILTER_REFINE_FRACTION and self._fastscan().refines:
+            kd = int(min(st.n, max(kc, np.ceil(kc / frac))))  # about kc of them allowed
+            return fastscan.in_query_chunks(lambda q: self._refined_filtered(q, keep, kd, mask, overfetch), Q, kd)
+        return overfetch(Q)
+
+    def _refined_filtered(self, Q, keep: int, kd: int, mask, overfetch):
         """:meth:`_search_fastscan` with a filter that allows most rows (removed vectors, say),
-        for one chunk of queries: faiss's fast-scan and exact re-rank of ``kd`` candidates
-        (about ``kc`` of them allowed), the disallowed dropped afterwards; queries left with
-        fewer than ``keep`` allowed candidates get :meth:`_filtered_fastscan`."""
+        for one chunk of queries: faiss's fast-scan and exact re-rank of ``kd`` candidates,
+        the disallowed dropped afterwards; queries left with fewer than ``keep`` allowed
+        candidates get ``overfetch`` (:meth:`_filtered_fastscan` in query chunks)."""
         D, I, short = self._fastscan().search(Q, kd, kd, self._norms2() if self.metric == "cosine" else None)
         ok = (I >= 0) & mask[np.maximum(I, 0)]
         first = np.argsort(~ok, axis=1, kind="stable")[:, :keep]  # allowed first, in distance order
         D, I = np.take_along_axis(D, first, 1), np.take_along_axis(I, first, 1)
         redo = short | (np.count_nonzero(ok, axis=1) < keep)
         if redo.any():
-            D[redo], I[redo] = fastscan.in_query_chunks(
-                lambda q: self._filtered_fastscan(st, q, keep, kc, kf, mask, n_ok), Q[redo], kf)
+            D[redo], I[redo] = overfetch(Q[redo])
         return D, I
 
     def _filtered_fastscan(self, st: _State, Q, keep: int, kc: int, kf: int, mask, n_ok: int):

@@ -83,6 +83,20 @@ FILTERS = ["mask-half", "mask-30pct", "ids-1pct", "ids-10pct", "ids-3", "ids-wit
            "callable-odd", "callable-numpy-bool", "nothing"]
 
 
+def record_batches(monkeypatch, owner, name: str, at: int) -> list:
+    """Wrap the method ``owner.name`` to record the length of its positional argument ``at``
+    (``self`` is 0: the queries) at every call; returns the list of lengths."""
+    sizes = []
+    real = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        sizes.append(len(args[at]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return sizes
+
+
 def allowed_live_rows(index: LPLRIndex, allowed_ids: set) -> np.ndarray:
     """Rows the search may return, computed independently of the index's filter code."""
     live = set(index.live_ids.tolist())
@@ -141,14 +155,7 @@ def test_fastscan_falls_back_to_the_exact_scan_when_few_candidates_survive(index
     # no over-fetch at all: most candidates are dropped, so most queries need the fallback
     monkeypatch.setattr(index_module, "FILTER_OVERFETCH", 1e-9)
     monkeypatch.setattr(index_module, "FILTER_SCAN_FRACTION", 0.0)
-    calls = []
-    scan = LPLRIndex._scan
-
-    def counting_scan(self, st, Qs, k, mask, n_ok):
-        calls.append(len(Qs))
-        return scan(self, st, Qs, k, mask, n_ok)
-
-    monkeypatch.setattr(LPLRIndex, "_scan", counting_scan)
+    calls = record_batches(monkeypatch, LPLRIndex, "_scan", 2)
     live = index.live_ids
     allowed = live[live % 10 == 0]  # 10 %: about 4 of the 40 candidates survive
     D, I = index.search(Q, K, mode="fastscan", allowed=allowed)
@@ -170,14 +177,7 @@ def test_filtered_fastscan_takes_large_batches_in_query_chunks(indexes, data, mo
     live = index.live_ids
     allowed = live[live % 2 == 0]
     want = index.search(Q, K, mode="fastscan", allowed=allowed)
-    sizes = []
-    real = fastscan.FastScanScorer.candidates
-
-    def counting(self, Qs, *a, **kw):
-        sizes.append(len(Qs))
-        return real(self, Qs, *a, **kw)
-
-    monkeypatch.setattr(fastscan.FastScanScorer, "candidates", counting)
+    sizes = record_batches(monkeypatch, fastscan.FastScanScorer, "candidates", 1)
     kf = int(np.ceil(index_module.FILTER_OVERFETCH * 4 * K / (len(allowed) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kf * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan", allowed=allowed)
@@ -327,14 +327,7 @@ def test_mostly_allowed_filter_missing_the_near_rows_falls_back(indexes, data, m
     _, near = index.search(Q, 8 * K, mode="factored")
     allowed = np.setdiff1d(index.live_ids, near[:, : 6 * K])
     assert len(allowed) / index.ntotal >= index_module.FILTER_REFINE_FRACTION
-    calls = []
-    real = LPLRIndex._filtered_fastscan
-
-    def counting(self, st, Qs, *a):
-        calls.append(len(Qs))
-        return real(self, st, Qs, *a)
-
-    monkeypatch.setattr(LPLRIndex, "_filtered_fastscan", counting)
+    calls = record_batches(monkeypatch, LPLRIndex, "_filtered_fastscan", 2)
     D, I = index.search(Q, K, mode="fastscan", allowed=allowed)
     assert sum(calls) == len(Q)  # every query's 40-odd candidates were all among its 60 nearest
     monkeypatch.setattr(index_module, "FILTER_REFINE_FRACTION", 2.0)  # the over-fetching path alone
@@ -352,14 +345,7 @@ def test_mostly_allowed_filters_take_large_batches_in_query_chunks(indexes, data
     index = indexes["cosine", "default"]
     _, Q = data
     want = index.search(Q, K, mode="fastscan")  # removed vectors only: the faiss re-rank path
-    sizes = []
-    real = LPLRIndex._refined_filtered
-
-    def counting(self, st, Qs, *a):
-        sizes.append(len(Qs))
-        return real(self, st, Qs, *a)
-
-    monkeypatch.setattr(LPLRIndex, "_refined_filtered", counting)
+    sizes = record_batches(monkeypatch, LPLRIndex, "_refined_filtered", 1)
     kd = int(np.ceil(4 * K / (len(index) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kd * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan")
