@@ -8,7 +8,7 @@ in the same blocks and the float sums are added in the same order, so the same
 data and seed give the same index byte for byte (with the same BLAS thread
 count per process).
 
-:func:`open_source` turns what ``build`` and ``add`` accept into a *source*
+:func:`lplr_index._inputs.open_source` turns what ``build`` and ``add`` accept into a *source*
 (``n``, ``dim``, ``blocks()``, ``take(rows)``): arrays and memory maps
 (:class:`ArraySource`), lists of blocks of any sizes (:class:`ChunkedSource`),
 re-iterables read once per pass (:class:`IterableSource`), and one-shot
@@ -19,7 +19,6 @@ a pass's block function over a source's canonical blocks.
 
 from __future__ import annotations
 
-import collections.abc
 import mmap
 import os
 import struct
@@ -41,7 +40,11 @@ def check_block(block: Any, name: str, start: int, dim: int | None, *, rows: np.
     ``start`` is the block's first row, so errors name the row in the whole input;
     for gathered rows, ``rows`` gives each row's number instead.
     """
-    arr = np.asarray(block)
+    try:
+        arr = np.asarray(block)
+    except (TypeError, ValueError) as exc:  # ragged rows, say
+        raise TypeError(f"{name} must be a 2-D array of numbers, got {type(block).__name__} "
+                        f"that numpy cannot convert ({exc})") from None
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (float or integer dtype), got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -421,49 +424,13 @@ def open_npy(path: str | os.PathLike, name: str) -> np.memmap:
         raise ValueError(f"{name}: {os.fspath(path)} is not a readable NumPy .npy file ({exc})") from None
 
 
-def open_source(X: Any, name: str = "X", dim: int | None = None, *, read_rows: int | None = None,
-                spool_dir: str | os.PathLike | None = None) -> Source:
-    """The source of rows an input gives (the one input dispatch of ``build`` and ``add``).
-
-    - a source object of this module or an :class:`ExecutingSource` (a Dask
-      array's executor): itself (its width checked);
-    - a path to a ``.npy`` file: memory-mapped, read block by block;
-    - an array (ndarray, ``np.memmap``, anything with ``shape``, ``dtype`` and
-      row slicing): read block by block, random access for the sample;
-    - a list or tuple of 2-D blocks (any sizes): the blocks stacked, random access;
-      (a list of rows or numbers is an array, as before);
-    - a one-shot iterator of 2-D blocks (a ``collections.abc.Iterator``: a
-      generator, ``iter(list)``, a file reader): spooled once to a temporary ``.npy`` in ``spool_dir``
-      (:func:`spool`), then served like a memory-mapped array;
-    - any other iterable of 2-D blocks (``iter(X)`` a fresh iterator each
-      time): read once per pass (:class:`IterableSource`).
-    """
-    if isinstance(X, (ArraySource, ChunkedSource, IterableSource, ExecutingSource)):
-        if dim is not None and X.dim != dim:
-            raise ValueError(f"{X.name} has {X.dim} dimensions, but this index holds {dim}-dimensional vectors")
-        return X
-    if isinstance(X, (str, os.PathLike)):
-        return ArraySource(open_npy(X, name), name, dim, read_rows)
-    if hasattr(X, "shape") and hasattr(X, "dtype") or hasattr(X, "__array__") or hasattr(X, "__array_interface__"):
-        return ArraySource(X, name, dim, read_rows)
-    if isinstance(X, (list, tuple)):
-        if len(X) and np.ndim(X[0]) == 2:
-            return ChunkedSource(X, name, dim)
-        return ArraySource(X, name, dim, read_rows)
-    if isinstance(X, (bytes, bytearray, memoryview, dict)) or not hasattr(X, "__iter__"):
-        return ArraySource(X, name, dim, read_rows)
-    if isinstance(X, collections.abc.Iterator):  # one-shot: next() consumes it
-        return ArraySource(spool(X, name, dim, spool_dir), name, dim, read_rows)
-    return IterableSource(X, name, dim)
-
-
 class ExecutingSource:
     """A source that runs a pass's block function itself, elsewhere (on a cluster).
 
     Subclasses (:class:`lplr_index.distributed.DaskExecutor`) implement the
     executor interface (``n``, ``dim``, ``name``, ``take(rows)``,
     ``imap(fn, *args)`` with results in block order) and ``blocks()``;
-    :func:`open_source` passes them through and :class:`LocalExecutor` hands
+    :func:`lplr_index._inputs.open_source` passes them through and :class:`LocalExecutor` hands
     each pass to their ``imap``, so ``LPLRIndex.build`` runs on them unchanged.
     """
 

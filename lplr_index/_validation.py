@@ -75,12 +75,13 @@ def _all_finite(X: np.ndarray, rows: int = 8192) -> bool:
 
 def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
     """Return ``value`` as int if it is an integer in ``[low, high]``."""
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        allowed = "" if low is None and high is None else f" (allowed: integers in [{lo}, {hi}])"
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}){allowed}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value}")
     return value
 
@@ -90,13 +91,18 @@ def check_bits(value: Any, name: str) -> int:
     return check_int(value, name, low=1, high=MAX_BITS)
 
 
-def check_positive_float(value: Any, name: str) -> float:
-    """Return ``value`` as a finite float > 0."""
+def check_positive_float(value: Any, name: str, *, high: float | None = None) -> float:
+    """Return ``value`` as a finite float > 0 (and <= ``high`` when given)."""
+    allowed = "> 0" if high is None else f"> 0 and <= {high:g}"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        raise TypeError(f"{name} must be a positive number ({allowed}), got {value!r} ({type(value).__name__})")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ValueError(f"{name} must be a finite number {allowed}, got an integer of "
+                         f"{len(str(abs(value)))} digits") from None
+    if not np.isfinite(value) or value <= 0 or (high is not None and value > high):
+        raise ValueError(f"{name} must be a finite number {allowed}, got {value}")
     return value
 
 

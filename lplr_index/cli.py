@@ -29,6 +29,7 @@ import numpy as np
 
 from . import __version__
 from ._progress import Progress
+from ._threads import limit_threads
 from ._validation import MAX_BITS
 from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overlap, recall_at_k, weighted_f1
 from .fileformat import IndexFileError, check_output_path
@@ -44,6 +45,9 @@ _QUERY_BATCH = 1024
 #: queries and neighbours shown by ``search`` without ``-o``/``--json``
 _SHOW_QUERIES = 20
 _SHOW_RANKS = 10
+#: BLAS and faiss threads of a command without --threads: one, the fastest measured on a busy
+#: 2-core machine (``benchmarks/bench_threads.py``; README, "Threads")
+DEFAULT_THREADS = 1
 #: bits per coordinate of the float32 vectors an index replaces
 _FLOAT32_BITS = 32
 
@@ -120,13 +124,15 @@ def _in_user_terms(message: str, names: dict[str, str]) -> str:
 
 
 # ----------------------------------------------------------------- files
-def _load_array(path: str, what: str, *, ndim: int = 2) -> np.ndarray:
+def _load_array(path: str, what: str, *, ndim: int = 2, column: str | None = None) -> np.ndarray:
     """Read the array of a command-line argument (the one place the CLI reads arrays).
 
     Any format of :mod:`lplr_index.vecio`: ``.npy``, ``.npz``, ``.fvecs``,
     ``.bvecs``, ``.ivecs``, ANN-benchmarks ``.hdf5``; ``PATH:NAME`` picks a
     member of an ``.npz`` or ``.hdf5`` file. An ``.hdf5`` file gives its
     ``test`` dataset for queries (``queries``, ``--test``) and ``train`` otherwise.
+    Vectors (``ndim=2``) may also be Parquet (a file, a folder or a glob;
+    :mod:`lplr_index.parquet`), read into memory as float32 from ``column``.
 
     Parameters
     ----------
@@ -149,6 +155,8 @@ def _load_array(path: str, what: str, *, ndim: int = 2) -> np.ndarray:
         The file is missing, malformed (see :class:`lplr_index.vecio.VectorFileError`),
         an ``.hdf5`` file without h5py installed, or holds an array of the wrong shape or type.
     """
+    if ndim == 2 and _is_parquet(path):
+        return _parquet_source(path, what, column).read_or_fail()
     hdf5 = Path(path).suffix.lower() in (".hdf5", ".h5")
     dataset = "test" if hdf5 and what in ("queries", "--test") else None
     try:
@@ -163,7 +171,66 @@ def _load_array(path: str, what: str, *, ndim: int = 2) -> np.ndarray:
     if arr.ndim != ndim:
         shape = "(n, dim)" if ndim == 2 else "(n,)"
         raise UserError(f"{what} file {path} must hold a {ndim}-D array {shape}, got shape {arr.shape}")
+    if ndim == 2:
+        _say_conversion(arr.dtype, what, path)
     return arr
+
+
+def _say_conversion(dtype: np.dtype, what: str, path: str) -> None:
+    """The index computes in float32: say so when a vector file holds another type."""
+    if dtype == np.float32:
+        return
+    exact = np.can_cast(dtype, np.float32, casting="safe")
+    (log.info if exact else log.warning)(
+        "%s file %s holds %s values: converted to float32 as they are read (%s)", what, path, dtype,
+        "exact" if exact else "rounded to float32's 24-bit precision")
+
+
+def _is_parquet(path: str) -> bool:
+    from .parquet import is_parquet_path
+
+    return is_parquet_path(path)
+
+
+class _ParquetInput:
+    """A Parquet argument's :class:`lplr_index.parquet.ParquetSource`, its errors as :class:`UserError`."""
+
+    def __init__(self, source, path: str, what: str):
+        self.source, self.path, self.what = source, path, what
+
+    def read_or_fail(self) -> np.ndarray:
+        try:
+            return self.source.read()
+        except (VectorFileError, ValueError, OSError) as exc:
+            raise UserError(str(exc)) from None
+
+
+def _parquet_source(path: str, what: str, column: str | None, id_column: str | None = None,
+                    read_rows: int | None = None) -> _ParquetInput:
+    """The vectors of a Parquet argument, streamed (errors name the argument, file, row group, column)."""
+    from .parquet import ParquetSource
+
+    try:
+        source = ParquetSource(path, column, id_column, name=what, read_rows=read_rows)
+    except FileNotFoundError as exc:
+        raise UserError(f"{what}: {exc.strerror.removeprefix(what + ': ')}") from None
+    except (VectorFileError, ImportError, OSError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    return _ParquetInput(source, path, what)
+
+
+def _load_vectors(args, path: str, what: str):
+    """The vectors to build on or add: a Parquet source (streamed, with ``--column`` and
+    ``--id-column``) or the array of any other format (memory-mapped where possible)."""
+    if _is_parquet(path):
+        if args.id_column is not None and getattr(args, "ids", None) is not None:
+            raise UserError("give --ids FILE or --id-column COLUMN, not both")
+        return _parquet_source(path, what, args.column, args.id_column, getattr(args, "block_rows", None)).source
+    if args.column is not None or args.id_column is not None:
+        flag = "--column" if args.column is not None else "--id-column"
+        raise UserError(f"{flag} applies to Parquet files (.parquet, a folder or a glob of them), but {what} file "
+                        f"{path} is not one")
+    return _load_array(path, what)
 
 
 def _check_output(path: str, flag: str) -> None:
@@ -228,18 +295,45 @@ def _warn_if_larger_than_float32(index: LPLRIndex) -> None:
         )
 
 
+_BASES = {"pca": "principal basis", "rotation": "seeded rotation"}
+
+
+def describe_layout(layout: dict) -> str:
+    """One line a person reads: what codes a built index stores per vector.
+
+    >>> describe_layout({"codec": "vq", "encoder": "pca", "rank": 18, "codes_per_vector": 14,
+    ...                  "bits_per_code": 4, "groups": [[1, 10, 1], [2, 4, 1]]})
+    'grouped 4-bit codes: 18 directions of the principal basis in 14 codes (10 groups of 1, 4 groups of 2)'
+    >>> describe_layout({"codec": "scalar", "encoder": "lplr", "rank": 32, "codes_per_vector": 32,
+    ...                  "bits_per_code": 8})
+    'scalar LPLR codes: 32 latent directions, 8 bits each'
+    """
+    if layout["codec"] != "vq":
+        return f"scalar LPLR codes: {layout['rank']} latent directions, {layout['bits_per_code']} bits each"
+    parts = [f"{count} group{'s' if count != 1 else ''} of {g}" + (" (two 4-bit codes each)" if levels == 2 else "")
+             for g, count, levels in layout["groups"]]
+    return (f"grouped 4-bit codes: {layout['rank']} directions of the "
+            f"{_BASES.get(layout['encoder'], layout['encoder'])} in {layout['codes_per_vector']} codes "
+            f"({', '.join(parts)})")
+
+
 def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
+    layout = index.layout
     info = {
         "dim": index.dim,
         "ntotal": index.ntotal,
         "metric": index.metric,
-        "rank": index.rank,
-        "bits_l": index.bits_l,
-        "bits_r": index.bits_r,
-        "quantizer": index.quantizer,
+        "codes": describe_layout(layout),
         "codec": index.codec,
         "encoder": index.encoder,
-        "refine_iters": index.refine_iters,
+        "rank": index.rank,
+        "bits_l": index.bits_l,
+    }
+    if index.codec == "vq":  # the scalar codes' settings do not apply to grouped codes
+        info["groups"] = layout["groups"]
+    else:
+        info.update(bits_r=index.bits_r, quantizer=index.quantizer, refine_iters=index.refine_iters)
+    info.update({
         "seed": index.seed,
         "budget_bits_per_coordinate": index.budget,
         "bits_per_coordinate": index.bits_per_coordinate,
@@ -247,7 +341,7 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
         "fit_error": index.fit_error,
         "n_clipped": index.n_clipped,
         "storage_bytes": index.storage_breakdown(),
-    }
+    })
     if path is not None:
         info["file"] = str(path)
         info["file_size"] = os.path.getsize(path)
@@ -304,10 +398,8 @@ def _build_index(args, X, what: str, path: str) -> LPLRIndex:
         raise _budget_overflow(args, exc) from None
     except (ValueError, TypeError) as exc:
         raise UserError(_user_message(args, exc, {"X": f"{what} file {path}"})) from None
-    log.info(
-        "built in %.2f s: rank %d, %d-bit codes, %.4f bits per coordinate",
-        time.perf_counter() - t0, index.rank, index.bits_l, index.bits_per_coordinate,
-    )
+    log.info("built in %.2f s: %s, %.4f bits per coordinate",
+             time.perf_counter() - t0, describe_layout(index.layout), index.bits_per_coordinate)
     _warn_if_larger_than_float32(index)
     return index
 
@@ -352,8 +444,10 @@ def _search_extras(args) -> dict:
 
 def _blocks_of(X, args):
     """``X`` read ``--block-rows`` rows at a time (re-blocked: the index does not depend on it)."""
-    from ._blocks import ArraySource
+    from ._blocks import ArraySource, IterableSource
 
+    if isinstance(X, IterableSource):  # a Parquet source: already reads --block-rows rows at a time
+        return X
     return ArraySource(X, "X", read_rows=getattr(args, "block_rows", None))
 
 
@@ -422,7 +516,7 @@ def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc:
 # ------------------------------------------------------------- subcommands
 def cmd_build(args) -> dict:
     _check_output(args.output, "-o/--output")
-    X = _load_array(args.embeddings, "embeddings")
+    X = _load_vectors(args, args.embeddings, "embeddings")
     index = _build_index(args, X, "embeddings", args.embeddings)
     _save(index, args.output, args)
     return _index_info(index, args.output)
@@ -432,7 +526,7 @@ def cmd_add(args) -> dict:
     target = args.output or args.index
     _check_output(target, "-o/--output" if args.output else "INDEX (updated in place)")
     index = LPLRIndex.load(args.index)
-    X = _load_array(args.embeddings, "embeddings")
+    X = _load_vectors(args, args.embeddings, "embeddings")
     _check_queries(X, index.dim, "embeddings", args.embeddings)
     before = index.ntotal
     ids = _load_ids(args, len(X))
@@ -457,7 +551,7 @@ def cmd_search(args) -> dict:
             )
         _check_output(args.output, "-o/--output")
     index = LPLRIndex.load(args.index, mmap=args.mmap)
-    Q = _load_array(args.queries, "queries")
+    Q = _load_array(args.queries, "queries", column=args.column)
     _check_queries(Q, index.dim, "queries", args.queries)
     k = _clamp_k(args.k, index.ntotal, "-k")
     _check_result_size(len(Q), k, "-k", "queries", args.queries)
@@ -562,15 +656,34 @@ def _file_ground_truth(args, n_train: int, n_queries: int, k: int) -> np.ndarray
     return gt[:, :k]
 
 
+def _eval_index(args, Xb) -> LPLRIndex:
+    """``eval --index``: the saved index, checked to hold the --train rows as row numbers."""
+    given = [flag for flag, value in (("--bits-per-coordinate", args.bits_per_coordinate), ("--rank", args.rank),
+                                      ("--bits-l", args.bits_l)) if value is not None]
+    if given:
+        raise UserError(f"--index scores a saved index: {', '.join(given)} would build another; give one or the other")
+    index = LPLRIndex.load(args.index)
+    if index.dim != Xb.shape[1]:
+        raise UserError(f"--index file {args.index} holds {index.dim}-dimensional vectors, "
+                        f"but --train file {args.train} has {Xb.shape[1]} dimensions")
+    if index.has_user_ids or index.n_removed or index.ntotal != len(Xb):
+        raise UserError(f"--index file {args.index} must hold the {len(Xb)} --train rows in order with their row "
+                        f"numbers as ids; it holds {len(index)} live vectors"
+                        + (" with user ids" if index.has_user_ids else ""))
+    args.metric = index.metric  # the exact search and the error follow the index's metric
+    log.info("scoring %s: %s", args.index, describe_layout(index.layout))
+    return index
+
+
 def cmd_eval(args) -> dict:
     hdf5 = Path(args.train).suffix.lower() in (".hdf5", ".h5")
     if args.test is None and not hdf5:
         raise UserError("give --test (query embeddings); only an .hdf5 --train file holds its own queries")
     if (args.train_labels is None) != (args.test_labels is None):
         raise UserError("give both --train-labels and --test-labels, or neither (recall only)")
-    Xb = _load_array(args.train, "--train")
+    Xb = _load_array(args.train, "--train", column=args.column)
     test = args.test or args.train
-    Xq = _load_array(test, "--test")
+    Xq = _load_array(test, "--test", column=args.column)
     labelled = args.train_labels is not None
     if labelled:
         yb = _load_array(args.train_labels, "--train-labels", ndim=1)
@@ -597,7 +710,7 @@ def cmd_eval(args) -> dict:
     k = max(k_vote, recall_k)
     _check_result_size(len(Xq), k, "--recall-k" if recall_k >= k_vote else "-k", "--test", test)
     I_true = _file_ground_truth(args, n, len(Xq), k)
-    index = _build_index(args, Xb, "--train", args.train)
+    index = _eval_index(args, Xb) if args.index else _build_index(args, Xb, "--train", args.train)
     D, I = _index_search(index, Xq, k, args, "--test", test, desc="compressed search")
     if I_true is None:
         _, I_true = exact_knn(Xb, Xq, k, metric=args.metric, progress=_progress_setting(args))
@@ -659,6 +772,20 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
                         "scalar with --rank or --bits-l"),
 
 
+#: the vector files the commands read, for --help
+_VECTOR_FILES = ".npy, .npz, .fvecs, .bvecs, .hdf5, or Parquet (a file, a folder or a glob of them; see --column)"
+
+
+def _add_column(p: argparse.ArgumentParser, ids: bool = False) -> None:
+    p.add_argument("--column", metavar="NAME",
+                   help="Parquet files: the vector column, a list or fixed_size_list of float16/32/64 or binary "
+                        "raw float32 (default: the only column of vectors); needs pip install "
+                        "\"lplr-index[parquet]\"")
+    if ids:
+        p.add_argument("--id-column", metavar="NAME",
+                       help="Parquet files: a column of integer ids of the vectors (instead of --ids)")
+
+
 def _add_block_rows(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-rows", type=_int_in(1), default=None, metavar="N",
                    help="rows read from the embeddings file at a time (default: 16384); the index does not "
@@ -671,12 +798,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no log lines on stderr (warnings and errors still)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (shown only on a terminal anyway)")
+    parser.add_argument("--threads", type=_int_in(1, 1024), default=DEFAULT_THREADS, metavar="N",
+                        help=f"BLAS and faiss threads (default: {DEFAULT_THREADS}, the fastest measured on a busy "
+                             "2-core machine; use the number of idle cores on a quiet one)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build", help="build an index from an (n, dim) .npy file")
-    p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to index")
+    p = sub.add_parser("build", help="build an index from an (n, dim) vector file (.npy, Parquet, ...)")
+    p.add_argument("embeddings", help=f"(n, dim) vectors to index: {_VECTOR_FILES}")
     p.add_argument("-o", "--output", required=True, help="index file to write (its folder must exist)")
     p.add_argument("--ids", metavar="FILE", help="(n,) integer ids of the vectors (default: 0 .. n-1)")
+    _add_column(p, ids=True)
     _add_index_options(p)
     _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -684,9 +815,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("add", help="encode more vectors into an index (no refit)")
     p.add_argument("index", help="index file (replaced unless -o is given)")
-    p.add_argument("embeddings", help="(n, dim) .npy file of the vectors to add")
+    p.add_argument("embeddings", help=f"(n, dim) vectors to add: {_VECTOR_FILES}")
     p.add_argument("-o", "--output", help="write here instead of replacing INDEX")
     p.add_argument("--ids", metavar="FILE", help="(n,) integer ids of the vectors (default: after the largest id)")
+    _add_column(p, ids=True)
     _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_add)
@@ -701,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="k nearest neighbours of each query")
     p.add_argument("index", help="index file")
-    p.add_argument("queries", help="(n_queries, dim) .npy file")
+    p.add_argument("queries", help=f"(n_queries, dim) query vectors: {_VECTOR_FILES}")
+    _add_column(p)
     p.add_argument("-k", type=_int_in(1), default=10,
                    help="neighbours per query (default: 10; at most the index's size)")
     p.add_argument("-o", "--output", metavar="OUT.npz",
@@ -738,14 +871,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build an index on --train, search it with --test, and compare with the true "
         "neighbours: the 'neighbors' of an ANN-benchmarks .hdf5 --train file (whose 'test' set is "
         "the queries when --test is not given), otherwise an exact search. With labels, also the "
-        "k-NN accuracy and weighted F1. Files: .npy, .npz, .fvecs, .bvecs, .ivecs, .hdf5; "
-        "PATH:NAME picks a member of an .npz or .hdf5 file.",
+        "k-NN accuracy and weighted F1. Files: .npy, .npz, .fvecs, .bvecs, .ivecs, .hdf5, Parquet "
+        "(vectors, with --column); PATH:NAME picks a member of an .npz or .hdf5 file.",
     )
     p.add_argument("--train", required=True,
                    help="(n, dim) database embeddings, or an ANN-benchmarks .hdf5 file (train, test, neighbors)")
     p.add_argument("--train-labels", help="(n,) labels (optional: without labels, recall only)")
     p.add_argument("--test", help="(n_test, dim) query embeddings (default with an .hdf5 --train: its 'test' set)")
     p.add_argument("--test-labels", help="(n_test,) labels (with --train-labels)")
+    p.add_argument("--index", metavar="FILE",
+                   help="score this saved index (built on the --train rows, in order, without user ids) instead "
+                        "of building one; the index options below are then not given")
+    _add_column(p)
     p.add_argument("-k", type=_int_in(1), default=3, help="neighbours that vote (default: 3)")
     p.add_argument("--recall-k", type=_int_in(1), default=10, help="k of recall k@k (default: 10)")
     p.add_argument("--mode", choices=SEARCH_MODES, default="auto",
@@ -753,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
+    for p in sub.choices.values():  # also after the command: lplr-index build ... --threads 2
+        p.add_argument("--threads", type=_int_in(1, 1024), default=argparse.SUPPRESS, metavar="N",
+                       help=f"BLAS and faiss threads (default: {DEFAULT_THREADS})")
     return parser
 
 
@@ -806,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help, --version, or a parse error already printed
             return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        with _log_to_stderr(quiet=args.quiet):
+        with limit_threads(args.threads), _log_to_stderr(quiet=args.quiet):
             result = args.func(args)
         _render(result, args)
     except (UserError, IndexFileError, ValueError, TypeError, RuntimeError, IndexError) as exc:

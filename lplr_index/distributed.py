@@ -34,16 +34,37 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+
+def _extra_problem(exc: BaseException) -> str:
+    """What to tell a user whose ``import dask`` / ``import distributed`` failed.
+
+    Missing packages get the install command; a mismatched pair (distributed pins its
+    own dask release line, and an old distributed beside a new dask fails to import)
+    gets both versions and the command that installs a matching pair.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("dask", "distributed"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return f"lplr_index.distributed needs dask and distributed: pip install 'lplr-index[dask]' ({exc})"
+    return (f"lplr_index.distributed needs a matching dask and distributed, but dask {found['dask']} and "
+            f"distributed {found['distributed']} are installed and do not import together "
+            f"({type(exc).__name__}: {exc}); install a matching pair: "
+            "pip install --upgrade 'lplr-index[dask]' (or pip install 'distributed==X' 'dask==X' of one release)")
+
+
 try:
     import dask
     import dask.array as da
     import distributed
     from distributed.scheduler import KilledWorker
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        "lplr_index.distributed needs dask and distributed: pip install 'lplr-index[dask]' "
-        f"({exc})"
-    ) from exc
+except Exception as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(_extra_problem(exc)) from exc
 
 from ._blocks import BLOCK_ROWS, ExecutingSource, check_block
 from ._validation import check_choice, check_int
@@ -57,7 +78,8 @@ from .quantize import Quantizer
 from .train import Encoder
 from .vq import GroupedQuantizer, VQEncoder, check_groups, groups_from_file
 
-__all__ = ["DaskExecutor", "build", "from_npy", "Shard", "ShardedIndex", "encoder_fingerprint", "MANIFEST"]
+__all__ = ["DaskExecutor", "build", "from_npy", "from_parquet", "from_dataframe", "Shard", "ShardedIndex",
+           "encoder_fingerprint", "MANIFEST"]
 
 #: "format" of a shard file's header and of a sharded index's manifest
 SHARD_FORMAT, MANIFEST_FORMAT = "lplr-index-shard", "lplr-index-manifest"
@@ -172,6 +194,150 @@ def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
     return arr
 
 
+class _ParquetRows:
+    """The vector column of Parquet files as a lazy array, one chunk per row group.
+
+    Pickles as its list of row groups (file, group, rows): each read opens the
+    files it needs on the worker (:func:`lplr_index.parquet.read_part`).
+    """
+
+    def __init__(self, tasks: list[tuple], column: str, dim: int, name: str):
+        self.tasks, self.column, self.name = tasks, column, name
+        self.starts = np.cumsum([0] + [t[2] for t in tasks])
+        self.shape, self.dtype, self.ndim = (int(self.starts[-1]), dim), np.dtype(np.float32), 2
+
+    def __getitem__(self, index):
+        from .parquet import read_part
+
+        rows, cols = (index, slice(None)) if not isinstance(index, tuple) else (index + (slice(None),))[:2]
+        if isinstance(rows, slice):
+            want = np.arange(*rows.indices(self.shape[0]))
+        else:
+            want = np.asarray(rows, np.int64)
+        out = np.empty((len(want), self.shape[1]), np.float32)
+        if len(want):
+            order = np.argsort(want, kind="stable")
+            ws = want[order]
+            cuts = np.searchsorted(ws, self.starts)
+            for k, task in enumerate(self.tasks):
+                lo, hi = cuts[k], cuts[k + 1]
+                if hi > lo:
+                    block = read_part(*task, self.column, self.shape[1], self.name)
+                    out[order[lo:hi]] = block[ws[lo:hi] - self.starts[k]]
+        return out[:, cols]
+
+
+def from_parquet(path, column: str | None = None, *, name: str = "X") -> "da.Array":
+    """A ``dask.array`` over the vector column of Parquet files, one chunk per row group.
+
+    The row groups are listed from the files' footers on the client (the rows
+    in the order :class:`lplr_index.parquet.ParquetSource` reads them: files
+    sorted by path); each chunk task opens its file on a worker and reads only
+    the vector column of its row group, so the graph holds no data and the
+    files must be readable at the same path (or URI) on every worker.
+
+    Parameters
+    ----------
+    path : str, path-like or list of them
+        A Parquet file, a folder of Parquet files, a glob, or a list of files.
+    column : str, default=None
+        The vector column (see :class:`lplr_index.parquet.ParquetSource`).
+    name : str, default="X"
+        The argument's name in messages.
+
+    Returns
+    -------
+    dask.array.Array of shape (n, dim), float32
+    """
+    from .parquet import parts_of
+
+    source, tasks = parts_of(path, column, name=name)
+    lazy = _ParquetRows(tasks, source.column, source.dim, name)
+    chunks = (tuple(t[2] for t in tasks), (source.dim,))
+    token = dask.base.tokenize(tasks, source.column, [_mtime(f) for f in source.files])
+    return da.from_array(lazy, chunks=chunks, asarray=True, inline_array=True, name=f"from-parquet-{token}")
+
+
+def _mtime(path: str) -> float | None:
+    import os
+
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return None
+
+
+def _partition_shape(part, column: str, name: str, k: int) -> tuple[int, int | None]:
+    """Rows and dimension of one pandas partition (dimension None when it is empty)."""
+    if not len(part):
+        return 0, None
+    from .parquet import ParquetSource
+
+    return len(part), ParquetSource(part, column, name=f"{name}: partition {k}").dim
+
+
+def _partition_matrix(part, column: str, dim: int, name: str, k: int) -> np.ndarray:
+    """The vectors of one pandas partition as float32 ``(rows, dim)`` (on a worker)."""
+    if not len(part):
+        return np.zeros((0, dim), np.float32)
+    from .parquet import ParquetSource
+
+    return ParquetSource(part, column, name=f"{name}: partition {k}", dim=dim).read()
+
+
+def from_dataframe(df, column: str, *, name: str = "X") -> "da.Array":
+    """A ``dask.array`` over a vector column of a ``dask.dataframe`` (e.g. ``dask.dataframe.read_parquet``).
+
+    Each partition's column (lists or arrays of numbers, or Arrow lists) is
+    converted on the workers, with the checks and messages of
+    :class:`lplr_index.parquet.ParquetSource` (naming the partition). The
+    partitions' lengths and the dimension are computed first (one extra pass
+    over the column). The rows are in the DataFrame's order (which for
+    ``read_parquet`` of a folder sorts ``part.10`` after ``part.9``, unlike
+    :func:`from_parquet`).
+
+    Returns
+    -------
+    dask.array.Array of shape (n, dim), float32
+    """
+    if column is None or column not in df.columns:
+        raise ValueError(f"{name}: column= must name a column of the DataFrame, got {column!r}; its columns are "
+                         f"{', '.join(map(repr, map(str, df.columns)))}")
+    parts = df[[column]].to_delayed()
+    shapes = dask.compute(*[dask.delayed(_partition_shape)(p, column, name, k) for k, p in enumerate(parts)])
+    dims = {d for _, d in shapes if d is not None}
+    if not dims:
+        raise ValueError(f"{name}: the DataFrame holds no rows")
+    if len(dims) > 1:
+        raise ValueError(f"{name}: column {column!r} holds vectors of {sorted(dims)} dimensions in different "
+                         "partitions: every vector must have the same dimension")
+    dim = dims.pop()
+    chunks = [da.from_delayed(dask.delayed(_partition_matrix)(p, column, dim, name, k), shape=(rows, dim),
+                              dtype=np.float32)
+              for k, (p, (rows, _)) in enumerate(zip(parts, shapes)) if rows]
+    return da.concatenate(chunks, axis=0)
+
+
+def _dask_input(X: Any, column: str | None, id_column: str | None, name: str = "X"):
+    """``(dask array, ids or None)`` of what :func:`build` takes besides a dask array (anything else as is)."""
+    from .parquet import is_parquet_path
+
+    if hasattr(X, "to_delayed") and hasattr(X, "columns") and hasattr(X, "npartitions"):  # a dask DataFrame
+        if id_column is not None and id_column not in X.columns:
+            raise ValueError(f"{name}: the DataFrame has no id column {id_column!r}")
+        ids = None if id_column is None else np.asarray(X[id_column].compute())
+        return from_dataframe(X, column, name=name), ids
+    if is_parquet_path(X):
+        arr = from_parquet(X, column, name=name)
+        ids = None
+        if id_column is not None:
+            from .parquet import ParquetSource
+
+            ids = ParquetSource(X, column, id_column, name=name).read_ids()
+        return arr, ids
+    return X, None  # DaskExecutor says what it takes
+
+
 class DaskExecutor(ExecutingSource):
     """The rows of a ``dask.array``, with passes run on a Dask cluster.
 
@@ -202,7 +368,8 @@ class DaskExecutor(ExecutingSource):
                  workers: Sequence[str] | None = None):
         if not isinstance(X, da.Array):
             raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__} (LPLRIndex.build takes "
-                            "in-memory arrays, memory maps, .npy paths and iterables of blocks)")
+                            "in-memory arrays, memory maps, .npy paths and iterables of blocks; build() here also "
+                            "takes Parquet files and dask DataFrames, with column=)")
         if X.ndim != 2:
             raise ValueError(f"{name} must be a 2-D array of shape (n_vectors, n_dimensions), got shape {X.shape}")
         if any(np.isnan(c) for cs in X.chunks for c in cs):
@@ -300,9 +467,9 @@ class DaskExecutor(ExecutingSource):
         return check_block(got, self.name, 0, self.dim, rows=rows)
 
 
-def build(X: Any, client=None, *, progress: bool | None = None, max_in_flight: int | None = None,
-          **index_settings) -> LPLRIndex:
-    """Build an :class:`~lplr_index.LPLRIndex` from a ``dask.array`` on a Dask cluster.
+def build(X: Any, client=None, *, column: str | None = None, id_column: str | None = None,
+          progress: bool | None = None, max_in_flight: int | None = None, **index_settings) -> LPLRIndex:
+    """Build an :class:`~lplr_index.LPLRIndex` from a ``dask.array`` (or Parquet data) on a Dask cluster.
 
     The index's own build runs on a :class:`DaskExecutor`: the rank is chosen
     from the budget as in :meth:`LPLRIndex.build`, the seeded sample (16384
@@ -316,10 +483,19 @@ def build(X: Any, client=None, *, progress: bool | None = None, max_in_flight: i
 
     Parameters
     ----------
-    X : dask.array.Array of shape (n, dim)
+    X : dask.array.Array of shape (n, dim), Parquet files or a dask DataFrame
         Database vectors, any chunking (rechunked to canonical row blocks).
+        Parquet files (a path, a folder, a glob or a list of files) are read
+        by the workers one row group per task (:func:`from_parquet`); a
+        ``dask.dataframe`` (``dask.dataframe.read_parquet``) partition by
+        partition (:func:`from_dataframe`); both need ``column``.
     client : distributed.Client, default=None
         The current client when None.
+    column : str, default=None
+        The vector column of Parquet files or a DataFrame (Parquet: None takes
+        the only column of vectors).
+    id_column : str, default=None
+        A column of integer user ids, read on the client (8 bytes a row).
     progress : bool, default=None
         As in :meth:`LPLRIndex.build`.
     max_in_flight : int, default=None
@@ -340,11 +516,16 @@ def build(X: Any, client=None, *, progress: bool | None = None, max_in_flight: i
     >>> index = build(X, bits_per_coordinate=1)                 # doctest: +SKIP
     >>> index.save("embeddings.lplr")                           # doctest: +SKIP
     """
+    ids = None
+    if not isinstance(X, da.Array):
+        X, ids = _dask_input(X, column, id_column)
+    elif column is not None or id_column is not None:
+        raise TypeError("column= and id_column= apply to Parquet files and dask DataFrames, not to a dask array")
     source = DaskExecutor(X, client, max_in_flight=max_in_flight)
     dim = index_settings.pop("dim", source.dim)
     if dim != source.dim:
         raise ValueError(f"dim={dim} was given, but X holds {source.dim}-dimensional vectors")
-    return LPLRIndex(source.dim, **index_settings).build(source, progress=progress)
+    return LPLRIndex(source.dim, **index_settings).build(source, ids=ids, progress=progress)
 
 
 # ----------------------------------------------------------- sharded search

@@ -12,6 +12,9 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+# the helpers every layer shares live at the bottom (_common); this module, for users, re-exports
+# recall_at_k and METRICS and is imported by no library module below the command line
+from ._common import METRICS, _check_ids, _hits, _normalize_rows, _pad, recall_at_k  # noqa: F401
 from ._validation import check_choice, check_int, check_matrix
 
 __all__ = [
@@ -25,14 +28,6 @@ __all__ = [
     "RateDistortion",
     "rate_distortion",
 ]
-
-METRICS = ("l2", "ip", "cosine")
-
-
-def _normalize_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1).astype(X.dtype)
-
 
 #: cap on the (distances, ids) one call may return: n_queries * k * 12 bytes (the
 #: index's ``MAX_RESULT_BYTES``); a larger k than the database is then refused, not padded
@@ -106,91 +101,6 @@ def exact_knn(xb, xq, k: int, metric: str = "l2", *, progress: bool | None = Fal
             D[s:e], I[s:e] = faiss.knn(xq[s:e], xb, found, metric=faiss_metric)
             bar.update(e - s)
     return _pad(D, I, k, metric)
-
-
-def _pad(D: np.ndarray, I: np.ndarray, k: int, metric: str):
-    """Pad (D, I) to k columns with the worst distance and -1."""
-    nq, have = I.shape
-    D = np.ascontiguousarray(D, np.float32)
-    I = np.ascontiguousarray(I, np.int64)
-    if have < k:
-        fill = np.inf if metric == "l2" else -np.inf
-        D = np.hstack([D, np.full((nq, k - have), fill, np.float32)])
-        I = np.hstack([I, np.full((nq, k - have), -1, np.int64)])
-    return D, I
-
-
-def _check_ids(I, name):
-    I = np.asarray(I)
-    if I.ndim != 2 or I.dtype.kind not in "iu":
-        raise ValueError(
-            f"{name} must be a 2-D integer array of neighbour ids (n_queries, k), "
-            f"got shape {I.shape} and dtype {I.dtype}"
-        )
-    return I
-
-
-def recall_at_k(I, I_true, k: int | None = None, k_true: int | None = None) -> float:
-    """Recall ``k_true@k``: share of the true ``k_true`` nearest neighbours found in the top ``k``.
-
-    ``recall_at_k(I, gt, 10)`` is 10@10 (the neighbour-set recall); ``k_true=1``
-    gives faiss's 1-recall@k. Ids of -1 (padding) never count, neither as
-    found nor as true neighbours to find.
-
-    Parameters
-    ----------
-    I : array-like of shape (n_queries, >= k), int
-        Retrieved ids, best first.
-    I_true : array-like of shape (n_queries, >= k_true), int
-        Exact neighbour ids, best first.
-    k : int, default=None
-        Retrieved columns used; all when None.
-    k_true : int, default=None
-        True neighbours that count; ``k`` when None.
-
-    Returns
-    -------
-    float in [0, 1]
-
-    Examples
-    --------
-    >>> recall_at_k([[1, 2, 3]], [[3, 4, 1]], k=3)
-    0.6666666666666666
-    """
-    I = _check_ids(I, "I")
-    I_true = _check_ids(I_true, "I_true")
-    if I.shape[0] != I_true.shape[0]:
-        raise ValueError(f"I has {I.shape[0]} queries, but I_true has {I_true.shape[0]}")
-    k = I.shape[1] if k is None else check_int(k, "k", low=1, high=I.shape[1])
-    k_true = k if k_true is None else k_true
-    k_true = check_int(k_true, "k_true", low=1, high=I_true.shape[1])
-    J = I_true[:, :k_true]
-    found = _hits(I[:, :k], J)
-    valid = int((J >= 0).sum())  # padded true ids (k_true > n) are not neighbours to find
-    return float(found.sum() / valid) if valid else 1.0
-
-
-def _hits(I: np.ndarray, J: np.ndarray) -> np.ndarray:
-    """Per query, how many ids of J (ignoring negative ids) appear in I.
-
-    Memory O(n_queries * (k_I + k_J)): each (query, id) pair becomes one int64 key,
-    ``query * M + id + 1``, and membership is one sorted ``np.isin`` (an all-pairs
-    comparison would need n_queries * k_I * k_J booleans: 8 GB at k = 2,000).
-    """
-    n = I.shape[0]
-    out = np.zeros(n, np.int64)
-    if n == 0 or I.shape[1] == 0 or J.shape[1] == 0:
-        return out
-    I = np.maximum(I.astype(np.int64, copy=False), -1)  # any negative id is padding
-    J = J.astype(np.int64, copy=False)
-    M = int(max(I.max(), J.max())) + 2  # keys of one query: 0 (padding) .. M - 1
-    step = max(1, (1 << 62) // M)  # queries per chunk whose keys fit in int64
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        offset = np.arange(e - s, dtype=np.int64)[:, None] * M
-        found = np.isin(J[s:e] + 1 + offset, I[s:e] + 1 + offset) & (J[s:e] >= 0)
-        out[s:e] = found.sum(axis=1)
-    return out
 
 
 def neighbour_overlap(I, I_true) -> float:
@@ -438,11 +348,14 @@ def rate_distortion(X, X_hat, bits_per_coordinate: float, *, block: int = 65536)
         err += float(((xb - hb) ** 2).sum())
     mean = s1 / n
     cov = (s2 - n * np.outer(mean, mean)) / n
-    eig = np.linalg.eigvalsh(cov)
+    from ._threads import one_blas_thread
+
+    with one_blas_thread():  # d x d: small
+        eig = np.linalg.eigvalsh(cov)
     ref = _water_fill(eig, b * d)
     mse = err / n
     norm2 = float(np.trace(s2))
-    from .vq import gaussian_floor  # (vq imports this module)
+    from .vq import gaussian_floor  # the codes' model: imported when used
 
     floor = gaussian_floor(eig, b * d)
     return RateDistortion(

@@ -25,6 +25,7 @@ from ._validation import (
     check_seed,
     float_dtype_of,
 )
+from ._threads import one_blas_thread
 from .packing import _pack, _unpack
 from .quantize import SCHEMES, Quantizer, _fit
 from .sketch import _gaussian, sketch_columns
@@ -186,15 +187,21 @@ def _least_squares(L: np.ndarray, A: np.ndarray, *, block: int = 65536) -> np.nd
     """
     m = L.shape[1]
     G = (L.T @ L).astype(np.float64)
-    w, V = np.linalg.eigh(G)
+    w, V = _eigh(G)
     if w[-1] > 0 and w[0] < w[-1] * 1e-6:
         G = np.zeros((m, m), np.float64)
         for start in range(0, L.shape[0], block):
             Lb = L[start : start + block].astype(np.float64)
             G += Lb.T @ Lb
-        w, V = np.linalg.eigh(G)
+        w, V = _eigh(G)
     B = (A.T @ L).T.astype(np.float64)
     return _solve_eigh(w, V, B)
+
+
+def _eigh(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``numpy.linalg.eigh`` of a small Gram matrix on one BLAS thread (see lplr_index._threads)."""
+    with one_blas_thread():
+        return np.linalg.eigh(G)
 
 
 def _solve_eigh(w: np.ndarray, V: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -211,7 +218,7 @@ def _solve_eigh(w: np.ndarray, V: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def _solve_normal(G: np.ndarray, B: np.ndarray) -> np.ndarray:
     """Least squares from its sums: ``argmin_W ||L W - A||`` given ``G = L^T L`` and ``B = L^T A`` (float64)."""
-    w, V = np.linalg.eigh(G)
+    w, V = _eigh(G)
     return _solve_eigh(w, V, B)
 
 
@@ -279,7 +286,7 @@ def _top_singular(A: np.ndarray, rank: int):
     n, d = A.shape
     if d <= n:
         G = (A.T @ A).astype(np.float64)
-        w, V = np.linalg.eigh(G)
+        w, V = _eigh(G)
         order = np.argsort(w)[::-1][:rank]
         V = V[:, order].astype(np.float32)
         US = A @ V  # U_m Sigma_m
@@ -287,7 +294,7 @@ def _top_singular(A: np.ndarray, rank: int):
         U = US / np.where(sigma > 0, sigma, 1)
     else:
         G = (A @ A.T).astype(np.float64)
-        w, U = np.linalg.eigh(G)
+        w, U = _eigh(G)
         order = np.argsort(w)[::-1][:rank]
         U = U[:, order].astype(np.float32)
         SV = U.T @ A  # Sigma_m V_m^T

@@ -301,17 +301,22 @@ def _user_folder(path: Path) -> str:
     return folder if folder.endswith(os.sep) else folder + os.sep
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike, *, force: bool = False) -> Path:
     """Check that an index can be saved at ``path``, before any expensive work.
 
     The folder must exist, be a folder and be writable; ``path`` itself must not
-    be a folder or another non-regular file (a FIFO, a device). A symlink is
-    followed: the file it points to is what a save replaces.
+    be a folder or another non-regular file (a FIFO, a device), nor, unless
+    ``force``, an existing file this process may not write (a read-only file:
+    the atomic rename into a writable folder could replace it, where
+    ``open(path, "wb")`` would refuse). A symlink is followed: the file it
+    points to is what a save replaces.
 
     Parameters
     ----------
     path : str or path-like
         Where the index will be saved.
+    force : bool, default=False
+        Accept an existing file this process may not write (it is replaced).
 
     Returns
     -------
@@ -323,7 +328,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError
         (all ``OSError``) with a message naming ``path`` as given: a missing folder,
         a parent that is a file, ``path`` a folder (or ending with a separator),
-        ``path`` a FIFO or device, a folder this process cannot write.
+        ``path`` a FIFO or device, a folder this process cannot write, a file it
+        may not write (without ``force``).
     TypeError
         ``path`` is not a str or path-like.
 
@@ -368,6 +374,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
         raise NotADirectoryError(f"cannot save to {shown}: {where} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot save to {shown}: folder {where} is not writable")
+    if st is not None and not force and not os.access(dest, os.W_OK):
+        what = "the file" if dest is user else f"the file {os.fspath(dest)} (where the link {shown} points)"
+        raise PermissionError(
+            errno.EACCES,
+            f"cannot save to {shown}: {what} is read-only for this process (mode {stat.S_IMODE(st.st_mode):#o}); "
+            "pass force=True to replace it",
+        )
     return dest
 
 
@@ -467,6 +480,7 @@ def write_container(
     *,
     version: int = FORMAT_VERSION,
     progress: Callable[[int, int], Any] | None = None,
+    force: bool = False,
 ) -> int:
     """Write ``header`` and ``arrays`` as a container; return its size in bytes.
 
@@ -478,8 +492,10 @@ def write_container(
     any exception (Ctrl-C included) the temporary file is removed. Temporary
     files of earlier killed saves to the same path are removed first (see
     :data:`STALE_TEMP_AGE_S`). An existing target keeps its permission bits; a
-    new file gets ``0o666`` minus the umask. If the target is a symlink, the
-    file it points to is replaced and the link stays.
+    new file gets ``0o666`` minus the umask. A target this process may not
+    write is refused unless ``force``. If the target is a symlink, the file it
+    points to is replaced and the link stays. A target with other hard links is
+    replaced by a new file: the other names keep the old content.
 
     To a file object, the bytes are written sequentially at its current
     position (no temporary file, no rename); the object is flushed, not closed.
@@ -497,6 +513,8 @@ def write_container(
         Format version written in the prefix, one of :data:`SUPPORTED_VERSIONS`.
     progress : callable ``progress(bytes_done, bytes_total)``, optional
         Called after each chunk is written.
+    force : bool, default=False
+        Replace a target path this process may not write (see :func:`check_output_path`).
 
     Returns
     -------
@@ -506,12 +524,14 @@ def write_container(
     Raises
     ------
     OSError
-        The output path cannot be written (messages name ``target`` as given).
+        The output path cannot be written, or writing it fails (a full disk, a
+        file size limit): the message names ``target`` as given, the type and
+        ``errno`` are the system's.
     TypeError, ValueError
         A bad ``target``, ``version``, header or array dtype.
     """
     if isinstance(target, (str, os.PathLike)):
-        dest = check_output_path(target)
+        dest = check_output_path(target, force=force)
         lead, pieces, total = _prepare(header, arrays, version)
         return _write_path(target, dest, lead, pieces, total, progress)
     if isinstance(target, io.TextIOBase):
@@ -555,15 +575,27 @@ def _write_path(user: Any, dest: Path, lead: bytes, pieces: list, total: int, pr
             os.fsync(f.fileno())
             os.replace(tmp, dest)  # still locked: a cleaner never sees it unlocked
         _fsync_folder(folder)
-    except BaseException:
+    except BaseException as exc:
         if fd >= 0:
             os.close(fd)
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):  # a full disk, a file size limit (EFBIG): name the user's path
+            raise _named(exc, f"cannot save to {os.fspath(user)}") from None
         raise
     return size
+
+
+def _named(exc: OSError, what: str) -> OSError:
+    """``exc`` again (same type and errno), its message led by ``what``."""
+    if exc.errno is None:
+        return type(exc)(f"{what}: {exc}")
+    try:
+        return type(exc)(exc.errno, f"{what}: {exc.strerror}")
+    except TypeError:  # pragma: no cover - an OSError subclass with another signature
+        return OSError(exc.errno, f"{what}: {exc.strerror}")
 
 
 # ------------------------------------------------------------------ reading

@@ -16,18 +16,24 @@ frozen encoder (:class:`lplr_index.train.Encoder`), the code store
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import sys
+import threading
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ._blocks import ArraySource, LocalExecutor, check_block, open_npy, open_source
+from ._blocks import ArraySource, LocalExecutor, check_block, open_npy
+from ._inputs import open_source
+from ._common import _normalize_rows as _normalize
 from ._validation import check_bits, check_choice, check_int
 from ._version import __version__
 from .codes import CodeStore
-from .evaluation import _normalize_rows as _normalize
 from .fileformat import (
     IndexFileError,
     container_nbytes,
@@ -41,6 +47,7 @@ from .quantize import Quantizer
 from .search import blas, fastscan
 from .search.metrics import CodeView, pad_results, prepare_queries
 from .settings import IndexSettings
+from .snapshot import DERIVED, LAYOUT_VERSION, Snapshot, UnknownIdError, _frozen, _ids_layout
 from .train import SAMPLE_ROWS, Encoder, fit
 from .vq import (TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq,
                  groups_from_file, two_level_tried)
@@ -63,8 +70,6 @@ SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
 DEFAULT_RERANK_FACTOR = 4
 #: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
 MAX_RESULT_BYTES = 1 << 31
-#: index layout written by this library (container format version)
-LAYOUT_VERSION = 4
 
 
 def default_rerank_factor(encoder) -> int:
@@ -103,17 +108,6 @@ FILTER_REFINE_FRACTION = 0.8
 _GATHER_FRACTION = 0.5
 
 
-class UnknownIdError(KeyError, IndexError):
-    """An id that no (live) vector of the index has.
-
-    Both a :class:`KeyError` (ids are keys) and an :class:`IndexError` (what
-    :meth:`LPLRIndex.reconstruct` raised before user ids existed).
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
 class SearchResult(NamedTuple):
     """``(distances, indices)`` of a search, each of shape (n_queries, k).
 
@@ -129,7 +123,7 @@ class SearchResult(NamedTuple):
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """What :meth:`LPLRIndex.plan` predicts for a build, without data.
+    """What :meth:`LPLRIndex.plan` predicts for a build: without data, or from a sample of it.
 
     Attributes
     ----------
@@ -137,13 +131,17 @@ class IndexPlan:
         Vectors and their dimension.
     rank, bits_l : int
         Rank and code width a build chooses (from the budget, or as given). With
-        grouped codes from a budget (``codec="vq"``) the data decide the rank (at
-        most ``dim``; the estimate assumes one 4-bit code per direction) and the code width is 4.
+        grouped codes from a budget (``codec="vq"``) the data decide the rank: with
+        ``sample``, the rank of the design the sample chose (:attr:`design`); without,
+        an upper bound (``min(dim, 8 x`` the 4-bit codes the budget holds: groups of 8
+        directions per code). Grouped codes are 4-bit.
     file_bytes : int
         Size of the saved file, equal to :attr:`LPLRIndex.nbytes` after the build
         (exactly for ``factor="orthonormal"`` or ``refine_iters=0``; otherwise at
         most a few bytes more, the encoder's name in the header). With grouped codes
-        from a budget: the budget, an upper bound (see :attr:`exact`).
+        from a budget and a ``sample``: the exact size of the file of the design the
+        sample chose (the build's when :attr:`exact`); without a sample: the budget
+        itself, an upper bound, not a prediction (:attr:`exact` is False).
     bits_per_coordinate : float
         ``8 * file_bytes / (n * dim)``.
     build_peak_bytes : int
@@ -169,11 +167,22 @@ class IndexPlan:
         fast-scan is not used.
     codec : {"vq", "scalar"}
         The codes a build makes (``codec="auto"`` at 6+ bits per coordinate may
-        also build the scalar 8-bit codes: the data decide).
+        also build the scalar 8-bit codes: the data decide; with ``sample``, the
+        sample decided).
     exact : bool
-        Whether ``file_bytes`` and ``rank`` are what the build will give (False
-        for grouped codes from a budget: an upper bound and an estimate; the
-        memory peaks are then estimates too, from the largest layout the budget allows).
+        Whether ``file_bytes``, ``rank`` and :attr:`design` are what the build will
+        give: True for the scalar codes, grouped codes with a rank, and grouped codes
+        from a budget planned with a ``sample`` holding all ``n`` rows (in the order
+        the build gets them: the design choice is the build's). False for grouped
+        codes from a budget without a sample (``file_bytes`` the budget, ``rank`` an
+        upper bound, the peaks estimates from the largest layout the budget allows)
+        or with a sample of fewer rows (the design the sample chose, sized exactly
+        for ``n`` rows; the build chooses from all rows' spectrum, most often alike).
+    design : dict or None
+        With grouped codes from a budget and a ``sample``: the design the sample chose,
+        ``{"basis": "pca" | "rotation", "groups": [[group size, groups, levels], ...]}``
+        (as :attr:`LPLRIndex.layout` reports it after the build), or
+        ``{"basis": "scalar"}`` when the scalar 8-bit codes won; otherwise None.
     """
 
     n: int
@@ -191,103 +200,44 @@ class IndexPlan:
     fastscan_bytes: int
     codec: str = "scalar"
     exact: bool = True
+    design: dict | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class _State:
-    """Everything a built index holds; replaced whole by every mutation."""
+#: the committed state of an index (its name before :mod:`lplr_index.snapshot`)
+_State = Snapshot
+#: indexes alive, whose writer lock a forked child re-creates (see :func:`_after_fork_in_child`)
+_INDEXES: "weakref.WeakSet[LPLRIndex]" = weakref.WeakSet()
 
-    encoder: Encoder
-    store: CodeStore
-    n_build: int
-    n_clipped: int
-    fit_error: float
-    metric: str
-    version: int = LAYOUT_VERSION
-    #: (n,) int64 user id of each stored row, or None: the id of row i is i
-    ids: np.ndarray | None = None
-    #: (n,) bool tombstones of the stored rows, or None: nothing removed
-    removed: np.ndarray | None = None
 
-    @property
-    def n(self) -> int:
-        return self.store.n
+def _after_fork_in_child() -> None:
+    """A mutation another thread of the parent was running at the fork never happened in the
+    child (its snapshot was not swapped in): the child gets a free writer lock. And GNU
+    OpenMP cannot run a parallel region on the forking thread of a child whose parent ran
+    one on more than one thread (it waits for the parent's threads forever): if faiss is
+    loaded, that thread of the child runs faiss on one thread (other threads of the child
+    are not affected; ``n_threads=`` or ``faiss.omp_set_num_threads`` there hang again)."""
+    for index in list(_INDEXES):
+        index._write_lock, index._writer = threading.Lock(), None
+    faiss = sys.modules.get("faiss")
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
 
-    @property
-    def n_removed(self) -> int:
-        return 0 if self.removed is None else int(np.count_nonzero(self.removed))
 
-    @property
-    def n_live(self) -> int:
-        return self.n - self.n_removed
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
-    @property
-    def id_slots(self) -> int:
-        """Length of a boolean mask over ids: the largest stored id + 1."""
-        if self.ids is None:
-            return self.n
-        return int(self.ids.max()) + 1 if self.n else 0
 
-    @property
-    def ids_layout(self) -> tuple[str, int] | None:
-        """How the user ids are saved: (array name, its length), or None (made once)."""
-        if "_ids_layout" not in self.__dict__:
-            object.__setattr__(self, "_ids_layout", _ids_layout(self.ids))
-        return self.__dict__["_ids_layout"]
-
-    @property
-    def row_ids(self) -> np.ndarray:
-        """The id of every stored row, (n,) int64."""
-        return np.arange(self.n, dtype=np.int64) if self.ids is None else self.ids
-
-    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """(order, ids[order]) of the user ids (made once)."""
-        got = self.__dict__.get("_sorted")
-        if got is None:
-            order = np.argsort(self.ids, kind="stable")
-            got = (order, self.ids[order])
-            object.__setattr__(self, "_sorted", got)
-        return got
-
-    def rows_of(self, ids: np.ndarray, name: str) -> np.ndarray:
-        """Stored rows of live ``ids`` (checked ids); an unknown or removed id raises."""
-        if self.ids is None:
-            bad = ids[ids >= self.n]
-            if bad.size:
-                raise UnknownIdError(
-                    f"{name}: no vector has id {bad[0]}: ids must be in [0, {self.n - 1}], got {bad[0]}")
-            rows = ids
-        else:
-            order, sorted_ids = self._sorted_ids()
-            pos = np.minimum(np.searchsorted(sorted_ids, ids), max(self.n - 1, 0))
-            found = (sorted_ids[pos] == ids) if self.n else np.zeros(len(ids), bool)
-            if not found.all():
-                raise UnknownIdError(f"{name}: no vector has id {ids[~found][0]} (this index holds "
-                                     f"{self.n_live} vectors with user ids)")
-            rows = order[pos]
-        if self.removed is not None and ids.size:
-            gone = self.removed[rows]
-            if gone.any():
-                raise UnknownIdError(f"{name}: the vector with id {ids[gone][0]} was removed")
-        return rows.astype(np.int64)
-
-    def replaced(self, **changes) -> "_State":
-        """A new state with ``changes``; what is derived from unchanged ids is carried over."""
-        new = dataclasses.replace(self, **changes)
-        if new.ids is self.ids:
-            for key in ("_sorted", "_ids_layout"):
-                if key in self.__dict__:
-                    object.__setattr__(new, key, self.__dict__[key])
-        return new
-
-    @property
-    def view(self) -> CodeView:
-        """The search backends' view of this state (made once)."""
-        view = self.__dict__.get("_view")
-        if view is None:
-            view = CodeView(self.encoder, self.store.codes, self.metric)
-            object.__setattr__(self, "_view", view)
-        return view
+def _mutating(what: str):
+    """A method of :class:`LPLRIndex` that mutates it: run under the writer lock
+    (:meth:`LPLRIndex._mutation`), so mutations of one index run one at a time, each
+    reading the snapshot the last one committed; searches never wait for it."""
+    def wrap(method):
+        @functools.wraps(method)
+        def mutation(self, *args, **kwargs):
+            with self._mutation(what):
+                return method(self, *args, **kwargs)
+        return mutation
+    return wrap
 
 
 class LPLRIndex:
@@ -308,13 +258,13 @@ class LPLRIndex:
     Parameters
     ----------
     dim : int
-        Dimension of the vectors, >= 1.
+        Dimension of the vectors, 1 to ``2**31 - 1``.
     bits_per_coordinate : float, default=None
         Storage budget: everything the index stores (codes, shared factor,
         quantizer levels, mean, file header) divided by ``n * dim`` at build
-        time. Grouped codes fill it with the design of best sample recall; the
-        scalar codes take the largest rank whose saved file fits. Give
-        this or ``rank``, not both.
+        time, > 0 and at most 10^6. Grouped codes fill it with the design of
+        best sample recall; the scalar codes take the largest rank whose saved
+        file fits. Give this or ``rank``, not both.
     rank : int, default=None
         Explicit rank (sketch size) instead of a budget, 1 to ``dim``.
     bits_l : int, default=None
@@ -365,6 +315,11 @@ class LPLRIndex:
     live vectors, :attr:`ntotal` the stored rows (removed ones included until
     :meth:`compact`). Every mutation either completes or leaves the index
     exactly as it was.
+
+    Threads: any number of threads may search while another mutates; a search
+    reads the snapshot committed when it began (:mod:`lplr_index.snapshot`) and
+    never waits, and mutations run one at a time (see the README's "Threads and
+    processes").
 
     Attributes
     ----------
@@ -426,8 +381,36 @@ class LPLRIndex:
             factor=factor,
             codec=codec,
         )
-        self._state: _State | None = None
-        self._cache: dict[str, Any] = {}
+        #: the current snapshot (:mod:`lplr_index.snapshot`): a search reads it once; a mutation
+        #: builds the next one and swaps it in whole, under the writer lock
+        self._state: Snapshot | None = None
+        self._write_lock = threading.Lock()
+        self._writer: int | None = None  # the thread running a mutation, while one runs
+        _INDEXES.add(self)
+
+    # pickled without its lock (and without the snapshot's search structures: rebuilt on use)
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("_write_lock", "_writer")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._write_lock, self._writer = threading.Lock(), None
+        _INDEXES.add(self)
+
+    @contextmanager
+    def _mutation(self, what: str) -> Iterator[None]:
+        """Run one mutation: mutations of this index run one at a time (searches never wait);
+        one called from inside another on the same thread (its input's iterator, say) raises
+        instead of waiting for itself."""
+        if self._writer == threading.get_ident():
+            raise RuntimeError(f"{what}: called while another mutation of this index runs on the same thread "
+                               "(from its input's iterator or a progress callback?): mutations run one at a time")
+        with self._write_lock:
+            self._writer = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._writer = None
 
     # ------------------------------------------------------------- settings
     @property
@@ -616,15 +599,17 @@ class LPLRIndex:
     @property
     def nbytes(self) -> int:
         """Size in bytes of the file :meth:`save` writes (everything stored)."""
-        st = self._require_built("nbytes")
+        return self._nbytes_of(self._require_built("nbytes"))
+
+    def _nbytes_of(self, st: Snapshot) -> int:
         return self._file_nbytes(st.store.n, st.encoder.rank, st.encoder.lq.bits, state=st)
 
     @property
     def bits_per_coordinate(self) -> float:
         """Measured storage: ``8 * nbytes / (ntotal * dim)``, the whole file counted
         (user ids and the tombstone bitmap included; ``inf`` when no row is stored)."""
-        self._require_built("bits_per_coordinate")
-        return 8 * self.nbytes / (self.ntotal * self.dim) if self.ntotal else float("inf")
+        st = self._require_built("bits_per_coordinate")  # one snapshot: a mutation may commit meanwhile
+        return 8 * self._nbytes_of(st) / (st.n * self.dim) if st.n else float("inf")
 
     def storage_breakdown(self) -> dict[str, int]:
         """Bytes stored, by part: per-vector codes, shared factor, quantizer levels, mean,
@@ -646,7 +631,7 @@ class LPLRIndex:
             "ids": 0 if st.ids is None else (8 * st.n if st.ids_layout[0] == "ids" else st.ids_layout[1]),
             "removed": 0 if st.removed is None else packed_nbytes(st.n, 1),
         }
-        parts["header_and_padding"] = self.nbytes - sum(parts.values())
+        parts["header_and_padding"] = self._nbytes_of(st) - sum(parts.values())
         return parts
 
     def _rank_for_budget(self, n: int, bits_l: int, *, ids: tuple[str, int] | None = None) -> int:
@@ -673,12 +658,18 @@ class LPLRIndex:
     # ---------------------------------------------------------------- sizing
     @classmethod
     def plan(cls, n: int, dim: int, *, bits_per_coordinate: float | None = None, rank: int | None = None,
-             n_queries: int = 1000, k: int = 10, mode: str = "auto", **settings) -> IndexPlan:
-        """Layout, file size and peak memory of a build and a search, without data.
+             n_queries: int = 1000, k: int = 10, mode: str = "auto", sample=None, **settings) -> IndexPlan:
+        """Layout, file size and peak memory of a build and a search, without data or from a sample.
 
         Uses the index's own storage accounting, so ``file_bytes`` is what the
         build's :attr:`nbytes` will be; the peak memories follow a model of the
         build's and the search's buffers, calibrated with :mod:`tracemalloc`.
+        Grouped codes from a budget (the default) need the data to choose their
+        design: without ``sample`` the plan gives the budget as ``file_bytes`` (an
+        upper bound, ``exact=False``) and estimates; with ``sample`` it runs the
+        build's design choice on it and gives the exact file size of the chosen
+        design (:attr:`IndexPlan.design`), the build's own when the sample holds
+        all ``n`` rows.
 
         Parameters
         ----------
@@ -694,6 +685,14 @@ class LPLRIndex:
             Neighbours per query for ``search_peak_bytes``.
         mode : {"auto", "fastscan", "factored"}, default="auto"
             Search mode for ``search_peak_bytes``.
+        sample : array-like of shape (m, dim), a path to a ``.npy`` file, or an iterable of row blocks, default=None
+            Rows of the data (any input :meth:`build` takes), ``m <= n``: grouped
+            codes from a budget choose their design on them as the build does (the
+            covariance and the seeded sample of these rows, the designs sized for
+            ``n`` rows), which costs what that part of a build costs, without the
+            encoding pass. All ``n`` rows give the build's choice (``exact=True``); a
+            smaller sample gives the choice its spectrum leads to. Other settings are
+            exact without data and ignore it.
         **settings
             The other constructor arguments (``bits_l``, ``bits_r``, ``metric``,
             ``quantizer``, ``refine_iters``, ``seed``, ``factor``).
@@ -719,8 +718,12 @@ class LPLRIndex:
         >>> p.rank, p.bits_l, p.fastscan, p.bits_per_coordinate <= 1, p.exact
         (94, 4, True, True, True)
         >>> p = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1)  # grouped codes: the data decide
-        >>> p.codec, p.exact, p.bits_l, p.file_bytes == 100_000 * 384 // 8
+        >>> p.codec, p.exact, p.bits_l, p.file_bytes == 100_000 * 384 // 8  # the budget: an upper bound
         ('vq', False, 4, True)
+        >>> X = np.random.default_rng(0).standard_normal((3000, 32)).astype("float32")
+        >>> p = LPLRIndex.plan(3000, 32, bits_per_coordinate=1, sample=X)  # the data: the build's design
+        >>> p.exact, p.file_bytes == LPLRIndex(32, bits_per_coordinate=1).build(X).nbytes
+        (True, True)
         """
         n = check_int(n, "n", low=1)
         n_queries = check_int(n_queries, "n_queries", low=1)
@@ -729,7 +732,18 @@ class LPLRIndex:
         index = cls(dim, bits_per_coordinate=bits_per_coordinate, rank=rank, **settings)
         s = index.settings
         bits_l = s.bits_l_used
-        if s.codec_used == "vq":
+        design, exact = None, True
+        if s.codec_used == "vq" and s.bits_per_coordinate is not None and sample is not None:
+            source = index._source(sample, "sample")
+            if source.n > n:
+                raise ValueError(f"sample holds {source.n} rows, more than the n={n} to build on")
+            fitted = index._fit_vq(source, None, False, n_rows=n, encode=False)
+            exact = source.n == n
+            if fitted.encoder is not None:
+                return index._plan_vq(n, n_queries, k, mode, fitted.encoder, exact)
+            # codec="auto" at 6+ bits per coordinate: the scalar 8-bit codes won on the sample
+            design, bits_l = {"basis": "scalar"}, dataclasses.replace(s, codec="scalar").bits_l_used
+        elif s.codec_used == "vq":
             return index._plan_vq(n, n_queries, k, mode)
         if s.bits_per_coordinate is not None:
             rank = index._rank_for_budget(n, bits_l)
@@ -763,12 +777,16 @@ class LPLRIndex:
             bits_per_coordinate=8 * file_bytes / (n * s.dim),
             build_peak_bytes=_build_peak(n, s.dim, rank, row_bytes, s.metric),
             search_peak_bytes=search, n_queries=n_queries, k=k, search_mode=search_mode,
-            fastscan=fast, fastscan_bytes=fs_bytes,
+            fastscan=fast, fastscan_bytes=fs_bytes, exact=exact, design=design,
         )
 
-    def _plan_vq(self, n: int, n_queries: int, k: int, mode: str) -> IndexPlan:
-        """:meth:`plan` of grouped codes: exact with a rank, bounds and estimates with a budget."""
+    def _plan_vq(self, n: int, n_queries: int, k: int, mode: str, encoder: VQEncoder | None = None,
+                 exact: bool = True) -> IndexPlan:
+        """:meth:`plan` of grouped codes: exact with a rank or the ``encoder`` a sample chose,
+        bounds and estimates with a budget alone."""
         s, dim = self._settings, self.dim
+        if encoder is not None:
+            return self._plan_design(n, n_queries, k, mode, encoder, exact)
         if s.rank is not None:
             if s.rank > n:
                 raise ValueError(f"rank={s.rank} needs at least {s.rank} vectors to build on, got n={n}")
@@ -811,13 +829,40 @@ class LPLRIndex:
             fastscan=True, fastscan_bytes=fs_bytes, codec="vq", exact=s.rank is not None,
         )
 
-    # ------------------------------------------------------------ build / add
-    def _source(self, X, name: str, spool_dir=None):
-        """The rows of an input of build/add/update (see :func:`lplr_index._blocks.open_source`);
-        a one-shot iterator is spooled to ``spool_dir`` (``tempfile.gettempdir()`` when None)."""
-        return open_source(X, name, dim=self.dim, spool_dir=spool_dir)
+    def _plan_design(self, n: int, n_queries: int, k: int, mode: str, enc: VQEncoder, exact: bool) -> IndexPlan:
+        """:meth:`plan` of the grouped codes of ``enc`` (a design chosen on a sample) for ``n`` rows:
+        the file exactly; faiss's fast-scan bytes exactly (its blocks of the ``M`` coarse codes, the
+        flat codes its re-rank scores, ``M`` bytes a row for two-level codes, and ``R``); the peaks
+        from the models with this design's latent width and re-rank depth."""
+        s, dim = self._settings, self.dim
+        groups, rank, M, two = enc.lq.groups, enc.rank, enc.lq.n_coarse, enc.lq.two_level
+        file_bytes = self._file_nbytes(n, rank, 4, vq=(enc.basis, groups))
+        search_mode = "fastscan" if mode in ("auto", "fastscan") else "factored"
+        k_eff = min(k, n)
+        if search_mode == "fastscan":
+            depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
+            search = _fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
+            fs_bytes = -(-n // 32) * 32 * ((M + 1) // 2) + n * (M if two else (M + 1) // 2) + 4 * rank * dim
+        else:
+            search = _factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
+            fs_bytes = 0
+        build = int(29 * min(n, SAMPLE_ROWS) * dim + 48 * dim * dim + 2 * n * packed_nbytes(enc.n_codes, 4))
+        return IndexPlan(
+            n=n, dim=dim, rank=rank, bits_l=4, file_bytes=file_bytes, bits_per_coordinate=8 * file_bytes / (n * dim),
+            build_peak_bytes=build, search_peak_bytes=search, n_queries=n_queries, k=k, search_mode=search_mode,
+            fastscan=True, fastscan_bytes=fs_bytes, codec="vq", exact=exact,
+            design={"basis": enc.basis, "groups": groups.tolist()},
+        )
 
-    def build(self, X, *, ids=None, progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
+    # ------------------------------------------------------------ build / add
+    def _source(self, X, name: str, spool_dir=None, column=None, id_column=None):
+        """The rows of an input of build/add/update (see :func:`lplr_index._inputs.open_source`);
+        a one-shot iterator is spooled to ``spool_dir`` (``tempfile.gettempdir()`` when None)."""
+        return open_source(X, name, dim=self.dim, spool_dir=spool_dir, column=column, id_column=id_column)
+
+    @_mutating("build")
+    def build(self, X, *, ids=None, column: str | None = None, id_column: str | None = None,
+              progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
         """Learn the shared factor from ``X`` and store ``X``'s codes, replacing any content.
 
         Grouped codes (``codec="vq"``) make two passes over ``X`` in blocks of
@@ -843,12 +888,26 @@ class LPLRIndex:
             (plus one pass to count rows and one for the sample) and must yield
             the same rows every time; a different row count raises ValueError.
             The same rows give the same index whatever the blocks.
+            Parquet and Arrow (needs ``pip install "lplr-index[parquet]"``): a
+            path to a Parquet file, a folder or glob of Parquet files, a
+            ``pyarrow.Table``, ``RecordBatch``, ``Dataset`` or
+            ``RecordBatchReader``, or a pandas DataFrame, with ``column``
+            naming the vector column; read one record batch at a time, the
+            index byte for byte the one the same rows as ``.npy`` give (see
+            :mod:`lplr_index.parquet`).
         ids : array-like of shape (n,), int, default=None
             User ids of the vectors: distinct integers in ``[0, 2**63 - 1]``.
             None gives the default ids ``0 .. n - 1``, which are not stored (ids
             equal to them are not stored either). User ids are stored as one
             int64 array (8 bytes a vector; increasing ids as a bitmap over
             ``0 .. max id`` when that is smaller), counted in the budget.
+        column : str, default=None
+            The vector column of Parquet or Arrow ``X``: a list or fixed-size list
+            of floats (float16/32/64) or integers, or binary raw float32 vectors;
+            None takes the only column of vectors.
+        id_column : str, default=None
+            A column of integer user ids of Parquet or Arrow ``X`` (instead of
+            ``ids``), read in the same row order.
         progress : bool, default=None
             Show a progress bar on stderr; None shows it when stderr is a terminal
             and ``X`` has at least 10^5 rows.
@@ -860,7 +919,8 @@ class LPLRIndex:
         -------
         self : LPLRIndex
         """
-        source = self._source(X, "X", spool_dir=spool_dir)
+        source = self._source(X, "X", spool_dir=spool_dir, column=column, id_column=id_column)
+        ids = _column_ids(source, ids)
         n = source.n
         if ids is not None:
             ids = _as_ids(ids, "ids")
@@ -877,9 +937,8 @@ class LPLRIndex:
             result = self._fit_vq(source, ids, progress)
             if result.encoder is not None:
                 # the full-scale check of a two-level design built fast-scan's copy of the codes: kept
-                cache = None if result.scorer is None else {"fastscan": result.scorer}
-                self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
-                                    ids=_frozen(ids)), cache=cache)
+                self._commit(Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
+                                      ids=_frozen(ids)).seeded(fastscan=result.scorer))
                 return self
             # codec="auto" at 6+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
@@ -897,16 +956,17 @@ class LPLRIndex:
         finally:
             if bar is not None:
                 bar.close()
-        self._commit(_State(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
+        self._commit(Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
                             ids=_frozen(ids)))
         return self
 
-    def _fit_vq(self, source: ArraySource, ids, progress):
+    def _fit_vq(self, source: ArraySource, ids, progress, *, n_rows: int | None = None, encode: bool = True):
         """Grouped codes (:func:`lplr_index.vq.fit_vq`): two passes. With ``codec="auto"`` and
         a budget at which the scalar codes would be 8-bit, those are fitted on the sample too
         and, when their recall there is higher, the result has no encoder (build them instead);
-        from :data:`SCALAR_RIVAL_MIN_BITS` only."""
-        s, n = self._settings, source.n
+        from :data:`SCALAR_RIVAL_MIN_BITS` only. ``n_rows`` and ``encode``: :meth:`plan`'s
+        design choice on a sample of ``n_rows`` rows, without the encoding pass (see ``fit_vq``)."""
+        s, n = self._settings, source.n if n_rows is None else n_rows
         layout = _ids_layout(ids)
         rival = None
         scalar = dataclasses.replace(s, codec="scalar")
@@ -942,7 +1002,8 @@ class LPLRIndex:
             executor = LocalExecutor(source, progress=None if bar is None else bar.update)
             try:
                 result = fit_vq(executor, budget, file_bits, bits_r=s.bits_r, scheme=s.quantizer, seed=s.seed,
-                                metric=s.metric, rank=s.rank, rival=rival, on_pass=on_pass)
+                                metric=s.metric, rank=s.rank, rival=rival, on_pass=on_pass,
+                                first_stage=fastscan.first_stage_recall, n_rows=n_rows, encode=encode)
             except _NoRoom:
                 need = file_bits("rotation", np.array([[1, 1, 1]], np.int32)) / (n * self.dim)
                 with_ids = " and their user ids" if ids is not None else ""
@@ -979,7 +1040,9 @@ class LPLRIndex:
                 bar.close()
         return np.concatenate(blocks), clipped
 
-    def add(self, X, *, ids=None, progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
+    @_mutating("add")
+    def add(self, X, *, ids=None, column: str | None = None, id_column: str | None = None,
+            progress: bool | None = None, spool_dir=None) -> "LPLRIndex":
         """Encode more vectors with the learned encoder and quantizer; no refit.
 
         Entries of a new vector's latent coordinates outside the quantizer
@@ -999,7 +1062,7 @@ class LPLRIndex:
             default ids is given ids other than ``ntotal, ntotal + 1, ...``, its
             ids become stored ones: ``0 .. ntotal - 1`` for the rows it had,
             ``ids`` for the new rows (8 bytes a vector from then on).
-        progress, spool_dir
+        column, id_column, progress, spool_dir
             As in :meth:`build`.
 
         Returns
@@ -1007,7 +1070,8 @@ class LPLRIndex:
         self : LPLRIndex
         """
         st = self._require_built("add")
-        source = self._source(X, "X", spool_dir=spool_dir)
+        source = self._source(X, "X", spool_dir=spool_dir, column=column, id_column=id_column)
+        ids = _column_ids(source, ids)
         new_ids = None
         if ids is not None:
             ids = _as_ids(ids, "ids")
@@ -1034,7 +1098,12 @@ class LPLRIndex:
             removed = _frozen(np.concatenate([removed, np.zeros(source.n, bool)]))
         state = dataclasses.replace(st, store=st.store.appended(packed), n_clipped=st.n_clipped + clipped,
                                     ids=_frozen(new_ids) if new_ids is not None else st.ids, removed=removed)
-        self._commit(state, extend=True)
+        # the search structures a search built for the last snapshot, extended for this one: new
+        # arrays and copies of faiss's indexes (searches still running on the last one see no change)
+        norms2, scorer = st.built("norms2"), st.built("fastscan")
+        if norms2 is not None:
+            norms2 = np.concatenate([norms2, blas.row_norms2(state.view, len(norms2))])
+        self._commit(state.seeded(norms2=norms2, fastscan=None if scorer is None else scorer.extended(state.view)))
         return self
 
     @staticmethod
@@ -1044,6 +1113,7 @@ class LPLRIndex:
         row = id_ if st.ids is None else int(np.flatnonzero(st.ids == id_)[0])
         return bool(st.removed[row])
 
+    @_mutating("remove")
     def remove(self, ids) -> "LPLRIndex":
         """Mark vectors as removed: searches never return them again.
 
@@ -1086,9 +1156,10 @@ class LPLRIndex:
         rows = st.rows_of(ids, "ids")
         removed = np.zeros(st.n, bool) if st.removed is None else st.removed.copy()
         removed[rows] = True
-        self._commit(st.replaced(removed=_frozen(removed)), keep_cache=True)
+        self._commit(st.replaced(removed=_frozen(removed), keep=DERIVED))  # the codes did not change
         return self
 
+    @_mutating("compact")
     def compact(self) -> "LPLRIndex":
         """Drop the rows of removed vectors (codes, ids and tombstones), keeping every id.
 
@@ -1114,10 +1185,11 @@ class LPLRIndex:
         # n_build (the rows of the fit) is capped at the rows kept, as a file requires
         state = dataclasses.replace(st, store=st.store.taken(keep), ids=_frozen(ids), removed=None,
                                     n_build=min(st.n_build, max(len(keep), 1)))
-        cache = {"norms2": self._cache["norms2"][keep]} if "norms2" in self._cache else {}
-        self._commit(state, cache=cache)
+        norms2 = st.built("norms2")
+        self._commit(state.seeded(norms2=None if norms2 is None else norms2[keep]))
         return self
 
+    @_mutating("update")
     def update(self, ids, X, *, progress: bool | None = None) -> "LPLRIndex":
         """Re-encode the vectors with ids ``ids`` from new values ``X``, keeping their ids and rows.
 
@@ -1152,30 +1224,17 @@ class LPLRIndex:
         rows = st.rows_of(ids, "ids")
         packed, clipped = self._encode(st, source, progress, "update")
         state = st.replaced(store=st.store.replaced(rows, packed), n_clipped=st.n_clipped + clipped)
-        cache = {}
-        if "norms2" in self._cache:
-            norms2 = self._cache["norms2"].copy()
-            sub = CodeView(st.encoder, packed, st.metric)
-            norms2[rows] = blas.row_norms2(sub)
-            cache["norms2"] = norms2
-        self._commit(state, cache=cache)
+        norms2 = st.built("norms2")
+        if norms2 is not None:
+            norms2 = norms2.copy()
+            norms2[rows] = blas.row_norms2(CodeView(st.encoder, packed, st.metric))
+        self._commit(state.seeded(norms2=norms2))
         return self
 
-    def _commit(self, state: _State, *, extend: bool = False, keep_cache: bool = False,
-                cache: dict | None = None) -> None:
-        """Make ``state`` current; caches are extended (after add), kept (codes unchanged),
-        replaced by ``cache``, or dropped."""
-        old = self._cache
+    def _commit(self, state: Snapshot) -> None:
+        """Make ``state`` the current snapshot: one assignment, so a search sees the last snapshot
+        or this one, whole. Called under the writer lock (:meth:`_mutation`), last."""
         self._state = state
-        self._cache = dict(old) if keep_cache else dict(cache or {})
-        if extend:
-            if "norms2" in old:
-                self._cache["norms2"] = np.concatenate(
-                    [old["norms2"], blas.row_norms2(state.view, len(old["norms2"]))])
-            if "fastscan" in old:
-                fs = old["fastscan"]
-                fs.extend(state.view)
-                self._cache["fastscan"] = fs
 
     # ---------------------------------------------------------------- decode
     def reconstruct(self, ids=None) -> NDArray[np.float32]:
@@ -1197,22 +1256,15 @@ class LPLRIndex:
             An id that no live vector has.
         """
         st = self._require_built("reconstruct")
-        codes = st.store.codes
-        if ids is None:
-            rows = codes
-        else:
-            rows = codes[st.rows_of(_as_ids(ids, "ids"), "ids")]
-        enc = st.encoder
-        out = np.empty((rows.shape[0], self.dim), np.float32)
-        for s in range(0, rows.shape[0], blas.BLOCK_ROWS):
-            out[s : s + blas.BLOCK_ROWS] = st.view.decode_latent(rows[s : s + blas.BLOCK_ROWS]) @ enc.R + enc.mean
-        return out
+        return st.reconstruct_rows(None if ids is None else st.rows_of(_as_ids(ids, "ids"), "ids"))
 
     # ---------------------------------------------------------------- search
     @property
     def fastscan_ready(self) -> bool:
         """Whether ``mode="auto"`` searches with fast-scan (4-bit codes, orthonormal factor)."""
-        st = self._state
+        return self._fastscan_ready(self._state)
+
+    def _fastscan_ready(self, st: Snapshot | None) -> bool:
         return st is not None and st.encoder.lq.bits == 4 and self.factor == "orthonormal"
 
     def search(self, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None,
@@ -1259,8 +1311,10 @@ class LPLRIndex:
             exactly when few survive or when under :data:`FILTER_SCAN_FRACTION`
             of the rows are allowed.
         n_threads : int, default=None
-            faiss threads for this call (restored afterwards); None leaves
-            faiss's setting (``faiss.omp_set_num_threads``) as it is.
+            faiss threads for this call (restored afterwards), set for the
+            calling thread only: searches running on other threads keep theirs
+            (OpenMP keeps the setting per thread). None leaves the calling
+            thread's setting (``faiss.omp_set_num_threads``) as it is.
 
         Returns
         -------
@@ -1281,11 +1335,11 @@ class LPLRIndex:
             raise ValueError(
                 f"k={k} for {len(Q)} queries asks for {len(Q) * k * 12 / 2**30:.1f} GiB of results, above "
                 f"the {MAX_RESULT_BYTES / 2**30:.0f} GiB one search may return (this index holds "
-                f"{len(self)} vectors: use k <= {len(self)}, or fewer queries per call)"
+                f"{st.n_live} vectors: use k <= {st.n_live}, or fewer queries per call)"
             )
-        full = None if rescore_with is None else self._check_full(rescore_with)
+        full = None if rescore_with is None else self._check_full(st, rescore_with)
         if mode == "auto":
-            mode = "fastscan" if self.fastscan_ready else "factored"
+            mode = "fastscan" if self._fastscan_ready(st) else "factored"
         if mode == "fastscan" and st.encoder.lq.bits != 4:
             raise ValueError(
                 f"mode='fastscan' needs 4-bit codes, this index has {st.encoder.lq.bits}-bit codes "
@@ -1301,7 +1355,7 @@ class LPLRIndex:
             if mode == "fastscan":
                 D, I = self._search_fastscan(st, Q, kc if full is not None else kk, kc, mask, n_ok)
             elif mode == "reconstructed":
-                D, I = self._search_flat(Q, kc, mask)
+                D, I = self._search_flat(st, Q, kc, mask)
             else:
                 D, I = self._scan(st, Q, kc, mask, n_ok)
         if full is not None:
@@ -1312,7 +1366,7 @@ class LPLRIndex:
 
     def _scan(self, st: _State, Q, k: int, mask, n_ok: int):
         """Exact k best rows of the allowed rows (``mask``; all when None) with BLAS."""
-        norms2 = self._norms2() if self.metric != "ip" else None
+        norms2 = st.norms2() if self.metric != "ip" else None
         if mask is None or n_ok > _GATHER_FRACTION * st.n:
             return blas.scan(st.view, Q, k, norms2=norms2, row_mask=mask)
         # few rows allowed: gather their codes and scan only them
@@ -1349,7 +1403,7 @@ class LPLRIndex:
         fixed ``kc``): the threshold sits between, at 0.8.
         """
         if mask is None:
-            D, I, short = self._fastscan().search(Q, kc, keep, self._norms2() if self.metric == "cosine" else None)
+            D, I, short = st.fastscan().search(Q, kc, keep, st.norms2() if self.metric == "cosine" else None)
             if short.any():
                 # fast-scan dropped rows (its 16-bit sums saturate on extreme level
                 # spreads; seen on edited files): those queries get the exact scan
@@ -1363,17 +1417,17 @@ class LPLRIndex:
         def overfetch(q):
             return fastscan.in_query_chunks(lambda c: self._filtered_fastscan(st, c, keep, kc, kf, mask, n_ok), q, kf)
 
-        if frac >= FILTER_REFINE_FRACTION and self._fastscan().refines:
+        if frac >= FILTER_REFINE_FRACTION and st.fastscan().refines:
             kd = int(min(st.n, max(kc, np.ceil(kc / frac))))  # about kc of them allowed
-            return fastscan.in_query_chunks(lambda q: self._refined_filtered(q, keep, kd, mask, overfetch), Q, kd)
+            return fastscan.in_query_chunks(lambda q: self._refined_filtered(st, q, keep, kd, mask, overfetch), Q, kd)
         return overfetch(Q)
 
-    def _refined_filtered(self, Q, keep: int, kd: int, mask, overfetch):
+    def _refined_filtered(self, st: Snapshot, Q, keep: int, kd: int, mask, overfetch):
         """:meth:`_search_fastscan` with a filter that allows most rows (removed vectors, say),
         for one chunk of queries: faiss's fast-scan and exact re-rank of ``kd`` candidates,
         the disallowed dropped afterwards; queries left with fewer than ``keep`` allowed
         candidates get ``overfetch`` (:meth:`_filtered_fastscan` in query chunks)."""
-        D, I, short = self._fastscan().search(Q, kd, kd, self._norms2() if self.metric == "cosine" else None)
+        D, I, short = st.fastscan().search(Q, kd, kd, st.norms2() if self.metric == "cosine" else None)
         ok = (I >= 0) & mask[np.maximum(I, 0)]
         first = np.argsort(~ok, axis=1, kind="stable")[:, :keep]  # allowed first, in distance order
         D, I = np.take_along_axis(D, first, 1), np.take_along_axis(I, first, 1)
@@ -1386,7 +1440,7 @@ class LPLRIndex:
         """:meth:`_search_fastscan` with a filter, for one chunk of queries: ``kf`` candidates
         fetched, the allowed ones re-ranked."""
         p = blas.latent(st.view, prepare_queries(st.view, Q))
-        cand = self._fastscan().candidates(Q, kf, p)
+        cand = st.fastscan().candidates(Q, kf, p)
         cand = np.where((cand >= 0) & mask[np.maximum(cand, 0)], cand, -1)
         first = np.argsort(cand < 0, axis=1, kind="stable")[:, :kc]  # allowed first, in rank order
         D, I = blas.rerank(st.view, Q, np.take_along_axis(cand, first, 1), keep, p=p)
@@ -1396,44 +1450,35 @@ class LPLRIndex:
             D[short], I[short] = D2, I2
         return D, I
 
-    def _check_full(self, X):
+    def _check_full(self, st: Snapshot, X):
         if isinstance(X, (str, os.PathLike)):
             X = _open_npy(X, "rescore_with")
-        if getattr(X, "ndim", None) != 2 or X.shape != (self.ntotal, self.dim):
+        if getattr(X, "ndim", None) != 2 or X.shape != (st.n, self.dim):
             raise ValueError(
-                f"rescore_with must hold the {self.ntotal} original vectors of dimension {self.dim} "
-                f"in id order, shape ({self.ntotal}, {self.dim}), got shape {getattr(X, 'shape', None)} "
+                f"rescore_with must hold the {st.n} original vectors of dimension {self.dim} "
+                f"in id order, shape ({st.n}, {self.dim}), got shape {getattr(X, 'shape', None)} "
                 f"(one row per stored row, in row order: row i holds the vector of id index.ids[i])"
             )
         return X
 
+    # the current snapshot's search structures (for tests and tools; a search reads its own snapshot's)
     def _norms2(self) -> np.ndarray:
-        if "norms2" not in self._cache:
-            self._cache["norms2"] = blas.row_norms2(self._state.view)
-        return self._cache["norms2"]
+        return self._require_built("_norms2").norms2()
 
     def _fastscan(self) -> fastscan.FastScanScorer:
-        if "fastscan" not in self._cache:
-            self._cache["fastscan"] = fastscan.FastScanScorer(self._state.view)
-        return self._cache["fastscan"]
+        return self._require_built("_fastscan").fastscan()
 
-    def _search_flat(self, Q, k, mask=None):
+    def _search_flat(self, st: Snapshot, Q, k, mask=None):
         import faiss
 
-        if "flat" not in self._cache:
-            Xr = self.reconstruct()
-            if self.metric == "cosine":
-                Xr = _normalize(Xr)
-            flat = faiss.IndexFlatL2(self.dim) if self.metric == "l2" else faiss.IndexFlatIP(self.dim)
-            flat.add(Xr)
-            self._cache["flat"] = flat
+        flat = st.flat()
         if self.metric == "cosine":
             Q = _normalize(Q)
         if mask is None:
-            return self._cache["flat"].search(Q, k)
+            return flat.search(Q, k)
         bits = np.packbits(mask, bitorder="little")  # alive until the search returns
         params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)))
-        return self._cache["flat"].search(Q, k, params=params)
+        return flat.search(Q, k, params=params)
 
     # ----------------------------------------------------------- persistence
     def _header(self, n, rank, bits_l, n_build, n_clipped, kind, fit_error, version: int = LAYOUT_VERSION) -> dict:
@@ -1483,25 +1528,42 @@ class LPLRIndex:
                               version=st.version)
         return header, arrays, st.version
 
-    def save(self, path, *, progress: bool | None = None) -> int:
+    def save(self, path, *, progress: bool | None = None, force: bool = False) -> int:
         """Write the index to ``path`` (a path, atomically, or a writable binary file object).
 
         A path gets a temporary file in its folder, renamed over it when
-        complete (see :func:`lplr_index.fileformat.write_container`). Builds with
-        the same data, settings and seed give a byte-identical file on the same
-        machine with the same number of BLAS threads.
+        complete (see :func:`lplr_index.fileformat.write_container`): an existing
+        file keeps its permission bits, a symlink's target is replaced, and a file
+        with other hard links becomes a new file (the other names keep the old
+        index). Builds with the same data, settings and seed give a byte-identical
+        file on the same machine with the same number of BLAS threads.
+
+        Parameters
+        ----------
+        path : str, path-like or writable binary file object
+        progress : bool, default=None
+            Show a progress bar on stderr (None: for large indexes on a terminal).
+        force : bool, default=False
+            Replace an existing file this process may not write (read-only): without
+            it such a target raises ``PermissionError``, as ``open(path, "wb")`` would.
 
         Returns
         -------
         int
             Bytes written, equal to :attr:`nbytes`.
+
+        Raises
+        ------
+        OSError
+            The path cannot be written, or writing fails (a full disk, a file size
+            limit); the message names ``path``.
         """
         header, arrays, version = self._container()
         total = sum(a.nbytes for a in arrays.values())
         bar = _progress_bar(progress, total, total, "save", threshold=1 << 28, unit="bytes")
         try:
             cb = None if bar is None else (lambda done, _total: bar.update(done - bar.done))
-            return write_container(path, header, arrays, version=version, progress=cb)
+            return write_container(path, header, arrays, version=version, progress=cb, force=force)
         finally:
             if bar is not None:
                 bar.close()
@@ -1547,14 +1609,8 @@ class LPLRIndex:
         if not isinstance(header, dict) or header.get("format") != "lplr-index":
             raise ValueError(f"format is {header.get('format') if isinstance(header, dict) else header!r}, "
                              "expected 'lplr-index'")
-        settings = dict(header["settings"])
-        if version < 2:
-            settings.setdefault("factor", "lstsq")  # version 1 had only the paper's factor, uncentred
-        if version < 3:
-            if "codec" in settings:
-                raise ValueError(f"a version-{version} file cannot hold the codec setting")
-            settings["codec"] = "scalar"  # versions 1 and 2 had only the scalar codes
-        s = IndexSettings.from_header(settings)
+        # every key the file's version wrote, of its type; defaults only for settings it did not have
+        s = IndexSettings.from_header(header["settings"], version=version)
         index = cls(**dataclasses.asdict(s))
         rank = check_int(header["settings"]["rank"], "rank", low=1, high=s.dim)
         bits_l = check_bits(header["bits_l_used"], "bits_l_used")
@@ -1763,26 +1819,6 @@ def _factored_search_peak(n: int, dim: int, rank: int, bits_l: int, nq: int, k: 
     return int(held + max(scan, 4.0 * nqc * B))
 
 
-def _frozen(a: np.ndarray | None) -> np.ndarray | None:
-    """``a`` made read-only (state arrays are never written after a commit)."""
-    if a is not None:
-        a.setflags(write=False)
-    return a
-
-
-def _ids_layout(ids: np.ndarray | None) -> tuple[str, int] | None:
-    """How user ids are saved: ``("ids", n)`` (int64), or ``("id_bitmap", bytes)`` when
-    they increase and a presence bitmap over ``0 .. max(ids)`` is smaller; None without ids."""
-    if ids is None:
-        return None
-    n = len(ids)
-    if n and bool(np.all(ids[1:] > ids[:-1])):
-        nbytes = packed_nbytes(int(ids[-1]) + 1, 1)
-        if nbytes < 8 * n:
-            return ("id_bitmap", nbytes)
-    return ("ids", n)
-
-
 def _id_bitmap(ids: np.ndarray) -> np.ndarray:
     """Presence bits of increasing ``ids`` over ``0 .. ids[-1]``, packed little-endian."""
     bits = np.zeros(int(ids[-1]) + 1, bool)
@@ -1790,9 +1826,22 @@ def _id_bitmap(ids: np.ndarray) -> np.ndarray:
     return np.packbits(bits, bitorder="little")
 
 
+def _column_ids(source, ids):
+    """``ids``, or the ids of a Parquet/Arrow source's ``id_column`` (not both)."""
+    if getattr(source, "id_column", None) is None:
+        return ids
+    if ids is not None:
+        raise ValueError(f"give ids or id_column, not both (id_column={source.id_column!r} was given)")
+    return source.read_ids()
+
+
 def _as_ids(ids, name: str) -> np.ndarray:
     """Ids as a 1-D int64 array of values >= 0 (a single int gives one id)."""
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be a 1-D array of integer ids, got {type(ids).__name__} that numpy "
+                         f"cannot convert ({exc})") from None
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
@@ -1895,15 +1944,29 @@ def _rescore(full, Q: np.ndarray, I: np.ndarray, k: int, metric: str):
 
 
 class _faiss_threads:
-    """Set faiss's OpenMP threads for a block and restore them (no-op for None)."""
+    """Set faiss's OpenMP threads for a block on the calling thread and restore them (no-op for None).
+
+    OpenMP keeps this setting (its ``nthreads-var``) per thread: ``omp_set_num_threads``
+    changes what the calling thread's later parallel regions use, not another thread's
+    (GNU OpenMP, which faiss's wheels bundle, gives a thread that never set it the
+    process's initial value). So a search with ``n_threads`` never changes what a search
+    running on another thread uses, and needs no lock. Whether the runtime loaded does
+    keep it per thread is checked once (:func:`_omp_setting_per_thread`); where it would
+    not, the calls that set it run one at a time under a process-wide lock (searches
+    without ``n_threads`` then run with whatever setting is current).
+    """
 
     def __init__(self, n: int | None):
         self.n = n
+        self.locked = False
 
     def __enter__(self):
         if self.n is not None:
             import faiss
 
+            if not _omp_setting_per_thread():
+                _OMP_LOCK.acquire()
+                self.locked = True
             self.old = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(self.n)
 
@@ -1912,6 +1975,33 @@ class _faiss_threads:
             import faiss
 
             faiss.omp_set_num_threads(self.old)
+            if self.locked:
+                self.locked = False
+                _OMP_LOCK.release()
+
+
+#: serialises searches with ``n_threads`` where the OpenMP setting is process-wide
+_OMP_LOCK = threading.Lock()
+_OMP_PER_THREAD: list[bool] = []
+
+
+def _omp_setting_per_thread() -> bool:
+    """Whether the OpenMP runtime faiss uses keeps ``omp_set_num_threads`` per thread: a new
+    thread sets another value, and this thread's must not change (checked once)."""
+    if not _OMP_PER_THREAD:
+        import faiss
+
+        with _OMP_LOCK:
+            if not _OMP_PER_THREAD:
+                mine = faiss.omp_get_max_threads()
+                probe = threading.Thread(target=faiss.omp_set_num_threads, args=(mine + 1,))
+                probe.start()
+                probe.join()
+                after = faiss.omp_get_max_threads()
+                if after != mine:  # a process-wide setting: put it back
+                    faiss.omp_set_num_threads(mine)
+                _OMP_PER_THREAD.append(after == mine)
+    return _OMP_PER_THREAD[0]
 
 
 def _progress_bar(progress, n_rows: int, total: int, desc: str, *, threshold: int = 100_000, unit: str = "rows"):

@@ -8,8 +8,10 @@ scikit-learn classifier and the command line all read their defaults here
 instead of copying the literals.
 
 Adding a parameter is adding a field with its default, a line in
-``__post_init__`` that checks it, and (if older files lack it) nothing else:
-:meth:`IndexSettings.from_header` gives missing fields their defaults.
+``__post_init__`` that checks it and, if it is written to files, a new format
+version whose entry in :data:`HEADER_KEYS` lists it (with the value older
+files mean in :data:`VERSION_DEFAULTS`): :meth:`IndexSettings.from_header`
+checks a file's settings against the keys its version always wrote.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ._common import METRICS
 from ._validation import (
     check_bits,
     check_choice,
@@ -26,7 +29,6 @@ from ._validation import (
     check_positive_float,
     check_seed,
 )
-from .evaluation import METRICS
 from .quantize import SCHEMES
 from .train import FACTORS
 
@@ -43,6 +45,40 @@ CODECS = ("auto", "vq", "scalar")
 #: Highest number of refinement rounds accepted.
 MAX_REFINE_ITERS = 100
 
+#: Highest dimension accepted: directions are stored as int32 (``vq_dirs``, ``vq_groups``)
+#: and faiss takes dimensions as a C int.
+MAX_DIM = 2**31 - 1
+
+#: Highest budget accepted, in bits per coordinate. The largest any file needs is far
+#: below (one vector of dimension 1 with a user id: about 9,000, nearly all of it the
+#: header), and it keeps ``budget * n * dim`` finite for any data.
+MAX_BITS_PER_COORDINATE = 1e6
+
+_V1_KEYS = ("bits_l", "bits_per_coordinate", "bits_r", "dim", "metric", "quantizer", "rank", "refine_iters", "seed")
+#: Keys of the ``"settings"`` header object that every writer of a format version wrote:
+#: version 1 (0.1.0) nine, version 2 (0.2.0) added ``factor``, version 3 (0.3.0) ``codec``;
+#: version 4 (0.4.0) has the same keys as 3. A file of that version lacking one is damaged.
+HEADER_KEYS: dict[int, tuple[str, ...]] = {
+    1: _V1_KEYS,
+    2: _V1_KEYS + ("factor",),
+    3: _V1_KEYS + ("factor", "codec"),
+    4: _V1_KEYS + ("factor", "codec"),
+}
+#: Keys a version's file may hold without every writer writing them: since 0.2.0 a
+#: re-saved version-1 index (which keeps its layout) carries ``factor``.
+OPTIONAL_HEADER_KEYS: dict[int, tuple[str, ...]] = {1: ("factor",)}
+#: Values of the settings a format version did not have: version 1 held only the
+#: paper's uncentred least-squares factor, versions 1 and 2 only the scalar codes.
+VERSION_DEFAULTS: dict[int, dict[str, Any]] = {1: {"factor": "lstsq", "codec": "scalar"}, 2: {"codec": "scalar"}}
+_INT, _NUMBER, _STR = ((int,), "an integer"), ((int, float), "a number"), ((str,), "a string")
+#: JSON type of each header key: (Python types, words) and whether null is allowed
+#: (``bool`` is never an integer here).
+_HEADER_TYPES: dict[str, tuple[tuple[tuple[type, ...], str], bool]] = {
+    "dim": (_INT, False), "bits_per_coordinate": (_NUMBER, True), "rank": (_INT, False),
+    "bits_l": (_INT, True), "bits_r": (_INT, False), "metric": (_STR, False), "quantizer": (_STR, False),
+    "refine_iters": (_INT, False), "seed": (_INT, False), "factor": (_STR, False), "codec": (_STR, False),
+}
+
 
 @dataclass(frozen=True)
 class IndexSettings:
@@ -57,10 +93,10 @@ class IndexSettings:
     Parameters
     ----------
     dim : int
-        Dimension of the vectors, >= 1.
+        Dimension of the vectors, 1 to ``2**31 - 1``.
     bits_per_coordinate : float, default=None
-        Storage budget in bits per stored coordinate (finite, > 0). Give this
-        or ``rank``, not both.
+        Storage budget in bits per stored coordinate, > 0 and at most 10^6
+        (:data:`MAX_BITS_PER_COORDINATE`). Give this or ``rank``, not both.
     rank : int, default=None
         Explicit rank, 1 to ``dim``.
     bits_l : int, default=None
@@ -121,7 +157,7 @@ class IndexSettings:
 
     def __post_init__(self) -> None:
         # Same order and messages as LPLRIndex.__init__ had, so errors do not change.
-        dim = check_int(self.dim, "dim", low=1)
+        dim = check_int(self.dim, "dim", low=1, high=MAX_DIM)
         if (self.bits_per_coordinate is None) == (self.rank is None):
             raise ValueError(
                 "give exactly one of bits_per_coordinate (a storage budget) or rank, got "
@@ -130,7 +166,7 @@ class IndexSettings:
         budget = (
             None
             if self.bits_per_coordinate is None
-            else check_positive_float(self.bits_per_coordinate, "bits_per_coordinate")
+            else check_positive_float(self.bits_per_coordinate, "bits_per_coordinate", high=MAX_BITS_PER_COORDINATE)
         )
         rank = None if self.rank is None else check_int(self.rank, "rank", low=1, high=dim)
         bits_l = None if self.bits_l is None else check_bits(self.bits_l, "bits_l")
@@ -209,23 +245,31 @@ class IndexSettings:
         return header
 
     @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> "IndexSettings":
+    def from_header(cls, header: Mapping[str, Any], version: int | None = None) -> "IndexSettings":
         """Settings from the ``"settings"`` object of a file header, validated.
 
-        Fields missing from ``header`` (files written before the field existed)
-        get their defaults. When the header holds a budget, its ``rank`` is the
-        rank the budget gave at build time, not a setting, and is dropped.
+        With the file's format ``version``, ``header`` must hold every key of
+        :data:`HEADER_KEYS` for it, each of its JSON type, and no other (but
+        :data:`OPTIONAL_HEADER_KEYS`); only the settings that version did not
+        have get values, those of :data:`VERSION_DEFAULTS`. Without a version,
+        fields missing from ``header`` get their defaults. When the header holds a
+        budget, its ``rank`` is the rank the budget gave at build time, not a
+        setting, and is dropped.
 
         Raises
         ------
         ValueError
-            ``header`` is not a mapping, lacks ``dim``, holds names that are not
-            settings (a newer library wrote it), or holds an invalid value.
+            ``header`` is not a mapping, lacks ``dim`` (or, with ``version``, any key
+            that version always wrote), holds names that are not settings (a newer
+            library wrote it) or that the version never wrote, holds a value of the
+            wrong JSON type (with ``version``), or holds an invalid value.
         TypeError
-            A value has the wrong type.
+            A value has the wrong type (without ``version``).
         """
         if not isinstance(header, Mapping):
             raise ValueError(f"settings must be a JSON object, got {type(header).__name__}")
+        if version is not None:
+            header = _checked_header_keys(header, version)
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(header) - set(names))
         if unknown:
@@ -239,6 +283,29 @@ class IndexSettings:
         if values.get("bits_per_coordinate") is not None:
             values["rank"] = None
         return cls(**values)
+
+
+def _checked_header_keys(header: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """``header`` checked against the keys and JSON types format ``version`` wrote, with the
+    :data:`VERSION_DEFAULTS` of the settings that version did not have."""
+    if version not in HEADER_KEYS:
+        raise ValueError(f"format version must be one of {sorted(HEADER_KEYS)}, got {version!r}")
+    written, optional = HEADER_KEYS[version], OPTIONAL_HEADER_KEYS.get(version, ())
+    missing = [k for k in written if k not in header]
+    if missing:
+        raise ValueError(f"settings lack {', '.join(map(repr, missing))}, which every version-{version} "
+                         "file holds")
+    unknown = sorted(set(header) - set(written) - set(optional))
+    if unknown:
+        known = sorted(set(written) | set(optional))
+        raise ValueError(f"settings hold {', '.join(map(repr, unknown))}, which a version-{version} file "
+                         f"cannot hold (its keys: {', '.join(known)})")
+    for key in sorted(header):
+        value, ((types, words), nullable) = header[key], _HEADER_TYPES[key]
+        if not ((value is None and nullable) or (isinstance(value, types) and not isinstance(value, bool))):
+            raise ValueError(f"settings key {key!r} must be {words}{' or null' if nullable else ''}, "
+                             f"got {value!r:.60} ({type(value).__name__})")
+    return {**VERSION_DEFAULTS.get(version, {}), **header}
 
 
 #: name -> default of every optional setting (everything but ``dim``).

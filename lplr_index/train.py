@@ -35,7 +35,8 @@ from typing import Callable
 import numpy as np
 
 from ._blocks import LocalExecutor
-from .evaluation import _normalize_rows as _normalize
+from ._common import _normalize_rows as _normalize
+from ._threads import one_blas_thread
 from .factorize import _solve_normal
 from .packing import _pack
 from .quantize import Quantizer, _fit
@@ -154,12 +155,14 @@ def _encoder_matrix(kind: str, R: np.ndarray, seed: int) -> np.ndarray:
     """The dim x rank matrix T with which a (centred) vector x is encoded as ``Q(x T)``."""
     if kind == "sketch":
         return _gaussian(R.shape[1], R.shape[0], seed)
-    return np.linalg.pinv(R.astype(np.float64)).astype(np.float32)
+    with one_blas_thread():
+        return np.linalg.pinv(R.astype(np.float64)).astype(np.float32)
 
 
 def _signed_q(A: np.ndarray) -> np.ndarray:
     """The Q of ``A``'s QR with signs making the diagonal of R non-negative (Gram-Schmidt's Q)."""
-    Q, r = np.linalg.qr(A)
+    with one_blas_thread():  # d x d or rank x d: small, see lplr_index._threads
+        Q, r = np.linalg.qr(A)
     d = np.diag(r)
     return Q * np.sign(np.where(d == 0, 1, d))
 

@@ -52,8 +52,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .evaluation import _normalize_rows as _normalize
-from .evaluation import recall_at_k
+from ._common import _normalize_rows as _normalize
+from ._common import recall_at_k
+from ._threads import one_blas_thread, one_faiss_thread
 from .packing import _pack
 from .quantize import Quantizer, _fit
 from .train import _EncoderBase, _orthonormal_rows, haar
@@ -492,8 +493,14 @@ def allocate(var: np.ndarray, code_bits: float, sizes) -> list[tuple[tuple[int, 
     def spent(cl):
         return sum(4 * lv * len(d) // g for (g, lv), d in cl)
 
-    if code_bits < 4 or not var.any():
+    if code_bits < 4:
         return []
+    if not var.any():
+        # nothing varies (constant or repeated rows, one row, or variances that underflow):
+        # one 4-bit code on the first direction (every vector decodes to the mean) keeps such
+        # data buildable at any budget that holds a code
+        g = min(g for g, lv in opts if lv == 1 and g <= len(var))
+        return [((g, 1), np.arange(g))] if 4 <= code_bits else []
     lo, hi = 1e-12 * max(var.max(), 1e-30), 1e6 * max(var.max(), 1e-30)
     for _ in range(100):
         mu = np.sqrt(lo * hi)
@@ -558,7 +565,8 @@ def _kmeans(P: np.ndarray, seed: int) -> np.ndarray:
     # too few distinct points: repeat them as centroids (a few hundred rows usually show there are enough)
     if len(np.unique(P[:256], axis=0)) < KSUB and len(U := np.unique(P, axis=0)) < KSUB:
         return np.ascontiguousarray(U[np.arange(KSUB) % len(U)], np.float32)
-    km.train(P)
+    with one_faiss_thread():  # small: see lplr_index._threads
+        km.train(P)
     return np.ascontiguousarray(km.centroids, np.float32)
 
 
@@ -568,7 +576,8 @@ def _nearest(C: np.ndarray, P: np.ndarray) -> np.ndarray:
 
     index = faiss.IndexFlatL2(C.shape[1])
     index.add(np.ascontiguousarray(C, np.float32))
-    return index.search(np.ascontiguousarray(P, np.float32), 1)[1][:, 0]
+    with one_faiss_thread():
+        return index.search(np.ascontiguousarray(P, np.float32), 1)[1][:, 0]
 
 
 def _tree(P: np.ndarray, seed: int) -> np.ndarray:
@@ -831,7 +840,8 @@ def _encode_all(executor, enc: VQEncoder, on_pass, queries=None, metric: str = "
 def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str, seed: int, metric: str,
            rank: int | None = None, on_pass: Callable[[str], None] | None = None,
            sample_rows: Callable[[int, int], np.ndarray] | None = None,
-           rival: Callable[[np.ndarray], np.ndarray] | None = None) -> VQFit:
+           rival: Callable[[np.ndarray], np.ndarray] | None = None, first_stage: Callable | None = None,
+           n_rows: int | None = None, encode: bool = True) -> VQFit:
     """Fit grouped codes within ``budget_bits`` (whole file, bits) and encode every row.
 
     Two passes over ``executor``'s blocks (covariance, encoding) plus the seeded
@@ -854,12 +864,23 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     (:func:`lplr_index.search.fastscan.first_stage_recall`), and the design is kept only
     if its exact recall on the sample, less the recall the default depth lost, still
     beats the best one-level design; if not, the rows are encoded again with that one.
+    ``first_stage(encoder, codes, metric, Q, rows, nearest, *, k, factor, multiple) ->
+    ((recall, deep recall), scorer)`` measures that search: the index gives
+    :func:`lplr_index.search.fastscan.first_stage_recall` (the codes do not import the
+    search layer); None makes no full-scale check.
+
+    ``n_rows``: the rows of the data when ``executor`` holds only a sample of them
+    (:meth:`lplr_index.LPLRIndex.plan`): the designs are sized for ``n_rows`` rows and
+    chosen on the executor's rows (their covariance and seeded sample); the full-scale
+    check needs all rows. ``encode=False`` stops before the last encoding pass (the
+    result's codes are then None unless the full-scale check made them).
     """
     from .train import sample_rows as default_rows
 
-    n, dim = executor.n, executor.dim
+    n_data, dim = executor.n, executor.dim
+    n = n_data if n_rows is None else int(n_rows)
     normalize = metric == "cosine"
-    rows = (sample_rows or default_rows)(n, seed)
+    rows = (sample_rows or default_rows)(n_data, seed)
     raw = executor.take(rows)
     sample = _normalize(raw) if normalize else raw
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -867,7 +888,8 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
         on_pass("covariance")
     parts = list(executor.imap(cov_stats, normalize, mean))
     C = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
-    evals, V = np.linalg.eigh(C)
+    with one_blas_thread():  # d x d: small, see lplr_index._threads
+        evals, V = np.linalg.eigh(C)
     evals, V = evals[::-1].clip(0), V[:, ::-1]
     sample_c = sample - mean
 
@@ -903,7 +925,8 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
                   if d.model > DESIGN_ERROR_RATIO * least]
     designs = [d for d in designs if not d.model > DESIGN_ERROR_RATIO * least]
     results = []
-    check = SampleCheck(sample, metric, seed) if choice else None
+    # one row has no neighbour to find: the first design (and no rival) is kept
+    check = SampleCheck(sample, metric, seed) if choice and len(sample) > 1 else None
     if check is not None:  # ||sample - mean||^2: every design's check uses it
         energy = float(np.einsum("ij,ij->", sample_c, sample_c, dtype=np.float64))
     for d in designs:
@@ -915,7 +938,7 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     cands = [(r.design.basis, r.design.sizes, r.design.groups.tolist(), r.recall, r.error, ratio(r.design))
              for r in results]
     r_rec = None
-    if rival is not None:
+    if rival is not None and check is not None:
         r_rec, r_err = check.decoded(rival(raw))
         cands.append(("scalar", None, None, r_rec, r_err, None))
         if round(r_rec, 6) > round(top.recall, 6):
@@ -923,12 +946,11 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
     codes = full_check = scorer = None
     alt = _best([r for r in results if not r.enc.lq.two_level])
     if (top.enc.lq.two_level and check is not None and len(sample) < n <= FULL_CHECK_ROWS
-            and (alt is not None or r_rec is not None)):  # with nothing to fall back on, nothing to check
-        from .search.fastscan import first_stage_recall
-
+            and (alt is not None or r_rec is not None)  # with nothing to fall back on, nothing to check
+            and first_stage is not None and n_data == n):
         # k + 1 neighbours: a query row finds itself
         codes, error, nearest = _encode_all(executor, top.enc, on_pass, check.Q, metric, check.k + 1)
-        (shallow, deep), scorer = first_stage_recall(
+        (shallow, deep), scorer = first_stage(
             top.enc, codes, metric, check.Q, rows[check.qi], nearest, k=check.k,
             factor=TWO_LEVEL_RERANK_FACTOR, multiple=CHECK_DEPTH_MULTIPLE)
         predicted = top.exact - (deep - shallow)
@@ -943,5 +965,7 @@ def fit_vq(executor, budget_bits: float, file_bits, *, bits_r: int, scheme: str,
                 return VQFit(None, None, float("nan"), cands, full_check, not_fitted=not_fitted)
             top = alt
     if codes is None:
+        if not encode:
+            return VQFit(top.enc, None, float("nan"), cands, full_check, None, not_fitted)
         codes, error, _ = _encode_all(executor, top.enc, on_pass)
     return VQFit(top.enc, codes, error, cands, full_check, scorer, not_fitted)

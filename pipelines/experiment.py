@@ -377,7 +377,8 @@ def run_dataset(
     log.info("%s: %d train / %d test embeddings of dimension %d (%s) in %.1f s", data.name,
              len(data.X_train), len(data.X_test), data.X_train.shape[1],
              "from cache" if all(hits) else "computed", t1 - t0)
-    result = run_knn_experiment(data.X_train, data.y_train, data.X_test, data.y_test, config, log=log.warning)
+    result = run_knn_experiment(data.X_train, data.y_train, data.X_test, data.y_test, config, log=log.warning,
+                                note=log.info)
     t2 = time.perf_counter()
     name = args.name or _result_name(data)
     emb = data.info["embedding"]

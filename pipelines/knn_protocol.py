@@ -322,6 +322,7 @@ def run_knn_experiment(
     config: ExperimentConfig | None = None,
     *,
     log: Callable[[str], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> ExperimentResult:
     """Run the 3-NN protocol for every method, scope, budget and seed of ``config``.
 
@@ -337,6 +338,9 @@ def run_knn_experiment(
         Default: ``ExperimentConfig()``.
     log : callable, optional
         Receives one line per skipped setting.
+    note : callable, optional
+        Receives one line per finished run when the progress bar is off (``config.progress``
+        False: a log, a pipe, CI), so a long experiment shows its progress there too.
 
     Returns
     -------
@@ -366,7 +370,8 @@ def run_knn_experiment(
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     tasks = _tasks(cfg)
-    for scope, method, bits_nq, seed in tqdm(tasks, desc="3-NN runs", unit="run", disable=not cfg.progress):
+    for i, (scope, method, bits_nq, seed) in enumerate(
+            tqdm(tasks, desc="3-NN runs", unit="run", disable=not cfg.progress), 1):
         record: dict[str, Any] = {"scope": scope, "method": method, "bits_nq": bits_nq, "seed": seed}
         start = time.perf_counter()
         try:
@@ -403,6 +408,10 @@ def run_knn_experiment(
             search_seconds=round(search_s, 4),
         )
         runs.append(record)
+        if note is not None and not cfg.progress:  # no bar (a log, a pipe, CI): one line a run
+            note(f"3-NN run {i}/{len(tasks)}: {method} ({scope}, B_nq={bits_nq}, seed={seed}) accuracy "
+                 f"{record['accuracy']:.3f} in {time.perf_counter() - start:.1f} s "
+                 f"({time.perf_counter() - start_all:.0f} s so far)")
     data = {"n_train": int(n), "n_test": int(len(X_test)), "dim": int(d),
             "n_classes": int(len(np.unique(y_train)))}
     return ExperimentResult(cfg, runs, summarize(runs), skipped, data, time.perf_counter() - start_all)

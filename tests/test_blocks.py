@@ -21,10 +21,10 @@ from lplr_index._blocks import (
     ChunkedSource,
     IterableSource,
     _MappedPages,
-    open_source,
     reblock,
     spool,
 )
+from lplr_index._inputs import open_source
 from lplr_index.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")

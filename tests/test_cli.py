@@ -74,6 +74,7 @@ def test_build(capsys, files, tmp_path):
 def test_build_with_an_explicit_rank(capsys, files, tmp_path):
     info = run_json(capsys, "build", files["train"], "-o", tmp_path / "r.lplr", "--rank", 6, "--bits-l", 3)
     assert (info["rank"], info["bits_l"], info["budget_bits_per_coordinate"]) == (6, 3, None)
+    assert info["codes"] == "scalar LPLR codes: 6 latent directions, 3 bits each" and info["quantizer"] == "mse-col"
 
 
 def test_info(capsys, files):
@@ -83,8 +84,12 @@ def test_info(capsys, files):
     assert info["bits_per_coordinate"] * info["ntotal"] * info["dim"] / 8 == pytest.approx(size, rel=1e-12)
     assert info["bits_per_coordinate"] <= info["budget_bits_per_coordinate"] == 2
     assert info["file"] == str(files["index"])
-    for key in ("rank", "bits_l", "bits_r", "metric", "quantizer", "seed", "storage_bytes"):
+    for key in ("codes", "codec", "encoder", "rank", "bits_l", "metric", "seed", "storage_bytes"):
         assert key in info
+    index = LPLRIndex.load(files["index"])
+    assert index.codec == "vq" and info["groups"] == index.layout["groups"]
+    assert info["rank"] == index.layout["rank"] and info["codes"].startswith("grouped 4-bit codes: ")
+    assert "quantizer" not in info and "refine_iters" not in info  # scalar settings: not for grouped codes
     code, out, _ = run(capsys, "info", files["index"])  # and a human-readable table
     assert code == 0 and any(line.split()[:2] == ["file_size", str(size)] for line in out.splitlines())
 
@@ -244,6 +249,37 @@ def test_eval(capsys, files):
     assert result["k"] == 3
 
 
+def test_eval_scores_a_saved_index_without_building(capsys, files):
+    """``eval --index`` gives the recall of the saved file itself (the index built by ``files``)."""
+    saved = run_json(capsys, "eval", "--train", files["train"], "--test", files["test"], "--index", files["index"])
+    built = run_json(capsys, "eval", "--train", files["train"], "--test", files["test"], "-b", "2")
+    assert saved["recall_10@10"] == built["recall_10@10"]  # the same build (same defaults and seed)
+    assert saved["bits_per_coordinate"] == LPLRIndex.load(files["index"]).bits_per_coordinate
+    code, _, err = run(capsys, "eval", "--train", files["train"], "--test", files["test"], "--index", files["index"],
+                       "-b", "1")
+    assert code == 1 and "--index scores a saved index: --bits-per-coordinate" in err
+    code, _, err = run(capsys, "eval", "--train", files["wrong_dim"], "--test", files["wrong_dim"],
+                       "--index", files["index"])
+    assert code == 1 and "holds 32-dimensional vectors" in err
+
+
+def test_eval_index_of_other_rows_is_refused(capsys, files, tmp_path):
+    other = tmp_path / "other.npy"
+    np.save(other, np.load(files["train"])[:500])
+    code, _, err = run(capsys, "eval", "--train", other, "--test", files["test"], "--index", files["index"])
+    assert code == 1 and "must hold the 500 --train rows in order" in err
+
+
+@pytest.mark.parametrize("dtype, level", [("int8", "INFO"), ("float64", "WARNING")])
+def test_build_says_when_it_converts_the_vectors(capsys, files, tmp_path, dtype, level):
+    path = tmp_path / f"{dtype}.npy"
+    np.save(path, (np.load(files["train"]) * 20).astype(dtype))
+    assert main(["build", str(path), "-o", str(tmp_path / "x.lplr"), "-b", "1"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "converted to float32" in line]
+    assert len(said) == 1 and f"holds {dtype} values" in said[0]
+    assert ("rounded" in said[0]) == (level == "WARNING")
+
+
 # --------------------------------------------------------------- user mistakes
 @pytest.fixture
 def bad_files(files, tmp_path):
@@ -284,7 +320,8 @@ MISTAKES = {
     "neither-budget-nor-rank": (lambda f: ["build", f["train"], "-o", f["out"]], "--bits-per-coordinate"),
     "both-budget-and-rank": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 2, "--rank", 4], "--rank"),
     "budget-too-small": (lambda f: ["build", f["train"], "-o", f["out"], "-b", 0.01], "--bits-per-coordinate"),
-    "budget-overflows": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "1e308"], "--bits-per-coordinate 1e+308"),
+    "budget-overflows": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "1e308"],
+                         "--bits-per-coordinate must be a finite number > 0 and <= 1e+06, got 1e+308"),
     "budget-infinite": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "inf"], "--bits-per-coordinate"),
     "budget-negative": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "-1"], "--bits-per-coordinate"),
     "budget-not-a-number": (lambda f: ["build", f["train"], "-o", f["out"], "-b", "one"], "--bits-per-coordinate"),

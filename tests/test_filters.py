@@ -345,7 +345,7 @@ def test_mostly_allowed_filters_take_large_batches_in_query_chunks(indexes, data
     index = indexes["cosine", "default"]
     _, Q = data
     want = index.search(Q, K, mode="fastscan")  # removed vectors only: the faiss re-rank path
-    sizes = record_batches(monkeypatch, LPLRIndex, "_refined_filtered", 1)
+    sizes = record_batches(monkeypatch, LPLRIndex, "_refined_filtered", 2)  # (self, snapshot, queries, ...)
     kd = int(np.ceil(4 * K / (len(index) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kd * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan")

@@ -13,12 +13,15 @@ worker that died or hung) with reproducers.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 
 import numpy as np
 import pytest
 
 import fuzz_long
+from lplr_index import LPLRIndex
 from lplr_index.fileformat import IndexFileError, read_container
 
 CI_CASES = 2000
@@ -182,3 +185,73 @@ def test_worker_loads_under_a_memory_limit_in_another_process(tmp_path):
     assert out[0] == ("rejected", ": not an lplr-index file (wrong magic bytes)")
     assert out[1] == ("rejected", ": no such file")
     assert out[2] == ("rejected", ": not an lplr-index file (wrong magic bytes)")
+
+
+# ---------------------------------------- settings checked against the file's version
+def test_every_deleted_settings_key_is_refused_naming_it(bases):
+    # Regression (0.8.0): a checksum-valid header without a settings key loaded with the
+    # default (no metric: an l2 index from a cosine file; no seed: other answers)
+    for name, data in sorted(bases.items()):
+        version, doc, _ = fuzz_long.split(data)
+        for key in sorted(doc["settings"]):
+            edited = json.loads(json.dumps(doc))
+            del edited["settings"][key]
+            with pytest.raises(IndexFileError, match=rf"settings lack '{key}', which every version-{version} file"):
+                LPLRIndex.load(fuzz_long.with_header(data, edited))
+        edited = json.loads(json.dumps(doc))
+        edited["settings"]["extra"] = 1
+        with pytest.raises(IndexFileError, match=rf"settings hold 'extra', which a version-{version} file cannot"):
+            LPLRIndex.load(fuzz_long.with_header(data, edited))
+
+
+def test_fuzzed_header_edits_that_delete_or_retype_a_setting_never_load(bases):
+    # the fuzzer's own header edits: a deleted settings key, or a value of another JSON type
+    # (a string for a number, a number for a string, ...), is refused naming the key
+    rng = np.random.default_rng(12)
+    refused = 0
+    for i in range(600):
+        base = sorted(bases)[i % len(bases)]
+        data, desc = fuzz_long.m_header_value(rng, bases[base])
+        found = re.fullmatch(r"settings/(\w+): (.*) -> (.*)", desc)
+        if found is None:
+            continue
+        key = found.group(1)
+        new = fuzz_long.split(data)[1]["settings"].get(key, fuzz_long._DELETE)
+        if new is fuzz_long._DELETE:
+            words = f"settings lack '{key}'"
+        elif key in SETTING_KINDS and json_kind(new) not in SETTING_KINDS[key]:
+            words = f"settings key '{key}' must be"
+        else:
+            continue
+        with pytest.raises(IndexFileError, match=re.escape(words)):
+            LPLRIndex.load(data)
+        refused += 1
+    assert refused >= 20, refused  # the fuzzer does make such edits
+
+
+#: the JSON types each settings key may hold
+SETTING_KINDS = {"dim": {"int"}, "rank": {"int"}, "bits_r": {"int"}, "refine_iters": {"int"}, "seed": {"int"},
+                 "bits_l": {"int", "NoneType"}, "bits_per_coordinate": {"int", "float", "NoneType"},
+                 "metric": {"str"}, "quantizer": {"str"}, "factor": {"str"}, "codec": {"str"}}
+
+
+def json_kind(value) -> str:
+    return type(value).__name__
+
+
+def test_a_loaded_file_that_lost_a_setting_is_a_failure(bases):
+    assert fuzz_long.judged("header-value", "settings/metric: 'cosine' -> 'deleted'", "loaded") == \
+        "loaded-without-a-setting"
+    assert fuzz_long.judged("header-value", "settings/metric: 'cosine' -> 'deleted'", "rejected") == "rejected"
+    assert fuzz_long.judged("header-value", "settings/metric: 'cosine' -> 'l2'", "loaded") == "loaded"
+    assert fuzz_long.judged("header-value", "ntotal: 300 -> 'deleted'", "loaded") == "loaded"
+    # the fuzzer's own edits do delete settings keys, and such files are rejected
+    rng = np.random.default_rng(3)
+    deleted = 0
+    for i in range(300):
+        data, desc = fuzz_long.m_header_value(rng, bases[sorted(bases)[i % len(bases)]])
+        if fuzz_long._SETTING_DELETED.fullmatch(desc):
+            deleted += 1
+            with pytest.raises(IndexFileError, match="settings lack"):
+                LPLRIndex.load(data)
+    assert deleted >= 3, deleted

@@ -9,13 +9,15 @@ grouped codes). They are never rewritten.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from lplr_index import LPLRIndex
-from lplr_index.fileformat import read_container
+from lplr_index import IndexFileError, LPLRIndex
+from lplr_index.fileformat import FORMAT_VERSION, container_to_bytes, read_container
+from lplr_index.settings import HEADER_KEYS, IndexSettings
 
 V1 = Path(__file__).parent / "data" / "format_v1"
 CASES = sorted(p.stem for p in V1.glob("*.lplr"))
@@ -252,3 +254,67 @@ def test_version_4_index_resaved_keeps_its_layout(name, tmp_path):
     old, new = resaved(V4 / f"{name}.lplr", tmp_path)
     assert new.version == 4
     assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
+
+
+# ------------------------------------------- settings checked against the version
+#: one frozen file of each version (the settings keys do not depend on the file)
+FROZEN = {1: V1 / "cosine_b4.lplr", 2: V2 / "cosine_b4.lplr", 3: V3 / "vq_cosine_b4.lplr",
+          4: V4 / "vq_cosine_b1.lplr"}
+#: a value of the wrong JSON type for each settings key
+WRONG_TYPE = {"dim": "24", "bits_per_coordinate": "2.0", "rank": 10.0, "bits_l": True, "bits_r": [8],
+              "metric": 1, "quantizer": None, "refine_iters": 2.5, "seed": "0", "factor": {}, "codec": False}
+
+
+def edited_settings(version: int, edit) -> bytes:
+    """The frozen file of ``version`` with ``edit(settings)`` applied and its checksums
+    recomputed as the writer does (what a hand edit or a buggy tool would leave)."""
+    c = read_container(FROZEN[version])
+    header = dict(c.header, settings=dict(c.header["settings"]))
+    edit(header["settings"])
+    return container_to_bytes(header, c.arrays, version=version)
+
+
+def test_every_frozen_version_has_the_keys_its_writer_always_wrote():
+    for version, path in FROZEN.items():
+        assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version])
+    for folder, version in ((V1, 1), (V2, 2), (V3, 3), (V4, 4)):
+        for path in folder.glob("*.lplr"):
+            assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version]), path
+    assert set(HEADER_KEYS[FORMAT_VERSION]) == {f.name for f in dataclasses.fields(IndexSettings)}
+
+
+@pytest.mark.parametrize("version,key", [(v, k) for v in sorted(HEADER_KEYS) for k in HEADER_KEYS[v]])
+def test_a_missing_settings_key_is_refused_naming_it(version, key):
+    # Regression (0.8.0): a missing key took its default (no metric: an l2 index from a cosine
+    # file; no seed: other searches and reconstructions)
+    data = edited_settings(version, lambda s: s.pop(key))
+    with pytest.raises(IndexFileError, match=rf"settings lack '{key}', which every version-{version} file holds"):
+        LPLRIndex.load(data)
+
+
+@pytest.mark.parametrize("version,key", [(v, k) for v in sorted(HEADER_KEYS) for k in HEADER_KEYS[v]])
+def test_a_settings_key_of_the_wrong_type_is_refused_naming_it(version, key):
+    data = edited_settings(version, lambda s: s.update({key: WRONG_TYPE[key]}))
+    with pytest.raises(IndexFileError, match=rf"settings key '{key}' must be "):
+        LPLRIndex.load(data)
+
+
+@pytest.mark.parametrize("version", sorted(HEADER_KEYS))
+def test_an_unknown_settings_key_is_refused_naming_it(version):
+    with pytest.raises(IndexFileError, match=rf"settings hold 'flavour', which a version-{version} file cannot hold"):
+        LPLRIndex.load(edited_settings(version, lambda s: s.update(flavour="x")))
+    if version < 3:  # the codec setting came with version 3
+        with pytest.raises(IndexFileError, match=rf"settings hold 'codec', which a version-{version} file"):
+            LPLRIndex.load(edited_settings(version, lambda s: s.update(codec="scalar")))
+
+
+def test_settings_a_version_did_not_have_take_what_it_meant():
+    # version 1: the paper's uncentred factor and the scalar codes; version 2: the scalar codes
+    v1, v2 = LPLRIndex.load(FROZEN[1]), LPLRIndex.load(FROZEN[2])
+    assert (v1.settings.factor, v1.settings.codec) == ("lstsq", "scalar")
+    assert (v2.settings.factor, v2.settings.codec) == ("orthonormal", "scalar")
+    # a re-saved version-1 file holds factor (since 0.2.0): accepted, of its type
+    again = LPLRIndex.load(edited_settings(1, lambda s: s.update(factor="lstsq")))
+    assert again.settings == v1.settings
+    with pytest.raises(IndexFileError, match="settings key 'factor' must be a string"):
+        LPLRIndex.load(edited_settings(1, lambda s: s.update(factor=1)))

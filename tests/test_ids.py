@@ -117,6 +117,17 @@ def test_removed_vectors_are_never_returned_and_len_counts_live_ones(X, user_ids
                                   if kind == "default" else index.ids[~np.isin(index.ids, gone)])
 
 
+def assert_same_neighbours(got, expected, rtol=1e-5):
+    """Distances equal to float32 rounding; ids equal except where the expected distances tie
+    within that rounding (their order there is the arithmetic's, not the index's)."""
+    np.testing.assert_allclose(got.distances, expected.distances, rtol=rtol, atol=rtol)
+    D = expected.distances.astype(np.float64)
+    tol = rtol * (1 + np.abs(D))
+    ties = (np.abs(D[:, :, None] - D[:, None, :]) <= tol[:, :, None]).sum(axis=2) > 1
+    differ = (got.indices != expected.indices) & ~ties
+    assert not differ.any(), np.argwhere(differ)[:5]
+
+
 @pytest.mark.parametrize("kind", ["default", "user"])
 def test_compact_drops_rows_and_keeps_ids_and_results(X, user_ids, kind):
     ids = None if kind == "default" else user_ids
@@ -132,11 +143,12 @@ def test_compact_drops_rows_and_keeps_ids_and_results(X, user_ids, kind):
     np.testing.assert_array_equal(index.ids, np.setdiff1d(np.asarray(ids if ids is not None else np.arange(N)),
                                                           gone) if kind == "default" else
                                   user_ids[~np.isin(user_ids, gone)])
+    # the exact scan of fewer rows blocks its BLAS products otherwise: distances may move in the
+    # last float32 bit (seen: 31 of 1,000 by 1.9e-6 on one CPU), ids only among such near-ties
     after = index.search(X[:100], 10, mode="factored")
-    np.testing.assert_array_equal(after.indices, before.indices)
-    np.testing.assert_array_equal(after.distances, before.distances)
+    assert_same_neighbours(after, before)
     fast_after = index.search(X[:100], 10, mode="fastscan")  # fast-scan rebuilt over the kept rows
-    np.testing.assert_array_equal(fast_after.indices, fast_before.indices)
+    assert_same_neighbours(fast_after, fast_before)
     assert index.has_user_ids  # default ids with holes become stored ids
 
 

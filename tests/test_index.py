@@ -317,6 +317,25 @@ BAD_CALLS = {
     "query-strings": (lambda ix: ix.search(np.full((1, 32), "1"), 3), TypeError, "queries must hold real numbers"),
     "query-object": (lambda ix: ix.search(np.ones((1, 32), object), 3), TypeError, "queries must hold real numbers"),
     "query-complex": (lambda ix: ix.search(np.ones((1, 32), complex), 3), TypeError, "queries must hold real numbers"),
+    # Regression: a ragged query list gave numpy's "setting an array element with a sequence" unnamed
+    "query-ragged": (lambda ix: ix.search([[1.0] * 32, [1.0] * 31], 5), TypeError,
+                     "queries must be a 2-D array of numbers, got list that numpy cannot convert"),
+    "query-ragged-nested": (lambda ix: ix.search([[[1.0] * 32], [1.0] * 32], 5), TypeError,
+                            "queries must be a 2-D array of numbers, got list"),
+    "query-object-none": (lambda ix: ix.search([[1.0] * 31 + [None]], 3), TypeError,
+                          "queries must hold real numbers .* got dtype object"),
+    "add-ragged": (lambda ix: ix.add([[1.0] * 32, [1.0] * 31]), TypeError,
+                   "X must be a 2-D array of numbers, got list that numpy cannot convert"),
+    "add-object": (lambda ix: ix.add(np.ones((1, 32), object)), TypeError, "X must hold real numbers"),
+    "update-ragged": (lambda ix: ix.update([0, 1], [[1.0] * 32, [1.0] * 31]), TypeError,
+                      "X must be a 2-D array of numbers"),
+    "remove-ragged-ids": (lambda ix: ix.remove([[1], [2, 3]]), ValueError,
+                          "ids must be a 1-D array of integer ids, got list that numpy cannot convert"),
+    "reconstruct-ragged-ids": (lambda ix: ix.reconstruct([[1], [2, 3]]), ValueError,
+                               "ids must be a 1-D array of integer ids, got list"),
+    "reconstruct-object-ids": (lambda ix: ix.reconstruct([1, None]), ValueError,
+                               "ids must be a 1-D array of integer ids, got shape .*dtype object"),
+    "allowed-ragged": (lambda ix: ix.search(ONES, 3, allowed=[[1], [2, 3]]), TypeError, "allowed must be"),
     "k0": (lambda ix: ix.search(ONES, 0), ValueError, r"k must be an integer in \[1, inf\], got 0"),
     "k-negative": (lambda ix: ix.search(ONES, -3), ValueError, r"k must be an integer in \[1, inf\], got -3"),
     "k-float": (lambda ix: ix.search(ONES, 2.0), TypeError, "k must be an integer, got 2.0"),
@@ -369,9 +388,19 @@ def test_bad_build_input(X, exc, match):
         ({"rank": 4, "quantizer": "pq"}, ValueError, "quantizer must be one of 'minmax', 'minmax-col', 'mse-col', got 'pq'"),
         ({"rank": 33}, ValueError, r"rank must be an integer in \[1, 32\], got 33"),
         ({"rank": 0}, ValueError, r"rank must be an integer in \[1, 32\], got 0"),
-        ({"bits_per_coordinate": 0}, ValueError, "bits_per_coordinate must be a finite number > 0, got 0"),
+        ({"bits_per_coordinate": 0}, ValueError, r"bits_per_coordinate must be a finite number > 0 and <= 1e\+06, got 0"),
         ({"bits_per_coordinate": float("nan")}, ValueError, "bits_per_coordinate must be a finite number > 0"),
-        ({"bits_per_coordinate": "2"}, TypeError, "bits_per_coordinate must be a positive number"),
+        ({"bits_per_coordinate": "2"}, TypeError, r"bits_per_coordinate must be a positive number \(> 0 and <= 1e\+06\)"),
+        # Regression: 1e308 was accepted, and build overflowed (cannot convert float infinity to integer)
+        ({"bits_per_coordinate": 1e308}, ValueError, r"bits_per_coordinate must be a finite number > 0 and <= 1e\+06, "
+                                                      r"got 1e\+308"),
+        ({"bits_per_coordinate": 1e6 + 1}, ValueError, r"> 0 and <= 1e\+06, got 1000001"),
+        ({"bits_per_coordinate": 10**400}, ValueError, r"> 0 and <= 1e\+06, got an integer of 401 digits"),
+        ({"bits_per_coordinate": -2}, ValueError, r"> 0 and <= 1e\+06, got -2"),
+        ({"rank": 2.0}, TypeError, r"rank must be an integer, got 2.0 \(float\) \(allowed: integers in \[1, 32\]\)"),
+        ({"rank": 4, "bits_r": True}, TypeError, r"bits_r must be an integer, got True \(bool\) \(allowed: integers in \[1, 8\]\)"),
+        ({"rank": 4, "refine_iters": 101}, ValueError, r"refine_iters must be an integer in \[0, 100\], got 101"),
+        ({"rank": 4, "seed": 1.5}, TypeError, r"seed must be an integer, got 1.5 \(float\) \(allowed: integers in \[0, inf\]\)"),
         ({"rank": 4, "bits_l": 9}, ValueError, r"bits_l must be an integer in \[1, 8\], got 9"),
         ({"rank": 4, "bits_r": 0}, ValueError, r"bits_r must be an integer in \[1, 8\], got 0"),
         ({"rank": 4, "seed": None}, ValueError, "seed must be an integer >= 0"),
@@ -379,7 +408,9 @@ def test_bad_build_input(X, exc, match):
         ({"rank": 4, "refine_iters": -1}, ValueError, r"refine_iters must be an integer in \[0, 100\]"),
     ],
     ids=["neither", "both", "metric", "quantizer", "rank-too-big", "rank0", "budget0", "budget-nan",
-         "budget-string", "bits_l9", "bits_r0", "seed-none", "seed-negative", "refine-negative"],
+         "budget-string", "budget-1e308", "budget-above-max", "budget-huge-int", "budget-negative", "rank-float",
+         "bits_r-bool", "refine-too-many", "seed-float", "bits_l9", "bits_r0", "seed-none", "seed-negative",
+         "refine-negative"],
 )
 def test_bad_settings_fail_in_the_constructor(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -387,8 +418,18 @@ def test_bad_settings_fail_in_the_constructor(kwargs, exc, match):
 
 
 def test_bad_dim():
-    with pytest.raises(ValueError, match=r"dim must be an integer in \[1, inf\], got 0"):
+    with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 2147483647\], got 0"):
         LPLRIndex(0, rank=1)
+    with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 2147483647\], got 2147483648"):
+        LPLRIndex(2**31, rank=1)
+    with pytest.raises(TypeError, match=r"dim must be an integer, got 16.0 \(float\) \(allowed: integers in \[1, "):
+        LPLRIndex(16.0, rank=1)
+
+
+def test_the_largest_budget_builds_within_it(small_embeddings):
+    index = LPLRIndex(32, bits_per_coordinate=1e6).build(small_embeddings[:50])
+    assert index.bits_per_coordinate <= 1e6 and index.rank == 32
+    assert LPLRIndex.plan(50, 32, bits_per_coordinate=1e6).file_bytes == 50 * 32 * 10**6 // 8
 
 
 def test_budget_too_small_for_rank_1(small_embeddings):

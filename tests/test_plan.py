@@ -59,7 +59,7 @@ def measured_peaks(n: int, dim: int, kw: dict, nq: int, k: int, mode: str = "aut
         search = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-    fs = index._cache.get("fastscan")
+    fs = index._state.built("fastscan")
     return build, search, 0 if fs is None else fs.nbytes()
 
 
@@ -108,6 +108,68 @@ def test_grouped_codes_plan_bounds_the_file_and_estimates_the_peaks(kw):
         assert search <= plan.search_peak_bytes
 
 
+def spectra(n: int, dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Steep (variances 0.8^j in a random basis), flat (isotropic) and low-rank (6 directions
+    and 1 % noise) data."""
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((n, dim)).astype(np.float32)
+    basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    return {"steep": ((G * 0.8 ** np.arange(dim)) @ basis).astype(np.float32), "flat": G,
+            "low-rank": (rng.standard_normal((n, 6)) @ rng.standard_normal((6, dim)) + 0.01 * G).astype(np.float32)}
+
+
+@pytest.mark.parametrize("spectrum", ["steep", "flat", "low-rank"])
+def test_a_plan_from_the_data_is_the_build(spectrum):
+    # grouped codes from a budget: with the data as its sample, the plan runs the build's design
+    # choice: the file, the rank, the design and faiss's fast-scan bytes are the build's, exactly
+    n, dim = 2500, 32
+    X = spectra(n, dim)[spectrum]
+    for bits in (0.5, 1, 2, 4):
+        plan = LPLRIndex.plan(n, dim, bits_per_coordinate=bits, sample=X)
+        index = LPLRIndex(dim, bits_per_coordinate=bits).build(X)
+        index.search(X[:5], 10)
+        assert plan.exact and plan.codec == index.codec == "vq"
+        assert plan.file_bytes == index.nbytes == len(index.to_bytes()), (spectrum, bits)
+        assert plan.bits_per_coordinate == index.bits_per_coordinate <= bits
+        assert plan.rank == index.rank and plan.bits_l == index.bits_l == 4
+        assert plan.design == {"basis": index.layout["encoder"], "groups": index.layout["groups"]}
+        assert plan.fastscan_bytes == index._state.built("fastscan").nbytes()
+        # without the data: the budget, an upper bound, said so
+        bound = LPLRIndex.plan(n, dim, bits_per_coordinate=bits)
+        assert not bound.exact and bound.design is None
+        assert bound.file_bytes == int(bits * n * dim // 8) >= index.nbytes and bound.rank >= index.rank
+
+
+def test_a_plan_from_a_sample_sizes_the_design_it_chooses_for_all_rows():
+    # a sample of 8,000 of 20,000 rows: the designs are sized for the 20,000 (the file of the
+    # chosen design exactly); on steep and low-rank spectra the sample chooses the build's design,
+    # on a flat one (near-ties between designs) it may not, within the budget either way
+    n, dim = 20_000, 32
+    for name, X in spectra(n, dim, seed=1).items():
+        plan = LPLRIndex.plan(n, dim, bits_per_coordinate=1, sample=X[:8000])
+        index = LPLRIndex(dim, bits_per_coordinate=1).build(X)
+        assert not plan.exact and plan.n == n and plan.file_bytes <= n * dim // 8
+        if name != "flat":
+            assert plan.design == {"basis": index.layout["encoder"], "groups": index.layout["groups"]}
+            assert plan.file_bytes == index.nbytes and plan.rank == index.rank
+    with pytest.raises(ValueError, match="sample holds 3000 rows, more than the n=2000 to build on"):
+        LPLRIndex.plan(2000, dim, bits_per_coordinate=1, sample=X[:3000])
+    with pytest.raises(ValueError, match="dimension"):
+        LPLRIndex.plan(2000, 16, bits_per_coordinate=1, sample=X[:1000])
+
+
+def test_a_plan_from_the_data_follows_the_scalar_codes_when_they_win():
+    # codec="auto" at 6+ bits per coordinate also fits the scalar 8-bit codes on the sample: the
+    # plan reports the codes the build makes, exactly
+    n, dim = 3000, 16
+    X = spectra(n, dim)["steep"]
+    plan = LPLRIndex.plan(n, dim, bits_per_coordinate=8, sample=X)
+    index = LPLRIndex(dim, bits_per_coordinate=8).build(X)
+    assert index.codec == "scalar"  # (seeded data on which the scalar codes win)
+    assert plan.codec == "scalar" and plan.exact and plan.design == {"basis": "scalar"}
+    assert plan.file_bytes == index.nbytes and plan.rank == index.rank and plan.bits_l == index.bits_l == 8
+
+
 def test_plan_is_a_small_frozen_dataclass():
     plan = LPLRIndex.plan(100_000, 384, bits_per_coordinate=1, codec="scalar")
     assert isinstance(plan, IndexPlan)
@@ -127,7 +189,7 @@ def test_plan_is_a_small_frozen_dataclass():
     ("args", "kw", "exc", "match"),
     [
         ((0, 32), dict(bits_per_coordinate=1), ValueError, r"n must be an integer in \[1, inf\], got 0"),
-        ((100, 0), dict(rank=2), ValueError, r"dim must be an integer in \[1, inf\], got 0"),
+        ((100, 0), dict(rank=2), ValueError, r"dim must be an integer in \[1, 2147483647\], got 0"),
         ((100, 32), dict(), ValueError, "give exactly one of bits_per_coordinate"),
         ((100, 32), dict(rank=4, metric="hamming"), ValueError, "metric must be one of"),
         ((3, 32), dict(rank=4), ValueError, "rank=4 needs at least 4 vectors to build on, got n=3"),

@@ -10,14 +10,18 @@ What is checked here, against real files and processes:
 - an existing file keeps its permission bits, a new file follows the umask; a symlink's
   target is replaced and the link stays;
 - a bad output path is reported before any writing, naming the user's path (never a
-  temporary file); the file and then its folder are fsynced around the rename.
+  temporary file); the file and then its folder are fsynced around the rename;
+- a target the user may not write is refused unless ``force=True``; a write error (a
+  file size limit) names the path; saving over a hard link makes a new file.
 
 The long mode (``pytest -m fuzz``) kills 60 saves instead of 4.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -479,3 +483,97 @@ def test_longest_file_name_still_saves_and_cleans(saved_small, tmp_path, dead_pi
     stale.write_bytes(b"x")
     saved_small.save(tmp_path / name)
     assert sorted(os.listdir(tmp_path)) == [name]
+
+
+# ------------------------------------- targets the user may not write; write errors
+def read_only_for_us(monkeypatch, *paths):
+    """Make ``os.access`` report ``paths`` unwritable, as for a user without write permission
+    (root may write any file, so the tests also run as root)."""
+    real_access = os.access
+    blocked = {os.path.realpath(p) for p in paths}
+    monkeypatch.setattr(os, "access", lambda p, m: False if (m & os.W_OK and os.path.realpath(p) in blocked)
+                        else real_access(p, m))
+
+
+@pytest.mark.parametrize("through_link", [False, True], ids=["file", "symlink"])
+def test_a_read_only_target_is_refused_unless_forced(saved_small, tmp_path, monkeypatch, through_link):
+    # Regression: the atomic rename replaced a read-only file in a writable folder silently,
+    # where numpy.save or open(path, "wb") refuse it
+    target = tmp_path / "index.lplr"
+    target.write_bytes(b"old")
+    target.chmod(0o444)
+    given = target
+    if through_link:
+        given = tmp_path / "link.lplr"
+        given.symlink_to(target)
+    read_only_for_us(monkeypatch, target)
+    with pytest.raises(PermissionError, match=rf"cannot save to {re.escape(str(given))}: .*read-only .*force=True"):
+        check_output_path(given)
+    with pytest.raises(PermissionError, match=rf"cannot save to {re.escape(str(given))}: .*mode 0o444"):
+        saved_small.save(given)
+    assert target.read_bytes() == b"old" and temp_files(tmp_path) == []
+    size = saved_small.save(given, force=True)  # the user's intent: replace it
+    assert target.stat().st_size == size and stat.S_IMODE(target.stat().st_mode) == 0o444
+    assert LPLRIndex.load(given).ntotal == saved_small.ntotal
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_really_read_only_target(saved_small, tmp_path):
+    target = tmp_path / "index.lplr"
+    target.write_bytes(b"old")
+    target.chmod(0o444)
+    with pytest.raises(PermissionError, match="read-only"):
+        saved_small.save(target)
+    saved_small.save(target, force=True)
+    assert LPLRIndex.load(target).ntotal == saved_small.ntotal
+
+
+def test_saving_over_a_hard_link_makes_a_new_file(saved_small, tmp_path):
+    # documented (README, LPLRIndex.save): the rename replaces the name saved to; the
+    # file's other names keep the old content
+    target, other = tmp_path / "index.lplr", tmp_path / "other.lplr"
+    target.write_bytes(b"old")
+    os.link(target, other)
+    saved_small.save(target)
+    assert other.read_bytes() == b"old" and target.stat().st_nlink == 1
+    assert LPLRIndex.load(target).ntotal == saved_small.ntotal
+
+
+EFBIG_SAVE = """
+    import resource, signal, sys
+    from lplr_index import LPLRIndex
+    index = LPLRIndex.load(sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+    try:
+        index.save(sys.argv[2])
+    except OSError as exc:
+        print(type(exc).__name__, exc.errno, exc)
+"""
+
+
+def test_a_write_error_names_the_path(saved_small, tmp_path):
+    # Regression: a file size limit gave "OSError: [Errno 27] File too large" without the path
+    source, target = tmp_path / "small.lplr", tmp_path / "big" / "index.lplr"
+    saved_small.save(source)
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    proc = run_python(EFBIG_SAVE, str(source), str(target), stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert out.strip() == f"OSError {errno.EFBIG} [Errno {errno.EFBIG}] cannot save to {target}: File too large"
+    assert target.read_bytes() == b"old" and temp_files(target.parent) == []
+
+
+def test_every_os_error_of_the_write_names_the_path_and_keeps_its_type(saved_small, tmp_path, monkeypatch):
+    target = tmp_path / "index.lplr"
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EPERM, "nope"),
+                OSError("no errno")):
+        def fail(*args, _exc=exc, **kwargs):
+            raise _exc
+
+        monkeypatch.setattr(fileformat, "_write_all", fail)
+        with pytest.raises(type(exc)) as info:
+            saved_small.save(target)
+        assert str(target) in str(info.value) and info.value.errno == exc.errno
+        assert temp_files(tmp_path) == [] and not target.exists()

@@ -142,9 +142,11 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
         assert (I == Ie).mean() > 0.9  # observed 1.0
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
     # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
-    # and its projection R (float32)
+    # and its projection R (float32); depths on both sides of 20 (40 and 7) use both kernels,
+    # whose setting faiss keeps on the index: a second copy of the blocks
     flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
-    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
+    assert len(scorer._kernels) == 2
+    assert scorer.nbytes() == 2 * scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
 def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_results(built, queries):
@@ -155,11 +157,13 @@ def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_resul
         scorer = index._fastscan()
         P = scorer._layout(blas.latent(index._state.view, queries))
         for kc, implem in ((8, 14), (40, 15)):
-            scorer.candidates(queries[:2], kc)  # sets the kernels
-            assert scorer.index.implem == implem
-            D, I = scorer.index.search(P, kc)
-            scorer.index.implem = 0
-            De, Ie = scorer.index.search(P, kc)
+            scorer.candidates(queries[:2], kc)  # makes the kernel's index (its setting fixed from then on)
+            fs = scorer._kernel(kc)
+            assert fs.implem == implem and scorer._kernel(kc) is fs  # made once
+            D, I = fs.search(P, kc)
+            default = faiss.clone_index(fs)  # the shared index is never changed: a copy
+            default.implem = 0
+            De, Ie = default.search(P, kc)
             np.testing.assert_array_equal(np.sort(D, axis=1), np.sort(De, axis=1))
             assert np.mean([len(set(a) & set(b)) for a, b in zip(I, Ie)]) / kc > 0.98  # observed 1.0
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 
 import numpy as np
 import pytest
 
 from lplr_index import LPLRIndex
-from lplr_index.fileformat import read_container
-from lplr_index.settings import DEFAULT_BITS_PER_COORDINATE, DEFAULTS, IndexSettings
+from lplr_index.fileformat import FORMAT_VERSION, SUPPORTED_VERSIONS, read_container
+from lplr_index.settings import (
+    DEFAULT_BITS_PER_COORDINATE,
+    DEFAULTS,
+    HEADER_KEYS,
+    MAX_BITS_PER_COORDINATE,
+    VERSION_DEFAULTS,
+    IndexSettings,
+)
 
 pytestmark = pytest.mark.usefixtures("blas_single_thread")
 
@@ -145,3 +153,54 @@ def test_to_header_checks_the_built_rank():
     assert s.to_header()["rank"] is None
     with pytest.raises(ValueError, match="rank"):
         s.to_header(rank=9)
+
+
+def test_from_header_with_a_version_wants_every_key_that_version_wrote():
+    s = IndexSettings(8, bits_per_coordinate=2, metric="cosine", seed=5)
+    header = s.to_header(rank=3)
+    assert IndexSettings.from_header(header, version=4) == s
+    for key in header:  # 0.8.0 gave a missing metric or seed its default
+        with pytest.raises(ValueError, match=rf"settings lack '{key}', which every version-4 file holds"):
+            IndexSettings.from_header({k: v for k, v in header.items() if k != key}, version=4)
+    two = {k: v for k, v in header.items() if k not in ("metric", "seed")}
+    with pytest.raises(ValueError, match="settings lack 'metric', 'seed'"):
+        IndexSettings.from_header(two, version=4)
+    with pytest.raises(ValueError, match=r"settings hold 'codec', which a version-2 file cannot hold \(its keys: "):
+        IndexSettings.from_header(header, version=2)
+    v1 = {k: v for k, v in header.items() if k not in ("codec", "factor")}
+    assert IndexSettings.from_header(v1, version=1) == dataclasses.replace(s, factor="lstsq", codec="scalar")
+    with pytest.raises(ValueError, match="format version must be one of"):
+        IndexSettings.from_header(header, version=9)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [("dim", 8.0, "must be an integer, got 8.0 (float)"), ("dim", True, "must be an integer, got True (bool)"),
+     ("rank", None, "must be an integer, got None"), ("bits_l", "4", "must be an integer or null, got '4' (str)"),
+     ("bits_per_coordinate", "2", "must be a number or null, got '2' (str)"),
+     ("bits_per_coordinate", False, "must be a number or null, got False (bool)"),
+     ("metric", 2, "must be a string, got 2 (int)"), ("seed", [0], "must be an integer, got [0] (list)"),
+     ("codec", None, "must be a string, got None (NoneType)")],
+)
+def test_from_header_with_a_version_checks_the_json_types(key, value, words):
+    header = IndexSettings(8, bits_per_coordinate=2).to_header(rank=3)
+    with pytest.raises(ValueError, match=re.escape(f"settings key {key!r} {words}")):
+        IndexSettings.from_header({**header, key: value}, version=4)
+    assert IndexSettings.from_header({**header, "bits_per_coordinate": 2}, version=4).bits_per_coordinate == 2.0
+
+
+def test_the_newest_version_writes_every_setting():
+    fields = [f.name for f in dataclasses.fields(IndexSettings)]
+    assert sorted(HEADER_KEYS[FORMAT_VERSION]) == sorted(fields)
+    assert sorted(HEADER_KEYS) == sorted(SUPPORTED_VERSIONS)
+    for version, defaults in VERSION_DEFAULTS.items():  # defaults only for keys that version lacked
+        assert not set(defaults) & set(HEADER_KEYS[version])
+
+
+def test_budget_range_is_checked_with_the_range_in_the_message():
+    assert IndexSettings(8, bits_per_coordinate=MAX_BITS_PER_COORDINATE).bits_per_coordinate == 1e6
+    for bad in (1e308, float("inf"), 2e6, 10**400, 0, -1e-9):
+        with pytest.raises(ValueError, match=r"bits_per_coordinate must be a finite number > 0 and <= 1e\+06, got "):
+            IndexSettings(8, bits_per_coordinate=bad)
+    # 0.8.0: accepted, then the choice of bits_l overflowed (cannot convert float infinity to integer)
+    assert IndexSettings(8, bits_per_coordinate=1e6, codec="scalar").bits_l_used == 8

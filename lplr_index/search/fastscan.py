@@ -47,9 +47,11 @@ only, when a fast-scan index is first built.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from ..evaluation import recall_at_k
+from .._common import recall_at_k
 from ..packing import _unpack
 from ..vq import KSUB
 from .metrics import CodeView, finalize, prepare_queries
@@ -84,7 +86,15 @@ class FastScanScorer:
     Holds its own copy of the codes in faiss's packed block layout (the same
     size as the codes) and, where :attr:`refines`, the flat copy the exact
     second stage scores (:meth:`nbytes`). Rows appended to the view later are
-    added with :meth:`extend`.
+    added to a copy: :meth:`extended`.
+
+    Thread safety: once constructed (or returned by :meth:`extended`) a scorer is
+    never changed but for what it builds lazily, under its own lock and published
+    whole: the IndexRefine, the projection, and faiss's kernel setting. faiss keeps
+    that setting (``implem``, chosen by the candidate depth: :meth:`_kernel`) on the
+    index itself, so concurrent searches never change it: the first search fixes it,
+    and a search at a depth that needs the other kernel gets a copy of the blocks
+    with that setting (made once, counted by :meth:`nbytes`).
     """
 
     def __init__(self, view: CodeView):
@@ -113,11 +123,19 @@ class FastScanScorer:
         self.refines = enc.orthonormal
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
-        self._refine = None  # the IndexRefine over both, made at the first search after a change
         self._proj = None  # faiss's projection of the queries (:meth:`_projection`)
+        self._pinv = None  # R^+ of a factor whose rows are not orthonormal (:meth:`_projector`)
+        self._lazy()
         self.view = view
         self.ntotal = 0
         self.extend(view)
+
+    def _lazy(self) -> None:
+        """What searches build on first use: faiss's fast-scan index per kernel setting
+        (:meth:`_kernel`) and the IndexRefine over each (:meth:`_refined`)."""
+        self._lock = threading.Lock()
+        self._kernels = {}  # implem -> fast-scan index whose implem is that (never changed after)
+        self._refines = {}  # implem -> IndexRefine over that index and the flat codes
 
     def _packed(self, packed: np.ndarray) -> np.ndarray:
         """faiss's codes of packed rows: the first M codes (the coarse ones come first), whose
@@ -149,7 +167,6 @@ class FastScanScorer:
             if self.exact is None:
                 self.exact = self._exact_index()
             self.exact.add_sa_codes(self._exact_codes(packed))
-            self._refine = None
 
     def _exact_index(self):
         """An empty flat ``IndexPQ`` whose tables score the whole codes: fast-scan's 4-bit one,
@@ -187,6 +204,7 @@ class FastScanScorer:
         re-ranks, its flat copy of the codes and the projection ``R`` (float32, made at the
         first search)."""
         held = int(self.index.codes.size())
+        held += sum(int(ix.codes.size()) for ix in list(self._kernels.values()) if ix is not self.index)
         if self.exact is not None:
             held += int(self.exact.codes.size())
         if self._proj is not None:
@@ -199,13 +217,34 @@ class FastScanScorer:
         return np.ascontiguousarray(enc.lq.pad(L) if enc.codec == "vq" else L, np.float32)
 
     def extend(self, view: CodeView) -> None:
-        """Add the rows of ``view`` past those already held (after ``add``)."""
+        """Add the rows of ``view`` past those already held, in place: only while this scorer
+        is not shared (being made); a shared one is extended by :meth:`extended`."""
         self.view = view
         for s in range(self.ntotal, view.ntotal, _ADD_ROWS):
             self._append(np.asarray(view.codes[s : s + _ADD_ROWS]))
         if self.index is None:  # no rows yet
             self._append(np.zeros((0, view.codes.shape[1]), np.uint8))
         self.ntotal = view.ntotal
+
+    def extended(self, view: CodeView) -> "FastScanScorer":
+        """A scorer of ``view``, whose first :attr:`ntotal` rows are this scorer's (after
+        ``add``): a copy of faiss's indexes (``faiss.clone_index``, a copy of their blocks,
+        nothing re-encoded) with the new rows added, so searches still running on this
+        scorer never see its indexes change. The projection and the tables are shared
+        (never changed)."""
+        import faiss
+
+        new = object.__new__(FastScanScorer)
+        new.__dict__.update(self.__dict__)
+        new._lazy()
+        with self._lock:  # a search may be fixing this index's kernel setting (:meth:`_kernel`)
+            new.index = faiss.clone_index(self.index)
+            if self.exact is not None:
+                new.exact = faiss.clone_index(self.exact)
+        new.index.orig_codes = None
+        new.index.implem = 0
+        new.extend(view)
+        return new
 
     def codes_match(self, rows: int = 1024) -> bool:
         """Whether faiss holds exactly the view's codes (the coarse ones) for the first ``rows`` rows:
@@ -232,8 +271,7 @@ class FastScanScorer:
             P = prepare_queries(view, Q) @ enc.RT
         else:
             P = (prepare_queries(view, Q) - enc.mean) @ self._projector()
-        self._implem(kprime)
-        _, I = self.index.search(self._layout(P), int(kprime))
+        _, I = self._kernel(kprime).search(self._layout(P), int(kprime))
         return I
 
     def search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):
@@ -258,11 +296,7 @@ class FastScanScorer:
             cand = self.candidates(Q, kc, p)
             D, I = blas.rerank(view, Q, cand, keep, p=p)
             return D, I, (cand < 0).any(axis=1)
-        if self._refine is None:
-            import faiss
-
-            self._refine = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
-            self._refine.k_factor = 1.0
+        refine = self._refined(kc)
         mean = view.encoder.mean
         # (q - mean) R^T (l2, cosine) or q R^T (ip), projected by faiss (centred first, in float32
         # as the re-ranker does), padded to faiss's sub-vectors
@@ -271,8 +305,7 @@ class FastScanScorer:
         qc2 = np.einsum("ij,ij->i", Qc, Qc)[:, None] if view.metric == "cosine" else None
         del Qc
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
-        self._implem(kc)
-        Dr, cand = self._refine.search(P, int(kc))
+        Dr, cand = refine.search(P, int(kc))
         short = (cand < 0).any(axis=1)
         if view.metric == "ip":  # einsum, not numpy's BLAS threads (see _projection)
             I = cand[:, :keep]
@@ -304,30 +337,69 @@ class FastScanScorer:
         if self._proj is None:
             import faiss
 
-            R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)  # (rank, dim)
-            lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
-            faiss.copy_array_to_vector(R.ravel(), lt.A)
-            lt.is_trained = True
-            self._proj = lt
+            with self._lock:
+                if self._proj is None:
+                    R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)  # (rank, dim)
+                    lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
+                    faiss.copy_array_to_vector(R.ravel(), lt.A)
+                    lt.is_trained = True
+                    self._proj = lt
         return self._proj
 
-    def _implem(self, k: int) -> None:
-        """faiss's fast-scan loop for ``k`` results: its query-blocked kernels (``implem`` 14,
+    def _kernel(self, k: int):
+        """faiss's fast-scan index set for ``k`` results: its query-blocked kernels (``implem`` 14,
         heap, to 20 results; 15, reservoir, beyond) instead of its default 12 / 13. Measured,
         1 thread, batches of 1,000 queries (fortunes, Fashion-MNIST): 10-35 % faster at 4-160
         results (Fashion-MNIST 0.5 b/c, 40: 172 -> 125 ms; 1 b/c, 12: 380 -> 258 ms); single
-        queries the same. Results are the same rows."""
+        queries the same. Results are the same rows.
+
+        The setting lives on the faiss index and a running search reads it, so it is set
+        once per index, under the lock, before any search uses that index (every search
+        gets its index here): the first search's setting goes on :attr:`index`; a search
+        that needs the other one gets a copy of the blocks (``faiss.clone_index``) with it,
+        made once."""
         implem = 14 if k <= 20 else 15
-        if self.index.implem != implem:
-            self.index.implem = implem
+        got = self._kernels.get(implem)
+        if got is None:
+            import faiss
+
+            with self._lock:
+                got = self._kernels.get(implem)
+                if got is None:
+                    if not self._kernels:
+                        got = self.index
+                    else:
+                        got = faiss.clone_index(self.index)
+                        got.orig_codes = None
+                    got.implem = implem
+                    self._kernels[implem] = got
+        return got
+
+    def _refined(self, k: int):
+        """The ``IndexRefine`` over :meth:`_kernel` ``(k)`` and the flat codes (made once)."""
+        implem = 14 if k <= 20 else 15
+        got = self._refines.get(implem)
+        if got is None:
+            import faiss
+
+            base = self._kernel(k)
+            with self._lock:
+                got = self._refines.get(implem)
+                if got is None:
+                    got = faiss.IndexRefine(base, self.exact)  # holds neither: self does
+                    got.k_factor = 1.0
+                    self._refines[implem] = got
+        return got
 
     def _projector(self) -> np.ndarray:
         """``R^+`` (dim x rank): least-squares latent coordinates of a query."""
-        if getattr(self, "_pinv", None) is None and self.view.encoder.orthonormal:
-            self._pinv = self.view.encoder.RT  # orthonormal rows: R^+ = R^T
-        if getattr(self, "_pinv", None) is None:
-            self._pinv = np.linalg.pinv(self.view.encoder.R.astype(np.float64)).astype(np.float32)
-        return self._pinv
+        pinv = self._pinv
+        if pinv is None:  # built, then published: two racing searches may both build it, alike
+            enc = self.view.encoder
+            pinv = enc.RT if enc.orthonormal else (  # orthonormal rows: R^+ = R^T
+                np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32))
+            self._pinv = pinv
+        return pinv
 
 
 def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, rows: np.ndarray,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..evaluation import _normalize_rows
-from ..evaluation import _pad as pad_results  # noqa: F401  (the one padding rule; re-exported)
+from .._common import _normalize_rows
+from .._common import _pad as pad_results  # noqa: F401  (the one padding rule; re-exported)
 from ..packing import _unpack
 from ..train import Encoder
 

@@ -34,6 +34,17 @@ def result():
     return run_knn_experiment(Xtr, ytr, Xte, yte, cfg)
 
 
+def test_without_a_progress_bar_each_run_is_noted():
+    """In a log or CI (no bar) a long experiment still says where it is: one line a run."""
+    Xtr, ytr, Xte, yte = _skewed_clusters()
+    lines = []
+    cfg = ExperimentConfig(bits_nq=(1,), seeds=(0, 1), methods=("unquantized", "lplr"), scopes=("whole",),
+                           progress=False)
+    res = run_knn_experiment(Xtr, ytr, Xte, yte, cfg, note=lines.append)
+    assert len(lines) == len(res.runs) == 3
+    assert lines[-1].startswith("3-NN run 3/3: lplr (whole, B_nq=1, seed=1) accuracy ")
+
+
 def _row(result, scope, method, bits):
     (row,) = [r for r in result.summary if (r["scope"], r["method"], r["bits_nq"]) == (scope, method, bits)]
     return row

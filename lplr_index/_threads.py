@@ -1,0 +1,95 @@
+"""Thread counts of the BLAS and OpenMP libraries: small linear algebra on one thread.
+
+OpenBLAS's worker threads spin while they wait for work. On a machine whose cores are
+busy with other processes, a small factorisation split over two threads waits for a
+core the other process holds: measured on the project's 2-core machine with one core
+kept busy, the QR of a 384 x 384 matrix took 3.96 s with 2 OpenBLAS threads and 0.025 s
+with one (``benchmarks/bench_threads.py``). Matrices this small gain little from a
+second thread even on a quiet machine, so the library runs its small factorisations
+(QRs and eigen-decompositions of d x d or rank x rank matrices, pseudo-inverses of the
+shared factor) on one BLAS thread, as scikit-learn does with ``threadpoolctl`` (installed
+with scikit-learn, a dependency of the library), and
+leaves large products (the passes over the data) to the caller's settings.
+
+:func:`limit_threads` is the command line's ``--threads``: it sets the BLAS libraries
+already loaded (numpy's), the environment read by those loaded later (faiss's own
+OpenBLAS and OpenMP runtime), and faiss's OpenMP threads if faiss is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+__all__ = ["one_blas_thread", "one_faiss_thread", "limit_threads"]
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with one thread in every loaded BLAS library, restored afterwards.
+
+    For small factorisations only (they lose 10-100x to spinning threads on a busy
+    machine and gain little from a second thread on a quiet one); costs about 1 ms.
+    Measured with numpy's OpenBLAS (pthreads build): the limit takes effect when set
+    from the main thread; set from another thread it changes nothing, so blocks in
+    several threads cannot undo each other's settings.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@contextmanager
+def one_faiss_thread() -> Iterator[None]:
+    """Run the block's faiss calls on one OpenMP thread, restored afterwards.
+
+    For the build's small k-means and assignments (at most 65,536 points of a few
+    dimensions): with two threads and one core busy elsewhere, a 300 x 1,280 build took
+    5.9-12 s against 2.4-3.1 s with one (``benchmarks/bench_threads.py``). OpenMP's
+    thread count is a per-thread setting, so other Python threads' faiss calls keep theirs.
+    """
+    import faiss
+
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
+@contextmanager
+def limit_threads(n: int) -> Iterator[None]:
+    """Use ``n`` threads for BLAS and OpenMP inside the block; everything restored afterwards.
+
+    For a program's entry point (the command line's ``--threads``), not for library code:
+    it changes process-wide settings. It sets the BLAS libraries already loaded (numpy's),
+    faiss's OpenMP threads if faiss is loaded, and the environment variables that
+    libraries loaded inside the block read (faiss's own OpenBLAS and OpenMP runtime; such a
+    library keeps ``n`` afterwards: it had no earlier setting to go back to).
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    from threadpoolctl import threadpool_limits
+
+    names = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved_env = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: str(n) for name in names})
+    faiss = sys.modules.get("faiss")
+    saved_faiss = faiss.omp_get_max_threads() if faiss is not None else None
+    try:
+        with threadpool_limits(limits=n):
+            if faiss is not None:
+                faiss.omp_set_num_threads(n)
+            yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if saved_faiss is not None:
+            faiss.omp_set_num_threads(saved_faiss)

@@ -1,0 +1,627 @@
+"""Partitioned fast-scan search (issue 27): coarse lists over the latent space holding the
+index's own 4-bit codes in faiss's IVF fast-scan layout, re-ranked exactly.
+
+The exhaustive fast-scan backend (:mod:`lplr_index.search.fastscan`) scores every row; this one
+scores the rows of the ``nprobe`` lists nearest the query. It is built over the codes an index
+already stores, without re-encoding anything:
+
+- a coarse quantizer: ``nlist`` k-means centroids (faiss, seeded sample of rows) of the rows'
+  decoded latent coordinates ``l`` (``x_hat = mean + l R``), laid out as fast-scan's
+  sub-vectors (grouped codes zero-padded to the widest group, as fast-scan pads them);
+- each stored row goes to the list of its nearest centroid (largest inner product for
+  ``metric="ip"``, as faiss's IVF with an inner-product quantizer does);
+- a faiss ``IndexIVFPQFastScan`` (``by_residual=False``: a list holds the codes themselves, not
+  residuals) whose product quantizer's centroids are the index's 16 levels per latent coordinate
+  (scalar codes) or its 16 centroids per group (grouped codes), exactly the table the exhaustive
+  fast-scan index gets; its block inverted lists receive our codes packed by faiss's own pq4
+  packer (``BlockInvertedLists.packer``, one ``pack_all`` per block of 32 codes written into the
+  list after ``resize``: what faiss's ``IndexIVFFastScan::add_with_ids`` does with
+  ``pq4_pack_codes_range``, which faiss's Python module does not expose).
+
+Routes that do NOT work (faiss 1.15.1), kept here so nobody tries them again:
+``IndexIVF.add_sa_codes`` takes codes *prefixed by their list number* (``sa_code_size`` =
+coarse code + code), so handing it plain codes reads past the array (seen: heap corruption);
+``BlockInvertedLists.add_entries`` takes codes already in pq4's block layout (flat codes give
+wrong neighbours), and when the list already holds a positive multiple of ``block_size``
+entries it copies ``(total blocks) * block_size`` bytes to the list's end, past its buffer
+(``o % block_size`` where ``o % n_per_block`` was meant), so it is safe only on empty lists:
+this module never calls it.
+
+With ``nprobe = nlist`` the first stage scores every row with the same 8-bit tables as the
+exhaustive ``IndexPQFastScan`` (for up to 257 sub-quantizers faiss's IVF and flat fast-scan
+quantize the tables alike) and returns the same candidates with the same distances (ties in the
+16-bit sums may come in another order). The candidates are then re-scored exactly from their
+codes as the exhaustive backend does: with an orthonormal factor by a faiss ``IndexRefine``
+over a flat ``IndexPQ`` copy of the whole codes (``nprobe`` travels in
+``IndexRefineSearchParameters.base_index_params``), otherwise by
+:func:`lplr_index.search.blas.rerank`. A filter (rows allowed) is an ``IDSelectorBitmap`` that
+faiss's IVF fast-scan applies inside the scan (the flat fast-scan index has no filter).
+
+What it costs, besides the codes: faiss keeps a 64-bit id per row in its lists (here: the row
+number), ``nlist`` float32 centroids of the latent width, and pads every list to a multiple of
+32 codes in memory (:meth:`IVFScorer.storage`). A file need not store the ids: rows written in
+list order plus the list sizes give every row's list, and a permutation of ``ceil(log2 n)`` bits
+a row maps list positions back to insertion order (:meth:`IVFScorer.list_order`,
+:meth:`IVFScorer.from_list_order`); or the rows stay in insertion order and each row's list
+number is stored, ``ceil(log2 nlist)`` bits a row (:meth:`IVFScorer.assignment`,
+:meth:`IVFScorer.from_assignment`); or nothing is stored and the rows are assigned again.
+
+Searches never change the scorer (``nprobe`` and the filter are per-search parameters), so
+concurrent searches are safe; :meth:`IVFScorer.extended` returns a new scorer holding added
+rows and leaves this one as it is. faiss is imported here only, when a scorer is built.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from .._validation import check_int
+from ..packing import _unpack
+from ..vq import KSUB
+from .metrics import CodeView, finalize, prepare_queries
+
+__all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST"]
+
+#: codes per fast-scan block (faiss's ``bbs``)
+BBS = 32
+#: k-means iterations of the coarse quantizer
+DEFAULT_NITER = 10
+#: rows sampled per list to train the coarse quantizer (faiss warns below 39)
+TRAIN_PER_LIST = 64
+#: code rows assigned and added per block
+_ADD_ROWS = 1 << 16
+
+
+def supported(view: CodeView) -> bool:
+    """IVF fast-scan needs 4-bit codes (scalar per column, or grouped)."""
+    return view.encoder.lq.bits == 4
+
+
+def default_nlist(n: int) -> int:
+    """A list count for ``n`` rows: the power of two nearest ``4 sqrt(n)`` (1,024 at 65,536 rows;
+    faiss's usual advice is 4 to 16 sqrt(n)), at least 1 and at most ``n / 39``."""
+    n = check_int(n, "n", low=1)
+    target = 4.0 * math.sqrt(n)
+    p = 2 ** int(round(math.log2(target)))
+    return int(max(1, min(p, n // 39)))
+
+
+def _table(enc) -> np.ndarray:
+    """The fast-scan product quantizer's centroids ``(M, 16, dsub)``: grouped codes' coarse
+    centroids zero-padded to the widest group, or each scalar column's 16 levels."""
+    if enc.codec == "vq":
+        return np.ascontiguousarray(enc.lq.table(), np.float32)
+    m = enc.rank
+    lo = np.broadcast_to(enc.lq.lo, (m,))
+    step = np.broadcast_to(enc.lq.step, (m,))
+    return np.ascontiguousarray(
+        (lo[:, None] + np.arange(KSUB, dtype=np.float32)[None, :] * step[:, None])[:, :, None], np.float32)
+
+
+class IVFScorer:
+    """Coarse lists over the codes of a :class:`CodeView`, scored by faiss's IVF fast-scan.
+
+    Parameters
+    ----------
+    view : CodeView
+        The encoder, packed 4-bit codes and metric of an index (``LPLRIndex``'s snapshot view).
+    nlist : int
+        Number of lists (1 to 2^20); training needs at least ``nlist`` rows unless
+        ``centroids`` are given.
+    seed : int, default=0
+        Seed of the training sample and of faiss's k-means.
+    niter : int, default=DEFAULT_NITER
+        k-means iterations.
+    train_rows : int, default=None
+        Rows sampled to train (``nlist`` to ``view.ntotal``); None: ``TRAIN_PER_LIST * nlist``
+        (all rows when fewer).
+    centroids : array-like of shape (nlist, d), default=None
+        Trained centroids to reuse (a loaded or merged index), in the latent layout
+        (``d`` = :attr:`d`); None trains them.
+
+    Attributes
+    ----------
+    index : faiss.IndexIVFPQFastScan
+        The lists (ids are row numbers of the view).
+    centroids : ndarray of shape (nlist, d), float32
+    ntotal : int
+        Rows held (the view's first ``ntotal``).
+    refines : bool
+        Whether the exact re-rank runs in faiss (orthonormal factor).
+    """
+
+    def __init__(self, view: CodeView, nlist: int, *, seed: int = 0, niter: int = DEFAULT_NITER,
+                 train_rows: int | None = None, centroids=None, _add_rows: bool = True):
+        import faiss
+
+        if not isinstance(view, CodeView):
+            raise TypeError(f"view must be a CodeView (encoder, codes, metric), got {type(view).__name__}")
+        if not supported(view):
+            raise ValueError(
+                f"IVF fast-scan needs 4-bit codes, this view has {view.encoder.lq.bits}-bit codes")
+        nlist = check_int(nlist, "nlist", low=1, high=1 << 20)
+        enc = view.encoder
+        table = _table(enc)
+        self.M, _, self.dsub = table.shape
+        self.d = self.M * self.dsub
+        self.nlist = nlist
+        self.metric = view.metric
+        self._faiss_metric = faiss.METRIC_INNER_PRODUCT if view.metric == "ip" else faiss.METRIC_L2
+        self._table = table.ravel()
+        self._two_level = enc.codec == "vq" and enc.lq.two_level
+        self.refines = bool(enc.orthonormal)
+        if centroids is None:
+            seed = check_int(seed, "seed", low=0, high=(1 << 31) - 1)
+            niter = check_int(niter, "niter", low=1, high=10_000)
+            n = view.ntotal
+            if n < nlist:
+                raise ValueError(
+                    f"nlist={nlist} lists need at least {nlist} rows to train the coarse quantizer, "
+                    f"the view holds {n} (use a smaller nlist, or pass trained centroids=)")
+            if train_rows is None:
+                train_rows = min(n, TRAIN_PER_LIST * nlist)
+            train_rows = check_int(train_rows, "train_rows", low=nlist, high=n)
+            centroids = self._train(view, nlist, seed, niter, train_rows)
+        else:
+            centroids = np.asarray(centroids)
+            if centroids.shape != (nlist, self.d) or centroids.dtype.kind != "f":
+                raise ValueError(
+                    f"centroids must be a float array of shape (nlist, d) = ({nlist}, {self.d}), "
+                    f"got shape {centroids.shape} and dtype {centroids.dtype}")
+            if not np.isfinite(centroids).all():
+                raise ValueError("centroids must be finite")
+        self.centroids = np.array(centroids, np.float32, order="C")  # a copy: frozen below
+        self.centroids.flags.writeable = False
+        quantizer = (faiss.IndexFlatIP if view.metric == "ip" else faiss.IndexFlatL2)(self.d)
+        quantizer.add(self.centroids)
+        index = faiss.IndexIVFPQFastScan(quantizer, self.d, nlist, self.M, 4, self._faiss_metric, BBS)
+        index.by_residual = False
+        faiss.copy_array_to_vector(self._table, index.pq.centroids)
+        index.is_trained = True
+        self._quantizer = quantizer  # the IVF index holds a raw pointer to it
+        self.index = index
+        self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
+        self._proj = None
+        self._pinv = None
+        self._lazy()
+        self.view = view
+        self.ntotal = 0
+        if _add_rows:
+            self.extend(view)
+
+    # ------------------------------------------------------------------ building
+    def _lazy(self) -> None:
+        self._lock = threading.Lock()
+        self._refine = None
+
+    def _latent(self, packed: np.ndarray) -> np.ndarray:
+        """Decoded latent rows (whole codes) in fast-scan's sub-vector layout, float32."""
+        L = self.view.decode_latent(packed) if packed.size else np.zeros((0, self.view.encoder.rank), np.float32)
+        return self._layout(L)
+
+    def _layout(self, L: np.ndarray) -> np.ndarray:
+        enc = self.view.encoder
+        return np.ascontiguousarray(enc.lq.pad(L) if enc.codec == "vq" else L, np.float32)
+
+    def _train(self, view: CodeView, nlist: int, seed: int, niter: int, rows: int) -> np.ndarray:
+        import faiss
+
+        n = view.ntotal
+        rng = np.random.default_rng(seed)
+        sample = np.arange(n) if rows >= n else np.sort(rng.choice(n, rows, replace=False))
+        self.view = view
+        L = self._latent(np.asarray(view.codes[sample]))
+        km = faiss.Kmeans(self.d, nlist, niter=niter, seed=seed, verbose=False,
+                          max_points_per_centroid=-(-rows // nlist) + 1)  # no second subsample in faiss
+        km.train(L)
+        return km.centroids
+
+    def _flat(self, packed: np.ndarray) -> np.ndarray:
+        """faiss's flat codes of packed rows: the first M codes (coarse ones first), low nibble = even
+        code (the index's own order); an odd M leaves a high nibble to clear."""
+        M = self.M
+        if M % 2 == 0:
+            return np.ascontiguousarray(packed[:, : M // 2])
+        out = np.array(packed[:, : (M + 1) // 2])
+        out[:, -1] &= np.uint8(0x0F)
+        return out
+
+    def _exact_index(self):
+        """An empty flat ``IndexPQ`` scoring the whole codes (two-level: 8 bits per group)."""
+        import faiss
+
+        if not self._two_level:
+            table, nbits = self._table, 4
+        else:
+            lq = self.view.encoder.lq
+            T = np.zeros((self.M, KSUB * KSUB, lq.dsub), np.float32)
+            for cl in lq.classes():
+                T[cl.c0 : cl.c0 + cl.count, : len(cl.centroids), : cl.g] = cl.centroids
+            table, nbits = T.ravel(), 8
+        pq = faiss.IndexPQ(self.d, self.M, nbits, self._faiss_metric)
+        faiss.copy_array_to_vector(table, pq.pq.centroids)
+        pq.is_trained = True
+        return pq
+
+    def _exact_codes(self, packed: np.ndarray) -> np.ndarray:
+        if not self._two_level:
+            return self._flat(packed)
+        lq = self.view.encoder.lq
+        codes = _unpack(packed, 4, lq.n_codes)
+        out = np.empty((len(codes), lq.n_coarse), np.uint8)
+        for cl in lq.classes():
+            out[:, cl.c0 : cl.c0 + cl.count] = cl.index(codes)
+        return out
+
+    def _lists(self):
+        import faiss
+
+        return faiss.downcast_InvertedLists(self.index.invlists)
+
+    def assign(self, packed: np.ndarray) -> np.ndarray:
+        """The list (int64) of each packed code row: its nearest centroid (largest inner product
+        for ``ip``)."""
+        packed = np.asarray(packed)
+        out = np.empty(len(packed), np.int64)
+        for s in range(0, len(packed), _ADD_ROWS):
+            _, a = self._quantizer.search(self._latent(packed[s : s + _ADD_ROWS]), 1)
+            out[s : s + len(a)] = a[:, 0]
+        return out
+
+    def _add(self, lists: np.ndarray, packed: np.ndarray, ids: np.ndarray) -> None:
+        """Append rows to their lists: each list's new codes packed by faiss's pq4 packer."""
+        import faiss
+
+        flat = self._flat(packed)
+        order = np.argsort(lists, kind="stable")
+        ls = lists[order]
+        cuts = np.flatnonzero(np.diff(ls)) + 1
+        bil = self._lists()
+        packer = bil.packer
+        cs, bs = int(packer.code_size), int(packer.block_size)
+        if cs != flat.shape[1] or int(packer.nvec) != BBS:
+            raise RuntimeError(f"faiss's packer holds {cs}-byte codes in blocks of {packer.nvec}, "
+                               f"expected {flat.shape[1]} and {BBS}")
+        for part in np.split(order, cuts):
+            if not len(part):
+                continue
+            lst = int(lists[part[0]])
+            o = int(bil.list_size(lst))
+            total = o + len(part)
+            bil.resize(lst, total)  # the new bytes are zero
+            first = o // BBS
+            nblk = -(-total // BBS) - first
+            buf = np.zeros((nblk * BBS, cs), np.uint8)
+            blocks = faiss.rev_swig_ptr(bil.get_codes(lst), (first + nblk) * bs)
+            head = o - first * BBS
+            if head:  # the partly filled last block: unpacked, completed, packed again
+                packer.unpack_all(faiss.swig_ptr(blocks[first * bs :]), faiss.swig_ptr(buf))
+            buf[head : head + len(part)] = flat[part]
+            for b in range(nblk):
+                packer.pack_all(faiss.swig_ptr(buf[b * BBS :]), faiss.swig_ptr(blocks[(first + b) * bs :]))
+            faiss.rev_swig_ptr(bil.get_ids(lst), total)[o:] = ids[part]
+        self.index.ntotal = int(self.index.ntotal) + len(ids)
+
+    def extend(self, view: CodeView) -> None:
+        """Add the rows of ``view`` past those held, in place (only while this scorer is not
+        shared; a shared one is extended by :meth:`extended`)."""
+        if view.metric != self.metric or view.codes.shape[1] != self.view.codes.shape[1]:
+            raise ValueError(f"extend: the view must be of this scorer's index (metric {self.metric!r}, "
+                             f"{self.view.codes.shape[1]}-byte code rows), got metric {view.metric!r} "
+                             f"and {view.codes.shape[1]}-byte rows")
+        self.view = view
+        for s in range(self.ntotal, view.ntotal, _ADD_ROWS):
+            packed = np.asarray(view.codes[s : s + _ADD_ROWS])
+            self._add(self.assign(packed), packed, np.arange(s, s + len(packed), dtype=np.int64))
+            if self.refines:
+                if self.exact is None:
+                    self.exact = self._exact_index()
+                self.exact.add_sa_codes(self._exact_codes(packed))
+        if self.refines and self.exact is None:
+            self.exact = self._exact_index()
+        self.ntotal = view.ntotal
+
+    def extended(self, view: CodeView) -> "IVFScorer":
+        """A scorer of ``view`` whose first :attr:`ntotal` rows are this one's: copies of faiss's
+        indexes (``faiss.clone_index``; nothing re-encoded) with the new rows added to their
+        lists. This scorer is left as it is."""
+        import faiss
+
+        new = object.__new__(IVFScorer)
+        new.__dict__.update(self.__dict__)
+        new._lazy()
+        new.index = faiss.clone_index(self.index)  # the clone owns a copy of the quantizer
+        new._quantizer = faiss.downcast_index(new.index.quantizer)
+        if self.exact is not None:
+            new.exact = faiss.clone_index(self.exact)
+        new.extend(view)
+        return new
+
+    # ------------------------------------------------------- the list-order layout
+    def list_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, sizes)``: the rows (ids) of every list, list after list, and the list sizes:
+        a file that writes the codes in this order needs only ``sizes`` (and, to give rows back in
+        insertion order, ``order`` as a permutation of ``ceil(log2 n)`` bits a row)."""
+        import faiss
+
+        bil = self._lists()
+        sizes = np.array([bil.list_size(i) for i in range(self.nlist)], np.int64)
+        order = np.empty(int(sizes.sum()), np.int64)
+        o = 0
+        for i, s in enumerate(sizes.tolist()):
+            if s:
+                order[o : o + s] = faiss.rev_swig_ptr(bil.get_ids(i), s)
+                o += s
+        return order, sizes
+
+    def assignment(self) -> np.ndarray:
+        """The list of every row (int64, length :attr:`ntotal`), read back from faiss's lists: what a
+        file stores in ``ceil(log2 nlist)`` bits a row to rebuild the lists without re-assigning
+        (:meth:`from_assignment`)."""
+        order, sizes = self.list_order()
+        out = np.empty(self.ntotal, np.int64)
+        out[order] = np.repeat(np.arange(self.nlist, dtype=np.int64), sizes)
+        return out
+
+    @classmethod
+    def from_assignment(cls, view: CodeView, centroids, lists) -> "IVFScorer":
+        """A scorer whose row ``i`` goes to list ``lists[i]`` (no nearest-centroid search), with the
+        centroids as given: the lists of a loaded file."""
+        centroids = np.asarray(centroids)
+        lists = np.asarray(lists)
+        nlist = len(centroids) if centroids.ndim == 2 else -1
+        if lists.shape != (view.ntotal,) or lists.dtype.kind not in "iu" or (
+                len(lists) and (lists.min() < 0 or lists.max() >= nlist)):
+            raise ValueError(f"lists must hold one list number in [0, {nlist}) per row of the view "
+                             f"({view.ntotal}), got shape {lists.shape} and dtype {lists.dtype}")
+        self = cls(view, nlist, centroids=centroids, _add_rows=False)
+        self._fill(view, lists.astype(np.int64))
+        return self
+
+    def _fill(self, view: CodeView, lists: np.ndarray) -> None:
+        """Add every row of ``view`` to the given lists (a scorer made with ``_add_rows=False``)."""
+        for s in range(0, view.ntotal, _ADD_ROWS):
+            packed = np.asarray(view.codes[s : s + _ADD_ROWS])
+            self._add(lists[s : s + len(packed)], packed, np.arange(s, s + len(packed), dtype=np.int64))
+            if self.refines:
+                if self.exact is None:
+                    self.exact = self._exact_index()
+                self.exact.add_sa_codes(self._exact_codes(packed))
+        if self.refines and self.exact is None:
+            self.exact = self._exact_index()
+        self.ntotal = view.ntotal
+
+    @classmethod
+    def from_list_order(cls, view: CodeView, centroids, sizes) -> "IVFScorer":
+        """A scorer over a view whose rows are already in list order (list ``l`` holds rows
+        ``offsets[l]:offsets[l + 1]``, ``offsets = [0, cumsum(sizes)]``): no assignment, the
+        centroids as given; ids are the view's row numbers."""
+        sizes = np.asarray(sizes)
+        if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or (sizes < 0).any():
+            raise ValueError(f"sizes must be a 1-D array of list sizes >= 0, got shape {sizes.shape}, "
+                             f"dtype {sizes.dtype}")
+        if int(sizes.sum()) != view.ntotal:
+            raise ValueError(f"sizes must sum to the view's {view.ntotal} rows, they sum to {int(sizes.sum())}")
+        centroids = np.asarray(centroids)
+        self = cls(view, len(sizes), centroids=centroids, _add_rows=False)
+        self._fill(view, np.repeat(np.arange(len(sizes), dtype=np.int64), sizes))
+        return self
+
+    def codes_match(self) -> bool:
+        """Whether every list holds exactly the view's codes of its ids (read back through faiss's
+        packer), and every row is in exactly one list."""
+        import faiss
+
+        bil = self._lists()
+        packer = bil.packer
+        cs, bs = int(packer.code_size), int(packer.block_size)
+        seen = np.zeros(self.ntotal, np.int64)
+        buf = np.empty((BBS, cs), np.uint8)
+        for lst in range(self.nlist):
+            size = int(bil.list_size(lst))
+            if not size:
+                continue
+            ids = faiss.rev_swig_ptr(bil.get_ids(lst), size).copy()
+            if ids.min() < 0 or ids.max() >= self.ntotal:
+                return False
+            seen[ids] += 1
+            blocks = faiss.rev_swig_ptr(bil.get_codes(lst), -(-size // BBS) * bs)
+            got = np.empty((-(-size // BBS) * BBS, cs), np.uint8)
+            for b in range(len(got) // BBS):
+                packer.unpack_all(faiss.swig_ptr(blocks[b * bs :]), faiss.swig_ptr(buf))
+                got[b * BBS : (b + 1) * BBS] = buf
+            if not np.array_equal(got[:size], self._flat(np.asarray(self.view.codes)[ids])):
+                return False
+        return bool((seen == 1).all())
+
+    # ------------------------------------------------------------------ storage
+    def storage(self) -> dict[str, float]:
+        """What the partition costs beside the codes, in bytes (``*_bytes``) and in bits per row:
+        faiss's 64-bit ids, the centroids (float32 of the latent rank, as a file would store them;
+        faiss holds them padded to the sub-vector layout: ``centroid_memory``), the list sizes
+        (32 bits each), the two alternatives to stored ids: rows in list order plus a permutation
+        (``ceil(log2 n)`` bits a row) or rows in insertion order plus each row's list
+        (``ceil(log2 nlist)`` bits a row), and the padding of the lists to whole blocks of 32 codes
+        in faiss's memory. (A third alternative costs no bits: assign the rows again when loading,
+        :meth:`assign`, a nearest-centroid search of every row.)"""
+        n = max(self.ntotal, 1)
+        order, sizes = self.list_order()
+        code_bytes = int(self._lists().packer.code_size)
+        padded = int((-(-sizes // BBS) * BBS).sum())
+        out = {
+            "rows": self.ntotal,
+            "nlist": self.nlist,
+            "ids_bytes": 8 * self.ntotal,
+            "centroid_bytes": 4 * self.nlist * int(self.view.encoder.rank),
+            "centroid_memory_bytes": 4 * self.nlist * self.d,
+            "list_size_bytes": 4 * self.nlist,
+            "permutation_bytes": -(-self.ntotal * max(1, math.ceil(math.log2(n))) // 8),
+            "assignment_bytes": -(-self.ntotal * max(1, math.ceil(math.log2(max(self.nlist, 2)))) // 8),
+            "block_padding_bytes": (padded - self.ntotal) * code_bytes,
+        }
+        for key in ("ids", "centroid", "centroid_memory", "list_size", "permutation", "assignment",
+                    "block_padding"):
+            out[f"{key}_bits_per_row"] = 8 * out[f"{key}_bytes"] / n
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes faiss holds for the search: the lists' blocks and ids, the centroids, and where it
+        re-ranks, the flat copy of the codes and the projection."""
+        s = self.storage()
+        held = s["ids_bytes"] + s["centroid_memory_bytes"] + (self.ntotal * int(self._lists().packer.code_size)
+                                                       + s["block_padding_bytes"])
+        if self.exact is not None:
+            held += int(self.exact.codes.size())
+        if self._proj is not None:
+            held += 4 * int(self._proj.A.size())
+        return int(held)
+
+    # ------------------------------------------------------------------ search
+    def _check(self, Q, nprobe, allowed):
+        Q = np.asarray(Q)
+        dim = self.view.encoder.RT.shape[0]
+        if Q.ndim != 2 or Q.shape[1] != dim or Q.shape[0] == 0 or Q.dtype.kind not in "fiu":
+            raise ValueError(f"queries must be a 2-D numeric array of shape (n_queries >= 1, {dim}), "
+                             f"got shape {Q.shape} and dtype {Q.dtype}")
+        Q = np.ascontiguousarray(Q, np.float32)
+        if not np.isfinite(Q).all():
+            raise ValueError("queries must be finite")
+        nprobe = check_int(nprobe, "nprobe", low=1, high=self.nlist)
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.shape != (self.ntotal,) or allowed.dtype != bool:
+                raise ValueError(f"allowed must be a boolean mask over the {self.ntotal} rows, "
+                                 f"got shape {allowed.shape} and dtype {allowed.dtype}")
+        return Q, nprobe, allowed
+
+    def _params(self, nprobe: int, allowed):
+        """faiss's IVF search parameters (nprobe, filter) and the objects they point to."""
+        import faiss
+
+        p = faiss.SearchParametersIVF()
+        p.nprobe = int(nprobe)
+        keep = [p]
+        if allowed is not None:
+            bits = np.packbits(allowed, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            p.sel = sel
+            keep += [bits, sel]
+        return p, keep
+
+    def _queries(self, Q: np.ndarray) -> np.ndarray:
+        """Prepared queries (:func:`prepare_queries`) projected to the latent layout:
+        ``(q - mean) R^+`` (l2, cosine), ``q R^T`` (ip)."""
+        view = self.view
+        enc = view.encoder
+        if view.metric == "ip":
+            P = Q @ enc.RT
+        else:
+            P = (Q - enc.mean) @ self._projector()
+        return self._layout(P)
+
+    def first_stage(self, Q, kprime: int, *, nprobe: int, allowed=None) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's fast-scan distances and ids ``(nq, kprime)`` over the ``nprobe`` nearest lists
+        (quantized table sums, as the exhaustive ``IndexPQFastScan`` returns them); -1 where the
+        probed (allowed) rows are fewer."""
+        Q, nprobe, allowed = self._check(Q, nprobe, allowed)
+        kprime = check_int(kprime, "kprime", low=1, high=max(1, self.ntotal))
+        p, keep = self._params(nprobe, allowed)
+        D, I = self.index.search(self._queries(prepare_queries(self.view, Q)), int(kprime), params=p)
+        del keep
+        return D, I
+
+    def candidates(self, Q, kprime: int, *, nprobe: int, allowed=None) -> np.ndarray:
+        """Ids of :meth:`first_stage`."""
+        return self.first_stage(Q, kprime, nprobe=nprobe, allowed=allowed)[1]
+
+    def search(self, Q, kc: int, keep: int, *, nprobe: int, norms2: np.ndarray | None = None,
+               allowed=None):
+        """Both stages: ``kc`` candidates from the ``nprobe`` nearest lists, re-scored exactly from
+        their codes, the ``keep`` best kept.
+
+        Returns ``(D, I, short)`` as :meth:`FastScanScorer.search` does: distances (l2: squared,
+        ascending) or similarities (ip, cosine), row ids (-1 past the rows found), and per query
+        whether the probed lists gave fewer than ``kc`` candidates. ``norms2``: the rows' squared
+        norms (:func:`lplr_index.search.blas.row_norms2`), which cosine's re-rank in faiss needs
+        (without them cosine re-ranks in numpy). ``allowed``: boolean mask of the rows that may be
+        returned (applied inside faiss's scan).
+        """
+        from . import blas
+
+        Q, nprobe, allowed = self._check(Q, nprobe, allowed)
+        keep = check_int(keep, "keep", low=1)
+        kc = check_int(kc, "kc", low=keep, high=max(keep, self.ntotal))
+        view = self.view
+        Q = prepare_queries(view, Q)
+        p, refs = self._params(nprobe, allowed)
+        if not self.refines or (view.metric == "cosine" and norms2 is None):
+            _, cand = self.index.search(self._queries(Q), int(kc), params=p)
+            D, I = blas.rerank(view, Q, cand, keep)
+            return D, I, (cand < 0).any(axis=1)
+        import faiss
+
+        rp = faiss.IndexRefineSearchParameters()
+        rp.k_factor = 1.0
+        rp.base_index_params = p
+        mean = view.encoder.mean
+        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - mean, np.float32)
+        P = self._layout(self._projection().apply(Qc))
+        qc2 = np.einsum("ij,ij->i", Qc, Qc)[:, None] if view.metric == "cosine" else None
+        del Qc
+        Dr, cand = self._refined().search(P, int(kc), params=rp)
+        del refs, rp
+        short = (cand < 0).any(axis=1)
+        if view.metric == "ip":
+            I = cand[:, :keep]
+            S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
+            return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
+        pp = np.einsum("ij,ij->i", P, P)[:, None]
+        if view.metric == "l2":
+            I = cand[:, :keep]
+            return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
+        n2 = np.asarray(norms2)[np.maximum(cand, 0)]
+        d2 = (qc2 - pp) + Dr
+        qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
+        S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
+        D, I = blas.select(view, Q, S, cand, keep)
+        return D, I, short
+
+    def _refined(self):
+        """The ``IndexRefine`` over the lists and the flat codes (made once)."""
+        got = self._refine
+        if got is None:
+            import faiss
+
+            with self._lock:
+                got = self._refine
+                if got is None:
+                    got = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
+                    got.k_factor = 1.0
+                    self._refine = got
+        return got
+
+    def _projection(self):
+        """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries)."""
+        if self._proj is None:
+            import faiss
+
+            with self._lock:
+                if self._proj is None:
+                    R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)
+                    lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
+                    faiss.copy_array_to_vector(R.ravel(), lt.A)
+                    lt.is_trained = True
+                    self._proj = lt
+        return self._proj
+
+    def _projector(self) -> np.ndarray:
+        """``R^+`` (dim x rank): ``R^T`` for orthonormal rows."""
+        pinv = self._pinv
+        if pinv is None:
+            enc = self.view.encoder
+            pinv = enc.RT if enc.orthonormal else np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32)
+            self._pinv = pinv
+        return pinv

@@ -1,0 +1,216 @@
+"""The partitioned fast-scan backend (:mod:`lplr_index.search.ivf`): faiss's IVF fast-scan lists
+holding an index's own 4-bit codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lplr_index import LPLRIndex
+from lplr_index.search.fastscan import FastScanScorer
+from lplr_index.search.ivf import IVFScorer, default_nlist
+from lplr_index.search.metrics import CodeView
+
+pytestmark = pytest.mark.usefixtures("blas_single_thread")
+
+N, DIM, NQ, NLIST = 3000, 48, 60, 24
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(2027)
+    centres = rng.standard_normal((20, DIM))
+    y = rng.integers(20, size=N + 600 + NQ)
+    scale = (1.0 + np.arange(DIM)) ** -0.5
+    X = ((centres[y] + rng.standard_normal((len(y), DIM))) * scale).astype(np.float32)
+    X.setflags(write=False)
+    return X[:N], X[N : N + 600], X[N + 600 :]
+
+
+def _view(index: LPLRIndex) -> CodeView:
+    return index._state.view  # the snapshot's view (until the index exposes one)
+
+
+@pytest.fixture(scope="module", params=["vq-l2", "scalar-l2", "vq-ip", "vq-cosine", "twolevel-l2"])
+def built(request, data):
+    X, _, _ = data
+    codec, metric = request.param.split("-")
+    kw = {"vq": {"bits_per_coordinate": 1}, "twolevel": {"bits_per_coordinate": 4},
+          "scalar": {"rank": 16, "bits_l": 4, "codec": "scalar"}}[codec]
+    index = LPLRIndex(DIM, metric=metric, **kw).build(X)
+    view = _view(index)
+    assert (codec == "twolevel") == bool(getattr(view.encoder.lq, "two_level", False))
+    return index, view, IVFScorer(view, NLIST, seed=3)
+
+
+def _same_up_to_ties(D0, I0, D1, I1) -> None:
+    """Equal distances, and equal ids for every distance value but the last one kept (whose tied
+    rows faiss may cut in another order)."""
+    np.testing.assert_array_equal(D0, D1)
+    for d, a, b in zip(D0, I0, I1):
+        for v in np.unique(d[d != d[-1]]):
+            assert set(a[d == v]) == set(b[d == v])
+
+
+def _exhaustive_first_stage(view: CodeView, ivf: IVFScorer, Q, k):
+    fs = FastScanScorer(view)
+    return fs.index.search(ivf._queries(Q if view.metric != "cosine" else
+                                        Q / np.linalg.norm(Q, axis=1, keepdims=True)), k)
+
+
+def test_all_lists_equal_the_exhaustive_fastscan(built, data):
+    index, view, ivf = built
+    Q = data[2]
+    assert ivf.codes_match()
+    D0, I0 = _exhaustive_first_stage(view, ivf, Q, 40)
+    D1, I1 = ivf.first_stage(Q, 40, nprobe=NLIST)
+    _same_up_to_ties(D0, I0, D1, I1)
+    # and the whole search (exact re-rank of 40) returns what the index's fast-scan search returns
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    D, I, short = ivf.search(Q, 40, 10, nprobe=NLIST, norms2=n2)
+    want = index.search(Q, 10, mode="fastscan", rerank_factor=4)
+    assert not short.any()
+    np.testing.assert_array_equal(I, want.indices if hasattr(want, "indices") else want[1])
+    np.testing.assert_allclose(D, want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_codes_and_layout_equal_what_faiss_adds_itself(data):
+    import faiss
+
+    index = LPLRIndex(DIM, rank=16, bits_l=4, codec="scalar").build(data[0])
+    view = _view(index)
+    ivf = IVFScorer(view, NLIST, seed=1)
+    ref = faiss.IndexIVFPQFastScan(ivf._quantizer, ivf.d, NLIST, ivf.M, 4, faiss.METRIC_L2, 32)
+    ref.by_residual = False
+    faiss.copy_array_to_vector(ivf._table, ref.pq.centroids)
+    ref.is_trained = True
+    ref.add(ivf._latent(np.asarray(view.codes)))  # decoded levels: faiss encodes them to the same codes
+    ours, theirs = ivf._lists(), faiss.downcast_InvertedLists(ref.invlists)
+    bs = ours.block_size
+    for lst in range(NLIST):
+        n = ours.list_size(lst)
+        assert n == theirs.list_size(lst)
+        if n:
+            nb = -(-n // 32) * bs
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(ours.get_codes(lst), nb),
+                                          faiss.rev_swig_ptr(theirs.get_codes(lst), nb))
+            np.testing.assert_array_equal(faiss.rev_swig_ptr(ours.get_ids(lst), n),
+                                          faiss.rev_swig_ptr(theirs.get_ids(lst), n))
+
+
+def test_recall_rises_with_nprobe(built, data):
+    index, view, ivf = built
+    Q = data[2]
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    _, full, _ = ivf.search(Q, 40, 10, nprobe=NLIST, norms2=n2)
+    recalls = []
+    for nprobe in (1, 2, 4, 8, NLIST):
+        _, I, _ = ivf.search(Q, 40, 10, nprobe=nprobe, norms2=n2)
+        recalls.append(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, full)]))
+    assert all(b >= a - 0.02 for a, b in zip(recalls, recalls[1:])), recalls
+    assert recalls[0] < 0.95 and recalls[-1] == 1.0, recalls
+
+
+def test_added_rows_go_to_their_lists(data):
+    X, X2, Q = data
+    index = LPLRIndex(DIM, bits_per_coordinate=1).build(X)
+    ivf = IVFScorer(_view(index), NLIST, seed=3)
+    before = ivf.first_stage(Q, 20, nprobe=4)
+    index.add(X2[:333])
+    index.add(X2[333:])  # two appends: lists grow from partly filled blocks
+    view = _view(index)
+    grown = ivf.extended(view)
+    assert grown.ntotal == N + 600 and ivf.ntotal == N
+    assert grown.codes_match()
+    # the old scorer is unchanged
+    again = ivf.first_stage(Q, 20, nprobe=4)
+    np.testing.assert_array_equal(before[0], again[0])
+    # the same lists as a scorer built at once over all rows with the same centroids
+    fresh = IVFScorer(view, NLIST, centroids=ivf.centroids)
+    for a, b in zip(grown.list_order(), fresh.list_order()):
+        np.testing.assert_array_equal(a, b)
+    D0, I0 = _exhaustive_first_stage(view, grown, Q, 30)
+    _same_up_to_ties(D0, I0, *grown.first_stage(Q, 30, nprobe=NLIST))
+    # new rows are found
+    _, I, _ = grown.search(X2[:20], 40, 1, nprobe=2)
+    assert np.mean(I[:, 0] == N + np.arange(20)) > 0.5
+
+
+def test_list_order_layout_needs_no_ids(built, data):
+    """Rows written in list order plus the list sizes rebuild the same lists (ids = positions)."""
+    index, view, ivf = built
+    Q = data[2]
+    order, sizes = ivf.list_order()
+    assert sorted(order.tolist()) == list(range(N)) and sizes.sum() == N
+    moved = CodeView(view.encoder, np.asarray(view.codes)[order], view.metric)
+    again = IVFScorer.from_list_order(moved, ivf.centroids, sizes)
+    assert again.codes_match()
+    D0, I0 = ivf.first_stage(Q, 25, nprobe=3)
+    D1, I1 = again.first_stage(Q, 25, nprobe=3)
+    _same_up_to_ties(D0, I0, D1, np.where(I1 >= 0, order[np.maximum(I1, 0)], -1))
+    # or the rows stay where they are and each row's list number is stored
+    lists = ivf.assignment()
+    assert np.array_equal(np.bincount(lists, minlength=NLIST), sizes)
+    same = IVFScorer.from_assignment(view, ivf.centroids, lists)
+    for a, b in zip(same.list_order(), ivf.list_order()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(same.first_stage(Q, 25, nprobe=3)[0], D0)
+    s = ivf.storage()
+    assert s["ids_bits_per_row"] == 64 and s["permutation_bits_per_row"] == np.ceil(np.log2(N))
+    assert s["assignment_bits_per_row"] == np.ceil(np.log2(NLIST))
+
+
+def test_filter_is_applied_in_the_scan(built, data):
+    index, view, ivf = built
+    Q = data[2]
+    allowed = np.random.default_rng(5).random(N) < 0.3
+    D, I = ivf.first_stage(Q, 20, nprobe=NLIST, allowed=allowed)
+    assert allowed[I[I >= 0]].all()
+    rows = np.flatnonzero(allowed)
+    sub = CodeView(view.encoder, np.asarray(view.codes)[rows], view.metric)
+    D0, I0 = _exhaustive_first_stage(sub, ivf, Q, 20)
+    _same_up_to_ties(D0, rows[I0], D, I)
+    _, I2, _ = ivf.search(Q, 20, 5, nprobe=4, allowed=allowed,
+                          norms2=index._state.norms2() if view.metric == "cosine" else None)
+    assert allowed[I2[I2 >= 0]].all()
+
+
+def test_few_rows_probed_pad_with_minus_one(data):
+    index = LPLRIndex(DIM, bits_per_coordinate=1).build(data[0][:400])
+    ivf = IVFScorer(_view(index), 10, seed=0)
+    D, I, short = ivf.search(data[2][:5], 200, 200, nprobe=1)
+    assert short.all() and (I == -1).any()
+    assert np.isinf(D[I == -1]).all() and (I[I >= 0] < 400).all()
+
+
+def test_bad_arguments_are_named(built, data):
+    index, view, ivf = built
+    Q = data[2]
+    with pytest.raises(ValueError, match="nlist"):
+        IVFScorer(view, 0)
+    with pytest.raises(ValueError, match="nlist"):
+        IVFScorer(CodeView(view.encoder, np.asarray(view.codes)[:10], view.metric), 20)
+    with pytest.raises(TypeError, match="view"):
+        IVFScorer(np.zeros((3, 3)), 4)
+    with pytest.raises(ValueError, match="centroids"):
+        IVFScorer(view, 4, centroids=np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="train_rows"):
+        IVFScorer(view, 4, train_rows=2)
+    with pytest.raises(ValueError, match="nprobe"):
+        ivf.search(Q, 20, 10, nprobe=0)
+    with pytest.raises(ValueError, match="nprobe"):
+        ivf.first_stage(Q, 20, nprobe=NLIST + 1)
+    with pytest.raises(ValueError, match="kc"):
+        ivf.search(Q, 5, 10, nprobe=2)
+    with pytest.raises(ValueError, match="queries"):
+        ivf.search(Q[:, :5], 20, 10, nprobe=2)
+    with pytest.raises(ValueError, match="allowed"):
+        ivf.first_stage(Q, 20, nprobe=2, allowed=np.ones(7, bool))
+    with pytest.raises(ValueError, match="sizes"):
+        IVFScorer.from_list_order(view, ivf.centroids, np.ones(NLIST, np.int64))
+    with pytest.raises(ValueError, match="lists"):
+        IVFScorer.from_assignment(view, ivf.centroids, np.full(N, NLIST))
+    eight = LPLRIndex(DIM, rank=8, bits_l=8, codec="scalar").build(data[0][:500])
+    with pytest.raises(ValueError, match="4-bit"):
+        IVFScorer(_view(eight), 4)
+    assert default_nlist(1_000_000) == 4096 and default_nlist(200_000) == 2048 and default_nlist(50) == 1
