@@ -80,6 +80,8 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         Form of the index's shared factor (see :class:`~lplr_index.LPLRIndex`).
     codec : {"auto", "vq", "scalar"}, default="auto"
         How the index codes vectors (see :class:`~lplr_index.LPLRIndex`).
+    nlist : int, "auto" or None, default=None
+        Partitioned search's coarse lists (see :class:`~lplr_index.LPLRIndex`).
     tie_break : {"nearest", "lowest"}, default="nearest"
         Among classes with the most votes, ``"nearest"`` predicts the one whose
         voter ranks first, ``"lowest"`` the first in ``classes_`` (what
@@ -138,6 +140,7 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         seed: int = DEFAULTS["seed"],
         factor: str = DEFAULTS["factor"],
         codec: str = DEFAULTS["codec"],
+        nlist: int | str | None = DEFAULTS["nlist"],
         tie_break: str = "nearest",
     ):
         self.n_neighbors = n_neighbors
@@ -151,6 +154,7 @@ class LPLRKNeighborsClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.factor = factor
         self.codec = codec
+        self.nlist = nlist
         self.tie_break = tie_break
 
     # ------------------------------------------------------------ settings

@@ -33,9 +33,9 @@ from ._threads import limit_threads
 from ._validation import MAX_BITS
 from .evaluation import METRICS, accuracy, exact_knn, knn_vote, neighbour_overlap, recall_at_k, weighted_f1
 from .fileformat import IndexFileError, check_output_path
-from .index import MAX_RESULT_BYTES, SEARCH_MODES, LPLRIndex
+from .index import AUTO_NLIST_MIN_ROWS, MAX_RESULT_BYTES, SEARCH_MODES, LPLRIndex
 from .quantize import SCHEMES
-from .settings import CODECS
+from .settings import CODECS, MAX_NLIST
 from .vecio import VectorFileError, hdf5_datasets, hdf5_metric, read_array, read_ground_truth, read_vectors
 
 log = logging.getLogger("lplr_index")
@@ -78,6 +78,16 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _nlist(text: str) -> int | str:
+    """``--nlist``: an integer in [1, 2^20] or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return _int_in(1, MAX_NLIST)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer from 1 to {MAX_NLIST}, got {text!r}") from None
 
 
 def _budget(text: str) -> float:
@@ -342,6 +352,8 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
         "n_clipped": index.n_clipped,
         "storage_bytes": index.storage_breakdown(),
     })
+    if index.settings.nlist is not None:  # partitioned search: the lists built and the default nprobe
+        info.update(nlist_setting=index.settings.nlist, nlist=index.nlist, nprobe=index.nprobe)
     if path is not None:
         info["file"] = str(path)
         info["file_size"] = os.path.getsize(path)
@@ -371,6 +383,7 @@ def _make_index(args, dim: int) -> LPLRIndex:
             refine_iters=args.refine_iters,
             seed=args.seed,
             codec=args.codec,
+            nlist=getattr(args, "nlist", None),
         )
     except OverflowError as exc:
         raise _budget_overflow(args, exc) from None
@@ -502,11 +515,12 @@ def _index_search(index: LPLRIndex, Q, k: int, args, what: str, path: str, desc:
         for s in range(0, len(Q), _QUERY_BATCH):
             block = np.asarray(Q[s : s + _QUERY_BATCH])
             try:
+                extra = {} if getattr(args, "nprobe", None) is None else {"nprobe": args.nprobe}
                 D[s : s + len(block)], I[s : s + len(block)] = index.search(
-                    block, k, mode=args.mode, **_search_extras(args))
+                    block, k, mode=args.mode, **_search_extras(args), **extra)
             except (ValueError, TypeError) as exc:
                 shown = f"{what} file {path}"
-                names = {"Q": shown, "queries": shown, "allowed": f"--allowed file {getattr(args, 'allowed', '')}",
+                names = {"Q": shown, "queries": shown, "nprobe": "--nprobe", "allowed": f"--allowed file {getattr(args, 'allowed', '')}",
                          "rescore_with": f"--rescore-with file {getattr(args, 'rescore_with', '')}"}
                 raise UserError(_in_user_terms(str(exc), names)) from None
             bar.update(len(block))
@@ -596,18 +610,27 @@ def cmd_plan(args) -> dict:
         raise UserError("give --bits-per-coordinate B (a storage budget) or --rank R")
     if args.bits_per_coordinate is not None and args.rank is not None:
         raise UserError("give either --bits-per-coordinate or --rank, not both")
+    sample = None
+    if args.sample is not None:
+        sample = _load_array(args.sample, "--sample")
+        if sample.shape[1] != args.dim:
+            raise UserError(f"--sample file {args.sample} has {sample.shape[1]} dimensions, but --dim is {args.dim}")
     try:
         plan = LPLRIndex.plan(
             args.n, args.dim, bits_per_coordinate=args.bits_per_coordinate, rank=args.rank,
             n_queries=args.queries, k=args.k, bits_l=args.bits_l, bits_r=args.bits_r, metric=args.metric,
             quantizer=args.quantizer, refine_iters=args.refine_iters, seed=args.seed, codec=args.codec,
+            sample=sample,
         )
     except (ValueError, TypeError) as exc:
-        raise UserError(_in_user_terms(str(exc), {"n": "--n", "dim": "--dim"})) from None
+        raise UserError(_in_user_terms(str(exc), {"n": "--n", "dim": "--dim", "sample": "--sample"})) from None
     result = dataclasses.asdict(plan)
     if not args.json:
         for key in ("file_bytes", "build_peak_bytes", "search_peak_bytes", "fastscan_bytes"):
             result[key] = f"{result[key]} ({_size(result[key])})"
+        if plan.codec == "vq" and sample is None and args.rank is None:  # the data choose the design
+            result["rank"] = f"at most {plan.rank} (the data choose it; --sample FILE gives the build's)"
+            result["file_bytes"] = f"at most {result['file_bytes']} (the budget)"
     return result
 
 
@@ -809,6 +832,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", metavar="FILE", help="(n,) integer ids of the vectors (default: 0 .. n-1)")
     _add_column(p, ids=True)
     _add_index_options(p)
+    p.add_argument("--nlist", type=_nlist, default=None, metavar="N|auto",
+                   help="partitioned search: N coarse lists (1-2^20), or 'auto' (none below "
+                        f"{AUTO_NLIST_MIN_ROWS:,} vectors); default: none (exhaustive search)")
     _add_block_rows(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_build)
@@ -842,6 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=SEARCH_MODES, default="auto",
                    help="default: auto (fast-scan with exact re-ranking for 4-bit codes, else the exact scan)")
     p.add_argument("--mmap", action="store_true", help="map the codes from the file")
+    p.add_argument("--nprobe", type=_int_in(1), default=None, metavar="N",
+                   help="an index built with --nlist: the lists to scan (default: the one measured at build)")
     p.add_argument("--allowed", metavar="FILE",
                    help="only these may be returned: (m,) integer ids, or a boolean mask over ids")
     p.add_argument("--rescore-with", metavar="FILE",
@@ -850,9 +878,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print every result as JSON (default: a table of the first queries)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("plan", help="rank, file size and peak memory of a build and a search, without data")
+    p = sub.add_parser("plan", help="rank, file size and peak memory of a build and a search, without data "
+                                     "or from a sample of it")
     p.add_argument("--n", type=_int_in(1), required=True, metavar="N", help="vectors to index")
     p.add_argument("--dim", type=_int_in(1), required=True, metavar="D", help="their dimension")
+    p.add_argument("--sample", metavar="FILE",
+                   help="(m, dim) vectors of the data (any vector file): grouped codes then choose their "
+                        "design on them as the build does, and the plan gives that design's exact file size "
+                        "(all n rows: the build's own); without it, a budget's rank and file size are upper bounds")
     _add_index_options(p)
     p.add_argument("--queries", type=_int_in(1), default=1000, metavar="NQ",
                    help="queries per search call for the search peak (default: 1000)")

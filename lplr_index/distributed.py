@@ -516,6 +516,9 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
     >>> index = build(X, bits_per_coordinate=1)                 # doctest: +SKIP
     >>> index.save("embeddings.lplr")                           # doctest: +SKIP
     """
+    if index_settings.get("nlist") is not None:
+        raise ValueError(f"nlist={index_settings['nlist']!r}: the Dask build does not make partitioned indexes "
+                         "yet; build with nlist=None (or build locally with LPLRIndex(..., nlist=...))")
     ids = None
     if not isinstance(X, da.Array):
         X, ids = _dask_input(X, column, id_column)
@@ -878,6 +881,10 @@ class ShardedIndex:
         return self
 
     def _init(self, indexes, n_shards, client) -> None:
+        for ix in indexes:
+            if ix.settings.nlist is not None:
+                raise ValueError(f"nlist={ix.settings.nlist!r}: ShardedIndex does not hold partitioned indexes yet; "
+                                 "shard an index built with nlist=None")
         self.client = _client(client)
         parts = [_index_parts(ix) for ix in indexes]
         first = indexes[0]

@@ -45,8 +45,9 @@ from .fileformat import (
 from .packing import _unpack, packed_nbytes
 from .quantize import Quantizer
 from .search import blas, fastscan
+from .search import ivf as ivf_search
 from .search.metrics import CodeView, pad_results, prepare_queries
-from .settings import IndexSettings
+from .settings import MAX_NLIST, IndexSettings
 from .snapshot import DERIVED, LAYOUT_VERSION, Snapshot, UnknownIdError, _frozen, _ids_layout
 from .train import SAMPLE_ROWS, Encoder, fit
 from .vq import (TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, fit_vq,
@@ -106,6 +107,16 @@ FILTER_OVERFETCH = 2.0
 FILTER_REFINE_FRACTION = 0.8
 #: a masked exact scan gathers the allowed rows first when at most this fraction is allowed
 _GATHER_FRACTION = 0.5
+#: ``nlist="auto"``: no partition below this many rows, :func:`lplr_index.search.ivf.default_nlist`
+#: from it on (measured in the README's "Partitioned search")
+AUTO_NLIST_MIN_ROWS = 20_000
+#: the build measures the default ``nprobe`` on this many of its rows as queries (seeded)
+NPROBE_QUERIES = 100
+#: the default ``nprobe``: the smallest power of two whose recall 10@10 on those queries is within
+#: this of the exhaustive first stage's (``nprobe = nlist``)
+NPROBE_TOLERANCE = 0.01
+#: the version of a file whose index has the ``nlist`` setting (partitioned search)
+IVF_LAYOUT_VERSION = 5
 
 
 class SearchResult(NamedTuple):
@@ -302,6 +313,15 @@ class LPLRIndex:
         ``bits_l`` other than 4 or ``factor="lstsq"``. ``"vq"`` with a rank:
         one 4-bit code on each of the top ``rank`` principal directions.
         :attr:`codec` tells which codes a built index holds.
+    nlist : int, "auto" or None, default=None
+        Partitioned search: :meth:`build` trains ``nlist`` coarse k-means
+        centroids on a seeded sample of the codes' latent rows and stores each
+        row's list (:mod:`lplr_index.search.ivf`); :meth:`search` scans the
+        ``nprobe`` nearest lists. ``"auto"``: no partition below
+        :data:`AUTO_NLIST_MIN_ROWS` rows, else
+        :func:`~lplr_index.search.ivf.default_nlist`. The centroids and the
+        list numbers (``ceil(log2 nlist)`` bits a row) count in the budget.
+        Needs 4-bit codes. Saved as format version 5.
 
     Ids and deletions: every vector has an int64 id, its row number by default
     (0, 1, ... in the order added; these cost nothing), or the user's own ids
@@ -367,6 +387,7 @@ class LPLRIndex:
         seed: int = 0,
         factor: str = "orthonormal",
         codec: str = "auto",
+        nlist: int | str | None = None,
     ):
         self._settings = IndexSettings(
             dim,
@@ -380,6 +401,7 @@ class LPLRIndex:
             seed=seed,
             factor=factor,
             codec=codec,
+            nlist=nlist,
         )
         #: the current snapshot (:mod:`lplr_index.snapshot`): a search reads it once; a mutation
         #: builds the next one and swaps it in whole, under the writer lock
@@ -461,6 +483,27 @@ class LPLRIndex:
         return self._settings.rank
 
     @property
+    def nlist(self) -> int | None:
+        """Coarse lists of the built index (None: exhaustive search; before build, None)."""
+        return None if self._state is None else self._state.nlist
+
+    @property
+    def nprobe(self) -> int | None:
+        """The lists a search scans by default (measured at build time), None when exhaustive."""
+        return None if self._state is None else self._state.nprobe
+
+    def _fresh_version(self) -> int:
+        """The format version of an index built with these settings."""
+        return IVF_LAYOUT_VERSION if self._settings.nlist is not None else LAYOUT_VERSION
+
+    def _nlist_for(self, n: int) -> int | None:
+        """The lists a build of ``n`` rows makes (None: exhaustive); an integer setting as given."""
+        nlist = self._settings.nlist
+        if nlist == "auto":
+            return None if n < AUTO_NLIST_MIN_ROWS else ivf_search.default_nlist(n)
+        return nlist
+
+    @property
     def is_built(self) -> bool:
         return self._state is not None
 
@@ -536,8 +579,11 @@ class LPLRIndex:
     # ------------------------------------------------------------- accounting
     def _arrays_meta(self, n: int, rank: int, bits_l: int, version: int = LAYOUT_VERSION, *,
                      ids: tuple[str, int] | None = None, removed: bool = False,
-                     vq: tuple[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                     vq: tuple[str, np.ndarray] | None = None, ivf: int | None = None) -> dict[str, np.ndarray]:
         """Zero-size stand-ins with the shapes/dtypes of the stored arrays.
+
+        ``ivf``: the coarse lists of a partitioned index (version 5): its centroids
+        (``nlist x rank`` float32, latent) and every row's list in ``ceil(log2 nlist)`` bits.
 
         ``ids``: the layout of the user ids (:func:`_ids_layout`), or None;
         ``removed``: the tombstone bitmap is stored; ``vq``: ``(basis, groups)``
@@ -575,6 +621,10 @@ class LPLRIndex:
             shapes[ids[0]] = ((ids[1],), np.int64 if ids[0] == "ids" else np.uint8)
         if removed:
             shapes["removed"] = ((packed_nbytes(n, 1),), np.uint8)
+        if ivf is not None and version >= IVF_LAYOUT_VERSION:
+            latent = K if vq is not None else rank
+            shapes["ivf_centroids"] = ((ivf, latent), np.float32)
+            shapes["ivf_lists"] = ((packed_nbytes(n, ivf_search.list_bits(ivf)),), np.uint8)
         return {k: np.lib.stride_tricks.as_strided(np.zeros(1, dt), shape=s, strides=(0,) * len(s))
                 for k, (s, dt) in shapes.items()}
 
@@ -586,14 +636,16 @@ class LPLRIndex:
         if state is None:
             kind = "sketch" if vq is None else vq[0]
             rank = rank if vq is None else max(1, int((vq[1][:, 0] * vq[1][:, 1]).sum()))
-            header = self._header(n, rank, bits_l, n, 0, kind, 0.0)
-            meta = self._arrays_meta(n, rank, bits_l, LAYOUT_VERSION, ids=ids, vq=vq)
+            version, nlist = self._fresh_version(), self._nlist_for(n)
+            nlist = None if nlist is None else min(nlist, n)
+            header = self._header(n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist)
+            meta = self._arrays_meta(n, rank, bits_l, version, ids=ids, vq=vq, ivf=nlist)
         else:
             enc = state.encoder
             header = self._header(n, rank, bits_l, state.n_build, state.n_clipped, enc.kind,
-                                  state.fit_error, version=state.version)
+                                  state.fit_error, version=state.version, nprobe=state.nprobe)
             meta = self._arrays_meta(n, rank, bits_l, state.version, ids=state.ids_layout,
-                                     removed=state.removed is not None, vq=_vq_layout(enc))
+                                     removed=state.removed is not None, vq=_vq_layout(enc), ivf=state.nlist)
         return container_nbytes(header, meta)
 
     @property
@@ -613,7 +665,7 @@ class LPLRIndex:
 
     def storage_breakdown(self) -> dict[str, int]:
         """Bytes stored, by part: per-vector codes, shared factor, quantizer levels, mean,
-        user ids, tombstones, header."""
+        user ids, tombstones, (version 5) the coarse centroids and list numbers, header."""
         st = self._require_built("storage_breakdown")
         enc = st.encoder
         if enc.codec == "vq":
@@ -631,6 +683,10 @@ class LPLRIndex:
             "ids": 0 if st.ids is None else (8 * st.n if st.ids_layout[0] == "ids" else st.ids_layout[1]),
             "removed": 0 if st.removed is None else packed_nbytes(st.n, 1),
         }
+        if st.version >= IVF_LAYOUT_VERSION:  # partitioned search: coarse centroids, list numbers
+            nlist = st.nlist
+            parts["coarse_centroids"] = 0 if nlist is None else int(st.ivf_centroids.nbytes)
+            parts["list_numbers"] = 0 if nlist is None else packed_nbytes(st.n, ivf_search.list_bits(nlist))
         parts["header_and_padding"] = self._nbytes_of(st) - sum(parts.values())
         return parts
 
@@ -754,8 +810,10 @@ class LPLRIndex:
         # the orthonormal factor always ends with the pinv encoder; lstsq without
         # refinement keeps the sketch; otherwise the data decides: the longer name
         kind = "pinv" if s.factor == "orthonormal" else "sketch"
-        header = index._header(n, rank, bits_l, n, 0, kind, 0.0)
-        file_bytes = container_nbytes(header, index._arrays_meta(n, rank, bits_l))
+        version, nlist = index._fresh_version(), index._nlist_for(n)
+        nlist = None if nlist is None else min(nlist, n)
+        header = index._header(n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist)
+        file_bytes = container_nbytes(header, index._arrays_meta(n, rank, bits_l, version, ivf=nlist))
         fast = bits_l == 4 and s.factor == "orthonormal"
         if mode == "fastscan" and bits_l != 4:
             raise ValueError(f"mode='fastscan' needs 4-bit codes, this plan has bits_l={bits_l}")
@@ -933,12 +991,17 @@ class LPLRIndex:
         bits_l = s.bits_l_used
         if s.rank is not None and s.rank > n:
             raise ValueError(f"rank={s.rank} needs at least {s.rank} vectors to build on, got X with {n}")
+        nlist = self._nlist_for(n)
+        if nlist is not None and nlist > n:
+            raise ValueError(f"nlist={nlist} lists need at least {nlist} vectors to train the coarse quantizer, "
+                             f"got X with {n} (use a smaller nlist or nlist='auto')")
         if s.codec_used == "vq":
             result = self._fit_vq(source, ids, progress)
             if result.encoder is not None:
                 # the full-scale check of a two-level design built fast-scan's copy of the codes: kept
-                self._commit(Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
-                                      ids=_frozen(ids)).seeded(fastscan=result.scorer))
+                st = Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
+                              self._fresh_version(), ids=_frozen(ids)).seeded(fastscan=result.scorer)
+                self._commit(self._partitioned(st, source))
                 return self
             # codec="auto" at 6+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
@@ -956,9 +1019,53 @@ class LPLRIndex:
         finally:
             if bar is not None:
                 bar.close()
-        self._commit(Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
-                            ids=_frozen(ids)))
+        st = Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric, self._fresh_version(),
+                      ids=_frozen(ids))
+        self._commit(self._partitioned(st, source))
         return self
+
+    def _partitioned(self, st: Snapshot, source) -> Snapshot:
+        """``st`` with its coarse lists (``nlist`` set, and the rows enough for ``"auto"``): faiss
+        k-means on a seeded sample of the codes' latent rows, every row assigned to its nearest
+        centroid, and the default ``nprobe`` measured (:meth:`_measure_nprobe`)."""
+        nlist = self._nlist_for(st.n)
+        if nlist is None:
+            return st
+        if st.encoder.lq.bits != 4:
+            raise ValueError(f"nlist={self._settings.nlist!r} (partitioned search) needs 4-bit codes, the build "
+                             f"chose {st.encoder.lq.bits}-bit codes (codec={self._settings.codec!r}): use "
+                             "codec='vq' or nlist=None")
+        if nlist > st.n:
+            raise ValueError(f"nlist={nlist} lists need at least {nlist} vectors to train the coarse quantizer, "
+                             f"got {st.n} (use a smaller nlist or nlist='auto')")
+        scorer = ivf_search.IVFScorer(st.view, nlist, seed=self.seed)
+        nprobe, self.nprobe_report = self._measure_nprobe(st, scorer, source)
+        centroids = ivf_search.latent_centroids(st.encoder, scorer.centroids)
+        return st.replaced(keep=("fastscan", "norms2"), derived={"ivf": scorer},
+                           ivf_centroids=_frozen(centroids), ivf_lists=_frozen(scorer.assignment()), nprobe=nprobe)
+
+    def _measure_nprobe(self, st: Snapshot, scorer, source) -> tuple[int, dict[int, float]]:
+        """The default ``nprobe``: on :data:`NPROBE_QUERIES` seeded rows of the build data as queries
+        (each one's own row left out of its neighbours), the smallest power of two whose recall
+        10@10 against the exact neighbours (one pass over the data) is within
+        :data:`NPROBE_TOLERANCE` of the exhaustive first stage's (``nprobe = nlist``), re-ranked
+        as a search does. Returns it and ``{nprobe: recall}`` of every nprobe tried."""
+        n, nlist = st.n, scorer.nlist
+        k = min(10, n - 1)
+        if k < 1 or nlist == 1:
+            return nlist, {}
+        rows = np.sort(np.random.default_rng(self.seed).choice(n, min(NPROBE_QUERIES, n), replace=False))
+        Q = np.asarray(source.take(rows), np.float32)
+        truth = _exact_neighbours(source, Q, rows, k, self.metric)
+        norms2 = st.norms2() if self.metric == "cosine" else None
+        kc = min(n, default_rerank_factor(st.encoder) * (k + 1))
+
+        def recall(nprobe):
+            _, I, _ = scorer.search(Q, kc, k + 1, nprobe=nprobe, norms2=norms2)
+            got = _without_self(I, rows, k)
+            return np.mean([len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth)]) / k
+
+        return ivf_search.choose_nprobe(recall, nlist, NPROBE_TOLERANCE)
 
     def _fit_vq(self, source: ArraySource, ids, progress, *, n_rows: int | None = None, encode: bool = True):
         """Grouped codes (:func:`lplr_index.vq.fit_vq`): two passes. With ``codec="auto"`` and
@@ -969,8 +1076,9 @@ class LPLRIndex:
         s, n = self._settings, source.n if n_rows is None else n_rows
         layout = _ids_layout(ids)
         rival = None
-        scalar = dataclasses.replace(s, codec="scalar")
-        if (s.codec == "auto" and s.bits_per_coordinate is not None and scalar.bits_l_used == 8
+        scalar = dataclasses.replace(s, codec="scalar", nlist=None)
+        # the 8-bit scalar codes are no rival of a partitioned index: its lists need 4-bit codes
+        if (s.codec == "auto" and s.nlist is None and s.bits_per_coordinate is not None and scalar.bits_l_used == 8
                 and s.bits_per_coordinate >= SCALAR_RIVAL_MIN_BITS):
             try:
                 rank = self._rank_for_budget(n, 8, ids=layout)
@@ -1096,15 +1204,30 @@ class LPLRIndex:
         removed = st.removed
         if removed is not None:
             removed = _frozen(np.concatenate([removed, np.zeros(source.n, bool)]))
+        lists, ivf_lists = None, st.ivf_lists
+        if st.nlist is not None:  # new rows go to their nearest lists (no retraining)
+            lists = self._assign(st, packed)
+            ivf_lists = _frozen(np.concatenate([st.ivf_lists, lists]))
         state = dataclasses.replace(st, store=st.store.appended(packed), n_clipped=st.n_clipped + clipped,
-                                    ids=_frozen(new_ids) if new_ids is not None else st.ids, removed=removed)
+                                    ids=_frozen(new_ids) if new_ids is not None else st.ids, removed=removed,
+                                    ivf_lists=ivf_lists)
         # the search structures a search built for the last snapshot, extended for this one: new
         # arrays and copies of faiss's indexes (searches still running on the last one see no change)
-        norms2, scorer = st.built("norms2"), st.built("fastscan")
+        norms2, scorer, part = st.built("norms2"), st.built("fastscan"), st.built("ivf")
         if norms2 is not None:
             norms2 = np.concatenate([norms2, blas.row_norms2(state.view, len(norms2))])
-        self._commit(state.seeded(norms2=norms2, fastscan=None if scorer is None else scorer.extended(state.view)))
+        self._commit(state.seeded(norms2=norms2, fastscan=None if scorer is None else scorer.extended(state.view),
+                                  ivf=None if part is None else part.extended(state.view, lists)))
         return self
+
+    @staticmethod
+    def _assign(st: Snapshot, packed: np.ndarray) -> np.ndarray:
+        """The nearest list of each packed code row of a partitioned snapshot (its stored centroids)."""
+        scorer = st.built("ivf")
+        if scorer is None:
+            scorer = ivf_search.IVFScorer(st.view, st.nlist, centroids=ivf_search.padded_centroids(
+                st.encoder, st.ivf_centroids), _add_rows=False)
+        return scorer.assign(packed)
 
     @staticmethod
     def _is_removed_id(st: _State, id_: int) -> bool:
@@ -1184,7 +1307,8 @@ class LPLRIndex:
             ids = keep.astype(np.int64)
         # n_build (the rows of the fit) is capped at the rows kept, as a file requires
         state = dataclasses.replace(st, store=st.store.taken(keep), ids=_frozen(ids), removed=None,
-                                    n_build=min(st.n_build, max(len(keep), 1)))
+                                    n_build=min(st.n_build, max(len(keep), 1)),
+                                    ivf_lists=None if st.ivf_lists is None else _frozen(st.ivf_lists[keep]))
         norms2 = st.built("norms2")
         self._commit(state.seeded(norms2=None if norms2 is None else norms2[keep]))
         return self
@@ -1223,7 +1347,13 @@ class LPLRIndex:
         _check_unique(ids, "ids")
         rows = st.rows_of(ids, "ids")
         packed, clipped = self._encode(st, source, progress, "update")
-        state = st.replaced(store=st.store.replaced(rows, packed), n_clipped=st.n_clipped + clipped)
+        ivf_lists = st.ivf_lists
+        if st.nlist is not None:  # the new codes go to their nearest lists; the lists are rebuilt
+            ivf_lists = st.ivf_lists.copy()
+            ivf_lists[rows] = self._assign(st, packed)
+            ivf_lists = _frozen(ivf_lists)
+        state = st.replaced(store=st.store.replaced(rows, packed), n_clipped=st.n_clipped + clipped,
+                            ivf_lists=ivf_lists)
         norms2 = st.built("norms2")
         if norms2 is not None:
             norms2 = norms2.copy()
@@ -1268,7 +1398,8 @@ class LPLRIndex:
         return st is not None and st.encoder.lq.bits == 4 and self.factor == "orthonormal"
 
     def search(self, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None,
-               rescore_with=None, allowed=None, n_threads: int | None = None) -> SearchResult:
+               rescore_with=None, allowed=None, n_threads: int | None = None,
+               nprobe: int | None = None) -> SearchResult:
         """The ``k`` nearest live (and allowed) vectors of each query.
 
         Parameters
@@ -1315,6 +1446,12 @@ class LPLRIndex:
             calling thread only: searches running on other threads keep theirs
             (OpenMP keeps the setting per thread). None leaves the calling
             thread's setting (``faiss.omp_set_num_threads``) as it is.
+        nprobe : int, default=None
+            A partitioned index (``nlist``): the coarse lists fast-scan scans, 1 to
+            :attr:`nlist` (``nlist`` scans every row, as the exhaustive search);
+            None: :attr:`nprobe`, measured at build time. Queries whose scanned
+            lists hold fewer candidates than they need get the exact scan.
+            The exact modes ignore it; an index without the ``nlist`` setting refuses it.
 
         Returns
         -------
@@ -1328,6 +1465,11 @@ class LPLRIndex:
             rerank_factor, "rerank_factor", low=1, high=1 << 20)
         if n_threads is not None:
             n_threads = check_int(n_threads, "n_threads", low=1, high=4096)
+        if nprobe is not None:
+            if self._settings.nlist is None:
+                raise ValueError(f"nprobe={nprobe!r}: this index has no partition (nlist=None): "
+                                 "build it with nlist=... to search lists")
+            nprobe = check_int(nprobe, "nprobe", low=1, high=st.nlist or None)
         Q = check_block(Q, "queries", 0, self.dim)
         if Q.ndim != 2 or Q.shape[0] == 0:
             raise ValueError(f"queries must hold at least one row, got shape {Q.shape}")
@@ -1339,7 +1481,7 @@ class LPLRIndex:
             )
         full = None if rescore_with is None else self._check_full(st, rescore_with)
         if mode == "auto":
-            mode = "fastscan" if self._fastscan_ready(st) else "factored"
+            mode = "fastscan" if self._fastscan_ready(st) or st.nlist is not None else "factored"
         if mode == "fastscan" and st.encoder.lq.bits != 4:
             raise ValueError(
                 f"mode='fastscan' needs 4-bit codes, this index has {st.encoder.lq.bits}-bit codes "
@@ -1353,7 +1495,7 @@ class LPLRIndex:
         kc = min(n_ok, max(kk, factor * kk)) if (mode == "fastscan" or full is not None) else kk
         with _faiss_threads(n_threads):
             if mode == "fastscan":
-                D, I = self._search_fastscan(st, Q, kc if full is not None else kk, kc, mask, n_ok)
+                D, I = self._search_fastscan(st, Q, kc if full is not None else kk, kc, mask, n_ok, nprobe)
             elif mode == "reconstructed":
                 D, I = self._search_flat(st, Q, kc, mask)
             else:
@@ -1375,7 +1517,7 @@ class LPLRIndex:
         D, I = blas.scan(sub, Q, k, norms2=None if norms2 is None else norms2[rows])
         return D, np.where(I >= 0, rows[np.maximum(I, 0)], -1)
 
-    def _search_fastscan(self, st: _State, Q, keep: int, kc: int, mask, n_ok: int):
+    def _search_fastscan(self, st: _State, Q, keep: int, kc: int, mask, n_ok: int, nprobe: int | None = None):
         """Fast-scan candidates (``kc`` per query), re-ranked exactly; the ``keep`` best rows.
 
         With a filter, ``FILTER_OVERFETCH * kc / fraction allowed`` candidates are
@@ -1401,7 +1543,11 @@ class LPLRIndex:
         wins at 0.9 and above everywhere measured and loses at 0.5 on Fashion-MNIST's 2
         b/c codes (its over-fetched candidates cost more than the numpy re-ranker's
         fixed ``kc``): the threshold sits between, at 0.8.
+
+        A partitioned snapshot searches its lists instead (:meth:`_search_ivf`).
         """
+        if st.nlist is not None:
+            return self._search_ivf(st, Q, keep, kc, mask, n_ok, st.nprobe if nprobe is None else nprobe)
         if mask is None:
             D, I, short = st.fastscan().search(Q, kc, keep, st.norms2() if self.metric == "cosine" else None)
             if short.any():
@@ -1421,6 +1567,22 @@ class LPLRIndex:
             kd = int(min(st.n, max(kc, np.ceil(kc / frac))))  # about kc of them allowed
             return fastscan.in_query_chunks(lambda q: self._refined_filtered(st, q, keep, kd, mask, overfetch), Q, kd)
         return overfetch(Q)
+
+    def _search_ivf(self, st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe: int):
+        """The partitioned fast-scan search: ``kc`` candidates from the ``nprobe`` nearest lists
+        (a filter, removed vectors included, applied inside faiss's scan), re-ranked exactly; the
+        ``keep`` best. Queries whose probed lists held fewer than ``kc`` (allowed) candidates get
+        the exact scan of the allowed rows, as does every query when under
+        :data:`FILTER_SCAN_FRACTION` of the rows are allowed (as the exhaustive path does)."""
+        if mask is not None and n_ok / st.n < FILTER_SCAN_FRACTION:
+            return self._scan(st, Q, keep, mask, n_ok)
+        scorer = st.ivf()
+        norms2 = st.norms2() if self.metric == "cosine" else None
+        D, I, short = fastscan.in_query_chunks(
+            lambda q: scorer.search(q, kc, keep, nprobe=nprobe, norms2=norms2, allowed=mask), Q, kc)
+        if short.any():
+            D[short], I[short] = self._scan(st, Q[short], keep, mask, n_ok)
+        return D, I
 
     def _refined_filtered(self, st: Snapshot, Q, keep: int, kd: int, mask, overfetch):
         """:meth:`_search_fastscan` with a filter that allows most rows (removed vectors, say),
@@ -1481,11 +1643,14 @@ class LPLRIndex:
         return flat.search(Q, k, params=params)
 
     # ----------------------------------------------------------- persistence
-    def _header(self, n, rank, bits_l, n_build, n_clipped, kind, fit_error, version: int = LAYOUT_VERSION) -> dict:
+    def _header(self, n, rank, bits_l, n_build, n_clipped, kind, fit_error, version: int = LAYOUT_VERSION,
+                nprobe: int | None = None) -> dict:
         settings = self._settings.to_header(rank=rank)
         if version < 3:  # written before the codec setting: always the scalar codes
             settings.pop("codec")
-        return {
+        if version < IVF_LAYOUT_VERSION:  # written before partitioned search
+            settings.pop("nlist", None)
+        header = {
             "format": "lplr-index",
             "library_version": __version__,
             "settings": settings,
@@ -1497,6 +1662,9 @@ class LPLRIndex:
             "n_build": n_build,
             "n_clipped": n_clipped,
         }
+        if version >= IVF_LAYOUT_VERSION:  # the lists a search scans by default (null: exhaustive)
+            header["nprobe"] = nprobe
+        return header
 
     def _container(self):
         st = self._require_built("save")
@@ -1524,8 +1692,11 @@ class LPLRIndex:
             arrays[name] = st.ids if name == "ids" else _id_bitmap(st.ids)
         if st.removed is not None:
             arrays["removed"] = np.packbits(st.removed, bitorder="little")
+        if st.nlist is not None:
+            arrays["ivf_centroids"] = st.ivf_centroids
+            arrays["ivf_lists"] = ivf_search.pack_lists(st.ivf_lists, st.nlist)
         header = self._header(st.store.n, enc.rank, enc.lq.bits, st.n_build, st.n_clipped, enc.kind, st.fit_error,
-                              version=st.version)
+                              version=st.version, nprobe=st.nprobe)
         return header, arrays, st.version
 
     def save(self, path, *, progress: bool | None = None, force: bool = False) -> int:
@@ -1645,8 +1816,20 @@ class LPLRIndex:
                 raise ValueError(f"vq_groups cover {int((groups[:, 0] * groups[:, 1]).sum())} latent coordinates, "
                                  f"the header says rank={rank}")
             vq_layout = (kind, groups)
+        nlist = nprobe = None
+        if version >= IVF_LAYOUT_VERSION:
+            nprobe = header["nprobe"]
+            if "ivf_centroids" in arrays:
+                cent = arrays["ivf_centroids"]
+                nlist = check_int(cent.shape[0] if cent.ndim == 2 else -1, "ivf_centroids rows", low=1,
+                                  high=MAX_NLIST)
+                if isinstance(s.nlist, int) and nlist != s.nlist:
+                    raise ValueError(f"ivf_centroids holds {nlist} lists, the settings say nlist={s.nlist}")
+                nprobe = check_int(nprobe, "nprobe", low=1, high=nlist)
+            elif s.nlist is None or isinstance(s.nlist, int) or nprobe is not None:
+                raise ValueError(f"nlist={s.nlist!r} and nprobe={nprobe!r} without ivf_centroids")
         expected = index._arrays_meta(n, rank, bits_l, version, ids=ids_layout, removed="removed" in arrays,
-                                      vq=vq_layout)
+                                      vq=vq_layout, ivf=nlist)
         if set(arrays) != set(expected):
             raise ValueError(f"arrays {sorted(arrays)} differ from the expected {sorted(expected)}")
         for key, meta in expected.items():
@@ -1703,9 +1886,20 @@ class LPLRIndex:
         if "removed" in arrays:
             _check_padding_bits(arrays["removed"][None, :], 1, n, "removed")
             removed = np.unpackbits(np.array(arrays["removed"]), count=n, bitorder="little").astype(bool)
+        centroids = lists = None
+        if nlist is not None:
+            centroids = np.array(arrays["ivf_centroids"])
+            if not (np.isfinite(centroids).all() and np.abs(centroids).max(initial=0) <= _MAX_LEVEL):
+                raise ValueError(f"ivf_centroids must be finite with entries of magnitude <= {_MAX_LEVEL:g}")
+            b = ivf_search.list_bits(nlist)
+            _check_padding_bits(arrays["ivf_lists"][None, :], 1, n * b, "ivf_lists")
+            lists = ivf_search.unpack_lists(arrays["ivf_lists"], nlist, n)
+            if lists.size and lists.max() >= nlist:
+                raise ValueError(f"ivf_lists holds list {lists.max()}, the index has {nlist} lists")
         codes = arrays["l_codes"] if mmap else np.array(arrays["l_codes"])
         index._state = _State(encoder, CodeStore(codes), n_build, n_clipped, fit_error, s.metric, version,
-                              ids=_frozen(ids), removed=_frozen(removed))
+                              ids=_frozen(ids), removed=_frozen(removed), ivf_centroids=_frozen(centroids),
+                              ivf_lists=_frozen(lists), nprobe=nprobe)
         return index
 
 
@@ -2017,3 +2211,36 @@ def _progress_bar(progress, n_rows: int, total: int, desc: str, *, threshold: in
 def _vq_layout(enc) -> tuple[str, np.ndarray] | None:
     """``(basis, groups)`` of a grouped-code encoder, None for scalar codes."""
     return (enc.basis, enc.lq.groups) if enc.codec == "vq" else None
+
+
+def _exact_neighbours(source, Q: np.ndarray, rows: np.ndarray, k: int, metric: str) -> list[np.ndarray]:
+    """The ``k`` exact nearest rows of ``source`` of each query, its own row (``rows``) left out:
+    one pass over the blocks (the default ``nprobe``'s measurement)."""
+    if metric == "cosine":
+        Q = _normalize(Q)
+    depth = k + 1
+    best_s = np.full((len(Q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(Q), 0), np.int64)
+    for start, block in source.blocks():
+        B = np.asarray(block, np.float32)
+        if metric == "cosine":
+            B = _normalize(B)
+        S = Q @ B.T
+        if metric == "l2":
+            S = 2 * S - np.einsum("ij,ij->i", B, B)[None, :]
+        S = np.concatenate([best_s, S], axis=1)
+        I = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(B), dtype=np.int64), (len(Q), len(B)))],
+                           axis=1)
+        top = np.argpartition(-S, depth - 1, axis=1)[:, :depth] if S.shape[1] > depth else np.arange(S.shape[1])[None]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable"), 1)
+        best_s, best_i = np.take_along_axis(S, top, 1), np.take_along_axis(I, top, 1)
+    return list(_without_self(best_i, rows, k))
+
+
+def _without_self(I: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row of ``I`` but the query's own row."""
+    out = np.full((len(I), k), -1, np.int64)
+    for q, (ids, own) in enumerate(zip(I, rows)):
+        kept = ids[ids != own][:k]
+        out[q, : len(kept)] = kept
+    return out

@@ -42,6 +42,9 @@ DEFAULT_BITS_PER_COORDINATE = 1.0
 #: How vectors become codes (see ``IndexSettings.codec``).
 CODECS = ("auto", "vq", "scalar")
 
+#: Highest number of coarse lists (``nlist``) accepted.
+MAX_NLIST = 1 << 20
+
 #: Highest number of refinement rounds accepted.
 MAX_REFINE_ITERS = 100
 
@@ -57,12 +60,14 @@ MAX_BITS_PER_COORDINATE = 1e6
 _V1_KEYS = ("bits_l", "bits_per_coordinate", "bits_r", "dim", "metric", "quantizer", "rank", "refine_iters", "seed")
 #: Keys of the ``"settings"`` header object that every writer of a format version wrote:
 #: version 1 (0.1.0) nine, version 2 (0.2.0) added ``factor``, version 3 (0.3.0) ``codec``;
-#: version 4 (0.4.0) has the same keys as 3. A file of that version lacking one is damaged.
+#: version 4 (0.4.0) has the same keys as 3; version 5 (partitioned search) added ``nlist``. A file
+#: of that version lacking one is damaged.
 HEADER_KEYS: dict[int, tuple[str, ...]] = {
     1: _V1_KEYS,
     2: _V1_KEYS + ("factor",),
     3: _V1_KEYS + ("factor", "codec"),
     4: _V1_KEYS + ("factor", "codec"),
+    5: _V1_KEYS + ("factor", "codec", "nlist"),
 }
 #: Keys a version's file may hold without every writer writing them: since 0.2.0 a
 #: re-saved version-1 index (which keeps its layout) carries ``factor``.
@@ -77,6 +82,7 @@ _HEADER_TYPES: dict[str, tuple[tuple[tuple[type, ...], str], bool]] = {
     "dim": (_INT, False), "bits_per_coordinate": (_NUMBER, True), "rank": (_INT, False),
     "bits_l": (_INT, True), "bits_r": (_INT, False), "metric": (_STR, False), "quantizer": (_STR, False),
     "refine_iters": (_INT, False), "seed": (_INT, False), "factor": (_STR, False), "codec": (_STR, False),
+    "nlist": (((int, str), "an integer or a string"), True),
 }
 
 
@@ -129,6 +135,13 @@ class IndexSettings:
         ``"scalar"`` (the paper's settings). See :attr:`codec_used`; at 6
         bits per coordinate and more the index also tries the scalar 8-bit
         codes on a sample and keeps the better.
+    nlist : int, "auto" or None, default=None
+        Partitioned search (:mod:`lplr_index.search.ivf`): the number of coarse
+        lists, 1 to 2^20, trained at build time; ``"auto"`` chooses it from the
+        rows built on (no partition below
+        :data:`lplr_index.index.AUTO_NLIST_MIN_ROWS`, else
+        :func:`lplr_index.search.ivf.default_nlist`); None: exhaustive search.
+        Needs 4-bit codes.
 
     Examples
     --------
@@ -154,6 +167,7 @@ class IndexSettings:
     seed: int = 0
     factor: str = "orthonormal"
     codec: str = "auto"
+    nlist: int | str | None = None
 
     def __post_init__(self) -> None:
         # Same order and messages as LPLRIndex.__init__ had, so errors do not change.
@@ -180,6 +194,19 @@ class IndexSettings:
             raise ValueError(f"codec='vq' stores 4-bit codes: bits_l must be None or 4, got bits_l={bits_l}")
         if codec == "vq" and factor != "orthonormal":
             raise ValueError(f"codec='vq' uses an orthonormal basis: factor must be 'orthonormal', got {factor!r}")
+        nlist = self.nlist
+        if nlist is not None:
+            if isinstance(nlist, str):
+                if nlist != "auto":
+                    raise ValueError(f"nlist must be None, 'auto' or an integer in [1, {MAX_NLIST}], got {nlist!r}")
+            else:
+                nlist = check_int(nlist, "nlist", low=1, high=MAX_NLIST)
+            four = codec == "vq" or bits_l == 4 or (bits_l is None and dataclasses.replace(
+                self, nlist=None).bits_l_used == 4)
+            if not four:
+                raise ValueError(f"nlist={nlist!r} (partitioned search) needs 4-bit codes, these settings give "
+                                 f"{bits_l or dataclasses.replace(self, nlist=None).bits_l_used}-bit codes "
+                                 "(use bits_l=4, a budget of at most 2 bits per coordinate, or nlist=None)")
         seed = check_seed(self.seed)
         if seed is None:
             raise ValueError("seed must be an integer >= 0 (the sketch is regenerated from it), got None")
@@ -195,6 +222,7 @@ class IndexSettings:
             ("seed", seed),
             ("factor", factor),
             ("codec", codec),
+            ("nlist", nlist),
         ):
             object.__setattr__(self, name, value)
 
@@ -240,6 +268,8 @@ class IndexSettings:
             One entry per field, in field order.
         """
         header = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if header["nlist"] is None:  # written by format version 5 only (a partitioned index)
+            header.pop("nlist")
         if rank is not None:
             header["rank"] = check_int(rank, "rank", low=1, high=self.dim)
         return header

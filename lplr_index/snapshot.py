@@ -42,7 +42,7 @@ __all__ = ["Snapshot", "UnknownIdError", "LAYOUT_VERSION", "DERIVED"]
 LAYOUT_VERSION = 4
 #: the search structures a snapshot builds on first use (each at most once; :meth:`Snapshot.derived`
 #: takes other keys too): all derived from the codes alone, so a change of the tombstones keeps them
-DERIVED = ("norms2", "fastscan", "flat")
+DERIVED = ("norms2", "fastscan", "flat", "ivf")
 
 
 class UnknownIdError(KeyError, IndexError):
@@ -75,6 +75,12 @@ class Snapshot:
     ids: np.ndarray | None = None
     #: (n,) bool tombstones of the stored rows, or None: nothing removed
     removed: np.ndarray | None = None
+    #: partitioned search (format version 5): the coarse centroids ``(nlist, rank)`` float32 in the
+    #: latent space, the list of every stored row ``(n,)`` int64, and the default ``nprobe``; None
+    #: for an exhaustive index
+    ivf_centroids: np.ndarray | None = None
+    ivf_lists: np.ndarray | None = None
+    nprobe: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "_built", {})
@@ -227,6 +233,22 @@ class Snapshot:
         """The fast-scan scorer of this snapshot's codes."""
         return self.derived("fastscan", lambda: fastscan.FastScanScorer(self.view))
 
+    @property
+    def nlist(self) -> int | None:
+        """Coarse lists of a partitioned snapshot, None when exhaustive."""
+        return None if self.ivf_centroids is None else len(self.ivf_centroids)
+
+    def ivf(self):
+        """The partitioned fast-scan scorer (:class:`lplr_index.search.ivf.IVFScorer`), its lists
+        made from the stored list numbers (no k-means, no assignment)."""
+        return self.derived("ivf", self._make_ivf)
+
+    def _make_ivf(self):
+        from .search import ivf
+
+        return ivf.IVFScorer.from_assignment(self.view, ivf.padded_centroids(self.encoder, self.ivf_centroids),
+                                             self.ivf_lists)
+
     def flat(self):
         """faiss's flat index of the decoded rows (unit rows for cosine): ``mode="reconstructed"``."""
         return self.derived("flat", self._make_flat)
@@ -278,9 +300,10 @@ def _after_fork_in_child() -> None:
     """A lock another thread of the parent held stays held in a forked child: make new ones."""
     for snap in list(_LOCKED):
         snap._new_locks()
-        scorer = snap._built.get("fastscan")
-        if scorer is not None:
-            scorer._lock = threading.Lock()
+        for key in ("fastscan", "ivf"):
+            scorer = snap._built.get(key)
+            if scorer is not None:
+                scorer._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -256,13 +256,46 @@ def test_version_4_index_resaved_keeps_its_layout(name, tmp_path):
     assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
 
 
+# ------------------------------------------------------------------ version 5
+V5 = Path(__file__).parent / "data" / "format_v5"
+CASES_V5 = sorted(p.stem for p in V5.glob("*.lplr"))
+#: (nlist setting, lists stored, default nprobe) of each version-5 file (see its README.md)
+IVF_V5 = {"auto_vq_l2_b1": ("auto", None, None), "ivf_scalar_ip_ids": (24, 24, 8),
+          "ivf_vq_cosine_b2": (8, 8, 4), "ivf_vq_l2_b1": (16, 16, 4)}
+
+
+def test_the_frozen_version_5_files_are_there():
+    assert CASES_V5 == sorted(IVF_V5)
+
+
+@pytest.mark.parametrize("name", CASES_V5)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_5_files_load_and_search_as_written(name, mmap):
+    container, index = load_frozen(V5, name, 5, mmap)
+    assert (index.settings.nlist, index.nlist, index.nprobe) == IVF_V5[name]
+    assert ("ivf_centroids" in container.arrays) == (index.nlist is not None)
+    assert_searches_as_written(index, V5, name)
+    expected = np.load(V5 / f"{name}.expected.npz")
+    Q = np.load(V5 / "queries.npy")
+    D, I = index.search(Q, 5, nprobe=2) if index.nlist else index.search(Q, 5)
+    assert_answers_as_written(D, I, expected["nprobe2_distances"], expected["nprobe2_indices"], "nprobe=2", index, Q)
+
+
+@pytest.mark.parametrize("name", CASES_V5)
+def test_version_5_index_resaved_keeps_its_layout(name, tmp_path):
+    old, new = resaved(V5 / f"{name}.lplr", tmp_path)
+    assert new.version == 5
+    assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
+
+
 # ------------------------------------------- settings checked against the version
 #: one frozen file of each version (the settings keys do not depend on the file)
 FROZEN = {1: V1 / "cosine_b4.lplr", 2: V2 / "cosine_b4.lplr", 3: V3 / "vq_cosine_b4.lplr",
-          4: V4 / "vq_cosine_b1.lplr"}
+          4: V4 / "vq_cosine_b1.lplr", 5: V5 / "ivf_vq_l2_b1.lplr"}
 #: a value of the wrong JSON type for each settings key
 WRONG_TYPE = {"dim": "24", "bits_per_coordinate": "2.0", "rank": 10.0, "bits_l": True, "bits_r": [8],
-              "metric": 1, "quantizer": None, "refine_iters": 2.5, "seed": "0", "factor": {}, "codec": False}
+              "metric": 1, "quantizer": None, "refine_iters": 2.5, "seed": "0", "factor": {}, "codec": False,
+              "nlist": 16.0}
 
 
 def edited_settings(version: int, edit) -> bytes:
@@ -277,7 +310,7 @@ def edited_settings(version: int, edit) -> bytes:
 def test_every_frozen_version_has_the_keys_its_writer_always_wrote():
     for version, path in FROZEN.items():
         assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version])
-    for folder, version in ((V1, 1), (V2, 2), (V3, 3), (V4, 4)):
+    for folder, version in ((V1, 1), (V2, 2), (V3, 3), (V4, 4), (V5, 5)):
         for path in folder.glob("*.lplr"):
             assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version]), path
     assert set(HEADER_KEYS[FORMAT_VERSION]) == {f.name for f in dataclasses.fields(IndexSettings)}

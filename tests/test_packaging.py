@@ -136,6 +136,10 @@ README_COMMANDS = {
     "bench_faiss": ["benchmarks/bench_faiss.py", "--help"],
     "bench_codes": ["benchmarks/bench_codes.py", "--help"],
     "bench_scale": ["benchmarks/bench_scale.py", "--help"],
+    "bench_threads": ["benchmarks/bench_threads.py", "--help"],
+    "bench_ivf": ["benchmarks/bench_ivf.py", "--help"],
+    "bench_ivf_index": ["benchmarks/bench_ivf_index.py", "--help"],
+    "bench_parquet": ["benchmarks/bench_parquet.py", "--help"],
 }
 
 

@@ -224,3 +224,24 @@ def test_plan_command_line(capsys):
     assert "give --bits-per-coordinate B (a storage budget) or --rank R" in capsys.readouterr().err
     assert main(["-q", "plan", "--n", "3", "--dim", "64", "--rank", "8"]) == 1
     assert "--rank 8 needs at least 8 vectors to build on, got --n=3" in capsys.readouterr().err
+
+
+def test_plan_command_line_with_a_sample_gives_the_build(capsys, tmp_path):
+    """``plan --sample`` runs the build's design choice: with all rows, the build's rank and file
+    size exactly; without a sample, the human-readable plan says the rank and size are bounds."""
+    import json
+
+    from lplr_index.cli import main
+
+    X = data(3000, 48)
+    np.save(tmp_path / "x.npy", X)
+    assert main(["-q", "plan", "--n", "3000", "--dim", "48", "-b", "1", "--sample", str(tmp_path / "x.npy"),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    built = LPLRIndex(48, bits_per_coordinate=1).build(X)
+    assert out["exact"] and (out["rank"], out["file_bytes"]) == (built.rank, built.nbytes)
+    assert main(["-q", "plan", "--n", "3000", "--dim", "48", "-b", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "at most 48 (the data choose it; --sample FILE gives the build's)" in text
+    assert main(["-q", "plan", "--n", "3000", "--dim", "40", "-b", "1", "--sample", str(tmp_path / "x.npy")]) == 1
+    assert "--sample file" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def test_defaults_are_the_fields_defaults_and_the_index_signature():
     assert DEFAULTS == {
         "bits_per_coordinate": None, "rank": None, "bits_l": None, "bits_r": 8,
         "metric": "l2", "quantizer": "mse-col", "refine_iters": 2, "seed": 0, "factor": "orthonormal",
-        "codec": "auto",
+        "codec": "auto", "nlist": None,
     }
     params = inspect.signature(LPLRIndex.__init__).parameters
     index_defaults = {name: p.default for name, p in params.items() if name in DEFAULTS}

@@ -80,6 +80,63 @@ def supported(view: CodeView) -> bool:
     return view.encoder.lq.bits == 4
 
 
+# ------------------------------------------- what the flat and the IVF fast-scan backends share
+def pq_table(enc) -> np.ndarray:
+    """The fast-scan product quantizer's centroids ``(M, 16, dsub)``, float32 contiguous: grouped
+    codes' coarse centroids (groups of g latent coordinates zero-padded to the widest group), or
+    each scalar column's 16 levels."""
+    if enc.codec == "vq":
+        table = enc.lq.table()
+    else:
+        m = enc.rank
+        table = (np.broadcast_to(enc.lq.lo, (m,))[:, None] + (
+            np.arange(16, dtype=np.float32)[None, :] * np.broadcast_to(enc.lq.step, (m,))[:, None]
+        ))[:, :, None]
+    return np.ascontiguousarray(table, np.float32)
+
+
+def flat_codes(packed: np.ndarray, M: int) -> np.ndarray:
+    """faiss's flat codes of packed rows: the first ``M`` codes (the coarse ones come first), whose
+    nibble order (low nibble = even code) is faiss's; an odd ``M`` leaves a high nibble to clear."""
+    if M % 2 == 0:
+        return np.ascontiguousarray(packed[:, : M // 2])
+    out = np.array(packed[:, : (M + 1) // 2])  # a copy: the view's codes stay as they are
+    out[:, -1] &= np.uint8(0x0F)
+    return out
+
+
+def exact_index(enc, table: np.ndarray, M: int, d: int, metric):
+    """An empty flat ``IndexPQ`` whose tables score the whole codes: fast-scan's 4-bit ``table``
+    (flat), or for two-level codes 8 bits per group (centroid ``16 c + f``; one-level groups use
+    their 16 first entries), zero-padded to the same sub-vectors."""
+    import faiss
+
+    if not (enc.codec == "vq" and enc.lq.two_level):
+        table, nbits = table, 4
+    else:
+        lq = enc.lq
+        T = np.zeros((M, KSUB * KSUB, lq.dsub), np.float32)
+        for cl in lq.classes():
+            T[cl.c0 : cl.c0 + cl.count, : len(cl.centroids), : cl.g] = cl.centroids
+        table, nbits = T.ravel(), 8
+    pq = faiss.IndexPQ(d, M, nbits, metric)
+    faiss.copy_array_to_vector(table, pq.pq.centroids)
+    pq.is_trained = True
+    return pq
+
+
+def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
+    """:func:`exact_index`'s codes of packed rows."""
+    if not (enc.codec == "vq" and enc.lq.two_level):
+        return flat_codes(packed, M)
+    lq = enc.lq
+    codes = _unpack(packed, 4, lq.n_codes)
+    out = np.empty((len(codes), lq.n_coarse), np.uint8)
+    for cl in lq.classes():
+        out[:, cl.c0 : cl.c0 + cl.count] = cl.index(codes)
+    return out
+
+
 class FastScanScorer:
     """A faiss ``IndexPQFastScan`` over the codes of a :class:`CodeView`.
 
@@ -106,16 +163,9 @@ class FastScanScorer:
             )
         enc = view.encoder
         metric = faiss.METRIC_INNER_PRODUCT if view.metric == "ip" else faiss.METRIC_L2
-        if enc.codec == "vq":
-            # groups of g latent coordinates, zero-padded to a common width
-            table = enc.lq.table()
-        else:
-            m = enc.rank
-            table = (np.broadcast_to(enc.lq.lo, (m,))[:, None] + (
-                np.arange(16, dtype=np.float32)[None, :] * np.broadcast_to(enc.lq.step, (m,))[:, None]
-            ))[:, :, None]
+        table = pq_table(enc)
         M, _, dsub = table.shape
-        self._table = np.ascontiguousarray(table, np.float32).ravel()
+        self._table = table.ravel()
         self._args = (M * dsub, M, 4, metric)
         self.index = None
         #: whether the re-rank runs in faiss (:meth:`search`): orthonormal rows, where the latent
@@ -138,14 +188,8 @@ class FastScanScorer:
         self._refines = {}  # implem -> IndexRefine over that index and the flat codes
 
     def _packed(self, packed: np.ndarray) -> np.ndarray:
-        """faiss's codes of packed rows: the first M codes (the coarse ones come first), whose
-        nibble order (low nibble = even code) is faiss's; an odd M leaves a high nibble to clear."""
-        M = self._args[1]
-        if M % 2 == 0:
-            return np.ascontiguousarray(packed[:, : M // 2])
-        out = np.array(packed[:, : (M + 1) // 2])  # a copy: the view's codes stay as they are
-        out[:, -1] &= np.uint8(0x0F)
-        return out
+        """faiss's codes of packed rows (:func:`flat_codes`)."""
+        return flat_codes(packed, self._args[1])
 
     def _append(self, packed: np.ndarray) -> None:
         """Add packed code rows without decoding them: an ``IndexPQ`` given the codes,
@@ -169,35 +213,13 @@ class FastScanScorer:
             self.exact.add_sa_codes(self._exact_codes(packed))
 
     def _exact_index(self):
-        """An empty flat ``IndexPQ`` whose tables score the whole codes: fast-scan's 4-bit one,
-        or for two-level codes 8 bits per group (centroid ``16 c + f``; one-level groups use
-        their 16 first entries), zero-padded to the same sub-vectors."""
-        import faiss
-
+        """An empty flat ``IndexPQ`` scoring the whole codes (:func:`exact_index`)."""
         d, M, _, metric = self._args
-        if not self._two_level:
-            table, nbits = self._table, 4
-        else:
-            lq = self.view.encoder.lq
-            T = np.zeros((M, KSUB * KSUB, lq.dsub), np.float32)
-            for cl in lq.classes():
-                T[cl.c0 : cl.c0 + cl.count, : len(cl.centroids), : cl.g] = cl.centroids
-            table, nbits = T.ravel(), 8
-        pq = faiss.IndexPQ(d, M, nbits, metric)
-        faiss.copy_array_to_vector(table, pq.pq.centroids)
-        pq.is_trained = True
-        return pq
+        return exact_index(self.view.encoder, self._table, M, d, metric)
 
     def _exact_codes(self, packed: np.ndarray) -> np.ndarray:
         """:meth:`_exact_index`'s codes of packed rows."""
-        if not self._two_level:
-            return self._packed(packed)
-        lq = self.view.encoder.lq
-        codes = _unpack(packed, 4, lq.n_codes)
-        out = np.empty((len(codes), lq.n_coarse), np.uint8)
-        for cl in lq.classes():
-            out[:, cl.c0 : cl.c0 + cl.count] = cl.index(codes)
-        return out
+        return exact_codes(self.view.encoder, packed, self._args[1])
 
     def nbytes(self) -> int:
         """Bytes faiss holds for the search: fast-scan's blocks of the codes and, where it

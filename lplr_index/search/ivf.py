@@ -59,11 +59,11 @@ import threading
 import numpy as np
 
 from .._validation import check_int
-from ..packing import _unpack
-from ..vq import KSUB
+from .fastscan import exact_codes, exact_index, flat_codes, pq_table
 from .metrics import CodeView, finalize, prepare_queries
 
-__all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST"]
+__all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
+           "pack_lists", "unpack_lists", "latent_centroids", "padded_centroids", "choose_nprobe"]
 
 #: codes per fast-scan block (faiss's ``bbs``)
 BBS = 32
@@ -90,15 +90,8 @@ def default_nlist(n: int) -> int:
 
 
 def _table(enc) -> np.ndarray:
-    """The fast-scan product quantizer's centroids ``(M, 16, dsub)``: grouped codes' coarse
-    centroids zero-padded to the widest group, or each scalar column's 16 levels."""
-    if enc.codec == "vq":
-        return np.ascontiguousarray(enc.lq.table(), np.float32)
-    m = enc.rank
-    lo = np.broadcast_to(enc.lq.lo, (m,))
-    step = np.broadcast_to(enc.lq.step, (m,))
-    return np.ascontiguousarray(
-        (lo[:, None] + np.arange(KSUB, dtype=np.float32)[None, :] * step[:, None])[:, :, None], np.float32)
+    """The fast-scan product quantizer's centroids ``(M, 16, dsub)`` (:func:`fastscan.pq_table`)."""
+    return pq_table(enc)
 
 
 class IVFScorer:
@@ -220,41 +213,15 @@ class IVFScorer:
         return km.centroids
 
     def _flat(self, packed: np.ndarray) -> np.ndarray:
-        """faiss's flat codes of packed rows: the first M codes (coarse ones first), low nibble = even
-        code (the index's own order); an odd M leaves a high nibble to clear."""
-        M = self.M
-        if M % 2 == 0:
-            return np.ascontiguousarray(packed[:, : M // 2])
-        out = np.array(packed[:, : (M + 1) // 2])
-        out[:, -1] &= np.uint8(0x0F)
-        return out
+        """faiss's flat codes of packed rows (:func:`fastscan.flat_codes`)."""
+        return flat_codes(packed, self.M)
 
     def _exact_index(self):
-        """An empty flat ``IndexPQ`` scoring the whole codes (two-level: 8 bits per group)."""
-        import faiss
-
-        if not self._two_level:
-            table, nbits = self._table, 4
-        else:
-            lq = self.view.encoder.lq
-            T = np.zeros((self.M, KSUB * KSUB, lq.dsub), np.float32)
-            for cl in lq.classes():
-                T[cl.c0 : cl.c0 + cl.count, : len(cl.centroids), : cl.g] = cl.centroids
-            table, nbits = T.ravel(), 8
-        pq = faiss.IndexPQ(self.d, self.M, nbits, self._faiss_metric)
-        faiss.copy_array_to_vector(table, pq.pq.centroids)
-        pq.is_trained = True
-        return pq
+        """An empty flat ``IndexPQ`` scoring the whole codes (:func:`fastscan.exact_index`)."""
+        return exact_index(self.view.encoder, self._table, self.M, self.d, self._faiss_metric)
 
     def _exact_codes(self, packed: np.ndarray) -> np.ndarray:
-        if not self._two_level:
-            return self._flat(packed)
-        lq = self.view.encoder.lq
-        codes = _unpack(packed, 4, lq.n_codes)
-        out = np.empty((len(codes), lq.n_coarse), np.uint8)
-        for cl in lq.classes():
-            out[:, cl.c0 : cl.c0 + cl.count] = cl.index(codes)
-        return out
+        return exact_codes(self.view.encoder, packed, self.M)
 
     def _lists(self):
         import faiss
@@ -305,17 +272,23 @@ class IVFScorer:
             faiss.rev_swig_ptr(bil.get_ids(lst), total)[o:] = ids[part]
         self.index.ntotal = int(self.index.ntotal) + len(ids)
 
-    def extend(self, view: CodeView) -> None:
+    def extend(self, view: CodeView, lists: np.ndarray | None = None) -> None:
         """Add the rows of ``view`` past those held, in place (only while this scorer is not
-        shared; a shared one is extended by :meth:`extended`)."""
+        shared; a shared one is extended by :meth:`extended`); ``lists``: the new rows' lists
+        (:meth:`assign` when None)."""
         if view.metric != self.metric or view.codes.shape[1] != self.view.codes.shape[1]:
             raise ValueError(f"extend: the view must be of this scorer's index (metric {self.metric!r}, "
                              f"{self.view.codes.shape[1]}-byte code rows), got metric {view.metric!r} "
                              f"and {view.codes.shape[1]}-byte rows")
+        start = self.ntotal
+        if lists is not None and len(lists) != view.ntotal - start:
+            raise ValueError(f"extend: lists must hold one list per new row ({view.ntotal - start}), got {len(lists)}")
         self.view = view
         for s in range(self.ntotal, view.ntotal, _ADD_ROWS):
             packed = np.asarray(view.codes[s : s + _ADD_ROWS])
-            self._add(self.assign(packed), packed, np.arange(s, s + len(packed), dtype=np.int64))
+            got = self.assign(packed) if lists is None else np.asarray(
+                lists[s - start : s - start + len(packed)], np.int64)
+            self._add(got, packed, np.arange(s, s + len(packed), dtype=np.int64))
             if self.refines:
                 if self.exact is None:
                     self.exact = self._exact_index()
@@ -324,7 +297,7 @@ class IVFScorer:
             self.exact = self._exact_index()
         self.ntotal = view.ntotal
 
-    def extended(self, view: CodeView) -> "IVFScorer":
+    def extended(self, view: CodeView, lists: np.ndarray | None = None) -> "IVFScorer":
         """A scorer of ``view`` whose first :attr:`ntotal` rows are this one's: copies of faiss's
         indexes (``faiss.clone_index``; nothing re-encoded) with the new rows added to their
         lists. This scorer is left as it is."""
@@ -337,7 +310,7 @@ class IVFScorer:
         new._quantizer = faiss.downcast_index(new.index.quantizer)
         if self.exact is not None:
             new.exact = faiss.clone_index(self.exact)
-        new.extend(view)
+        new.extend(view, lists)
         return new
 
     # ------------------------------------------------------- the list-order layout
@@ -625,3 +598,80 @@ class IVFScorer:
             pinv = enc.RT if enc.orthonormal else np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32)
             self._pinv = pinv
         return pinv
+
+
+# ------------------------------------------------------------ what an index file stores
+def list_bits(nlist: int) -> int:
+    """Bits of one stored list number: ``ceil(log2 nlist)``, at least 1."""
+    return max(1, math.ceil(math.log2(max(int(nlist), 2))))
+
+
+def pack_lists(lists: np.ndarray, nlist: int) -> np.ndarray:
+    """Every row's list number in :func:`list_bits` bits, little-endian bit order (uint8)."""
+    b = list_bits(nlist)
+    lists = np.asarray(lists, np.int64)
+    out = np.zeros(-(-len(lists) * b // 8), np.uint8)
+    step = 1 << 16  # rows per block: a multiple of 8, so every block starts on a byte
+    shifts = np.arange(b, dtype=np.int64)
+    for s in range(0, len(lists), step):
+        part = lists[s : s + step]
+        bits = ((part[:, None] >> shifts) & 1).astype(np.uint8).ravel()
+        packed = np.packbits(bits, bitorder="little")
+        out[s * b // 8 : s * b // 8 + len(packed)] = packed
+    return out
+
+
+def unpack_lists(packed: np.ndarray, nlist: int, n: int) -> np.ndarray:
+    """:func:`pack_lists` read back: ``n`` list numbers (int64)."""
+    b = list_bits(nlist)
+    packed = np.asarray(packed)
+    out = np.empty(n, np.int64)
+    step = 1 << 16
+    weights = (np.int64(1) << np.arange(b, dtype=np.int64))
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        part = packed[s * b // 8 : -(-(s + m) * b // 8)]
+        bits = np.unpackbits(part, count=m * b, bitorder="little").reshape(m, b)
+        out[s : s + m] = bits.astype(np.int64) @ weights
+    return out
+
+
+def _positions(enc) -> tuple[np.ndarray, np.ndarray] | None:
+    """Grouped codes: where each latent coordinate sits in fast-scan's padded layout
+    ``(padded columns, latent columns)``; None for scalar codes (no padding)."""
+    if enc.codec != "vq":
+        return None
+    row = enc.lq.pad(np.arange(1, enc.rank + 1, dtype=np.float32)[None, :])[0]
+    pos = np.flatnonzero(row)
+    return pos, row[pos].astype(np.int64) - 1
+
+
+def latent_centroids(enc, centroids: np.ndarray) -> np.ndarray:
+    """Centroids in fast-scan's (padded) layout as ``(nlist, rank)`` latent rows: what a file stores."""
+    where = _positions(enc)
+    if where is None:
+        return np.ascontiguousarray(centroids, np.float32)
+    out = np.zeros((len(centroids), enc.rank), np.float32)
+    out[:, where[1]] = centroids[:, where[0]]
+    return out
+
+
+def padded_centroids(enc, centroids: np.ndarray) -> np.ndarray:
+    """:func:`latent_centroids` undone: ``(nlist, rank)`` latent rows in fast-scan's layout."""
+    c = np.asarray(centroids, np.float32)
+    return np.ascontiguousarray(enc.lq.pad(c) if enc.codec == "vq" else c, np.float32)
+
+
+def choose_nprobe(recall_at, nlist: int, tolerance: float) -> tuple[int, dict[int, float]]:
+    """The smallest power of two ``nprobe`` (or ``nlist``) whose recall ``recall_at(nprobe)`` is
+    within ``tolerance`` of ``recall_at(nlist)`` (the exhaustive first stage), and every recall
+    measured."""
+    measured = {nlist: float(recall_at(nlist))}
+    target = measured[nlist] - tolerance
+    p = 1
+    while p < nlist:
+        measured[p] = float(recall_at(p))
+        if measured[p] >= target:
+            return p, measured
+        p *= 2
+    return nlist, measured
