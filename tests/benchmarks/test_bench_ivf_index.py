@@ -17,7 +17,7 @@ def test_bench_ivf_index_runs_on_a_tiny_set(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "bench_ivf_index.json").read_text())["rows"]
-    assert [r["index"] for r in rows] == ["exhaustive", "lists"]
+    assert [r["index"] for r in rows] == ["exhaustive", "lists", "lists, nprobe = nlist"]
     assert rows[1]["nlist"] >= 1 and 1 <= rows[1]["nprobe"] <= rows[1]["nlist"]
     assert all(0 <= r["recall"] <= 1 and r["qps"] > 0 for r in rows)
     assert "| n | LPLRIndex |" in (tmp_path / "bench_ivf_index.md").read_text()
