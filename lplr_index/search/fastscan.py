@@ -137,6 +137,35 @@ def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
     return out
 
 
+def finish_refined(view: CodeView, Q: np.ndarray, P: np.ndarray, qc2: np.ndarray | None, Dr: np.ndarray,
+                   cand: np.ndarray, keep: int, norms2: np.ndarray | None):
+    """``(D, I, short)`` from faiss's re-rank of the candidates (``Dr``: the latent distances
+    or inner products of the projected queries ``P`` to the ``cand`` rows' whole codes; ``qc2``:
+    cosine's squared norms of the centred queries; -1 past the rows found, which marks a
+    query short). Shared by the exhaustive and the partitioned fast-scan searches."""
+    from . import blas
+
+    mean = view.encoder.mean
+    short = (cand < 0).any(axis=1)
+    if view.metric == "ip":  # einsum, not numpy's BLAS threads (see _projection)
+        I = cand[:, :keep]
+        S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
+        return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
+    pp = np.einsum("ij,ij->i", P, P)[:, None]
+    if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
+        I = cand[:, :keep]
+        return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
+    # cosine: ||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 + ||p - z||^2 (R's rows orthonormal),
+    # so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2, over ||x_hat||; every
+    # candidate scored, the keep best kept (faiss sorted them by distance)
+    n2 = np.asarray(norms2)[np.maximum(cand, 0)]
+    d2 = (qc2 - pp) + Dr
+    qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
+    S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
+    D, I = blas.select(view, Q, S, cand, keep)
+    return D, I, short
+
+
 class FastScanScorer:
     """A faiss ``IndexPQFastScan`` over the codes of a :class:`CodeView`.
 
@@ -328,24 +357,7 @@ class FastScanScorer:
         del Qc
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
         Dr, cand = refine.search(P, int(kc))
-        short = (cand < 0).any(axis=1)
-        if view.metric == "ip":  # einsum, not numpy's BLAS threads (see _projection)
-            I = cand[:, :keep]
-            S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
-            return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
-        pp = np.einsum("ij,ij->i", P, P)[:, None]
-        if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
-            I = cand[:, :keep]
-            return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
-        # cosine: ||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 + ||p - z||^2 (R's rows orthonormal),
-        # so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2, over ||x_hat||; every
-        # candidate scored, the keep best kept (faiss sorted them by distance)
-        n2 = norms2[np.maximum(cand, 0)]
-        d2 = (qc2 - pp) + Dr
-        qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
-        S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
-        D, I = blas.select(view, Q, S, cand, keep)
-        return D, I, short
+        return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
 
     def _projection(self):
         """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries).

@@ -59,8 +59,8 @@ import threading
 import numpy as np
 
 from .._validation import check_int
-from .fastscan import exact_codes, exact_index, flat_codes, pq_table
-from .metrics import CodeView, finalize, prepare_queries
+from .fastscan import exact_codes, exact_index, finish_refined, flat_codes, pq_table
+from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
            "pack_lists", "unpack_lists", "latent_centroids", "padded_centroids", "choose_nprobe"]
@@ -356,16 +356,9 @@ class IVFScorer:
 
     def _fill(self, view: CodeView, lists: np.ndarray) -> None:
         """Add every row of ``view`` to the given lists (a scorer made with ``_add_rows=False``)."""
-        for s in range(0, view.ntotal, _ADD_ROWS):
-            packed = np.asarray(view.codes[s : s + _ADD_ROWS])
-            self._add(lists[s : s + len(packed)], packed, np.arange(s, s + len(packed), dtype=np.int64))
-            if self.refines:
-                if self.exact is None:
-                    self.exact = self._exact_index()
-                self.exact.add_sa_codes(self._exact_codes(packed))
-        if self.refines and self.exact is None:
-            self.exact = self._exact_index()
-        self.ntotal = view.ntotal
+        if self.ntotal != 0:
+            raise ValueError(f"_fill: the scorer must be empty, it holds {self.ntotal} rows")
+        self.extend(view, lists)
 
     @classmethod
     def from_list_order(cls, view: CodeView, centroids, sizes) -> "IVFScorer":
@@ -546,21 +539,7 @@ class IVFScorer:
         del Qc
         Dr, cand = self._refined().search(P, int(kc), params=rp)
         del refs, rp
-        short = (cand < 0).any(axis=1)
-        if view.metric == "ip":
-            I = cand[:, :keep]
-            S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
-            return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
-        pp = np.einsum("ij,ij->i", P, P)[:, None]
-        if view.metric == "l2":
-            I = cand[:, :keep]
-            return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
-        n2 = np.asarray(norms2)[np.maximum(cand, 0)]
-        d2 = (qc2 - pp) + Dr
-        qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
-        S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
-        D, I = blas.select(view, Q, S, cand, keep)
-        return D, I, short
+        return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
 
     def _refined(self):
         """The ``IndexRefine`` over the lists and the flat codes (made once)."""
