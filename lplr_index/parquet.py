@@ -293,11 +293,7 @@ pyarrow.ChunkedArray, pyarrow.Array or pandas.DataFrame
                     f"column= (--column): its columns are {listing}")
             column = found[0]
         for path, schema in schemas:
-            where = f"file {path}" if path is not None else "the table"
-            if schema.get_field_index(column) < 0:
-                raise VectorFileError(f"{self.name}: {where} has no column {column!r}; its columns are "
-                                      f"{', '.join(map(repr, schema.names)) or 'none'}")
-            t = schema.field(column).type
+            where, t = self._field_type(path, schema, column, "column")
             kind = _kind_of(pa, t)
             if kind is None or not _numeric(pa, kind.value):
                 raise VectorFileError(
@@ -310,14 +306,19 @@ pyarrow.ChunkedArray, pyarrow.Array or pandas.DataFrame
                     "float32 vectors (a multiple of 4 bytes)")
         return column
 
+    def _field_type(self, path, schema, name: str, what: str):
+        """``(where, type)`` of the column ``name`` in one file's (or the table's) schema; a
+        missing column is a :class:`VectorFileError` naming the file and the columns it has."""
+        where = f"file {path}" if path is not None else "the table"
+        if schema.get_field_index(name) < 0:
+            raise VectorFileError(f"{self.name}: {where} has no {what} {name!r}; its columns are "
+                                  f"{', '.join(map(repr, schema.names)) or 'none'}")
+        return where, schema.field(name).type
+
     def _check_id_column(self, schemas, id_column: str) -> None:
         pa = self._pa
         for path, schema in schemas:
-            where = f"file {path}" if path is not None else "the table"
-            if schema.get_field_index(id_column) < 0:
-                raise VectorFileError(f"{self.name}: {where} has no id column {id_column!r}; its columns are "
-                                      f"{', '.join(map(repr, schema.names)) or 'none'}")
-            t = schema.field(id_column).type
+            where, t = self._field_type(path, schema, id_column, "id column")
             if not pa.types.is_integer(t):
                 raise VectorFileError(f"{self.name}: {where}, id column {id_column!r} holds {_describe_type(t)}, "
                                       "not integers")
