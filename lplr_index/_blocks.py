@@ -55,9 +55,10 @@ def check_block(block: Any, name: str, start: int, dim: int | None, *, rows: np.
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{name} has {arr.shape[1]} dimensions, but this index holds {dim}-dimensional vectors")
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    if out.size:
-        amax = np.abs(out).max(axis=1) if out.dtype.kind == "f" else None
-        if amax is not None and not (np.isfinite(amax).all() and (amax <= MAX_ABS).all()):
+    # two reductions, no temporary (NaN fails both comparisons); a row and column found only to name them
+    if out.size and not (-MAX_ABS <= out.min() and out.max() <= MAX_ABS):
+        amax = np.abs(out).max(axis=1)
+        if not (np.isfinite(amax).all() and (amax <= MAX_ABS).all()):
             row = int(np.flatnonzero(~(np.isfinite(amax) & (amax <= MAX_ABS)))[0])
             col = int(np.flatnonzero(~(np.isfinite(out[row]) & (np.abs(out[row]) <= MAX_ABS)))[0])
             value = arr[row, col]

@@ -125,3 +125,13 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def progress_bar(progress, n_rows: int, total: int, desc: str, *, threshold: int = 100_000,
+                 unit: str = "rows") -> Progress | None:
+    """The bar of an index operation over ``n_rows`` rows (``total`` units), or None when not
+    shown: ``progress`` False, or None with fewer than ``threshold`` rows, or not a terminal."""
+    if progress is False or (progress is None and n_rows < threshold):
+        return None
+    bar = Progress(total, desc, unit=unit, enabled=None if progress is None else bool(progress))
+    return bar if bar.enabled else None

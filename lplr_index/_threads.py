@@ -11,6 +11,9 @@ shared factor) on one BLAS thread, as scikit-learn does with ``threadpoolctl`` (
 with scikit-learn, a dependency of the library), and
 leaves large products (the passes over the data) to the caller's settings.
 
+:class:`faiss_threads` is a search's ``n_threads=``: faiss's threads for one call, on the
+calling thread only.
+
 :func:`limit_threads` is the command line's ``--threads``: it sets the BLAS libraries
 already loaded (numpy's), the environment read by those loaded later (faiss's own
 OpenBLAS and OpenMP runtime), and faiss's OpenMP threads if faiss is loaded.
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["one_blas_thread", "one_faiss_thread", "limit_threads"]
+__all__ = ["one_blas_thread", "one_faiss_thread", "faiss_threads", "limit_threads"]
 
 
 @contextmanager
@@ -59,6 +63,67 @@ def one_faiss_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(old)
+
+
+class faiss_threads:
+    """Set faiss's OpenMP threads for a block on the calling thread and restore them (no-op for None).
+
+    OpenMP keeps this setting (its ``nthreads-var``) per thread: ``omp_set_num_threads``
+    changes what the calling thread's later parallel regions use, not another thread's
+    (GNU OpenMP, which faiss's wheels bundle, gives a thread that never set it the
+    process's initial value). So a search with ``n_threads`` never changes what a search
+    running on another thread uses, and needs no lock. Whether the runtime loaded does
+    keep it per thread is checked once (:func:`_omp_setting_per_thread`); where it would
+    not, the calls that set it run one at a time under a process-wide lock (searches
+    without ``n_threads`` then run with whatever setting is current).
+    """
+
+    def __init__(self, n: int | None):
+        self.n = n
+        self.locked = False
+
+    def __enter__(self):
+        if self.n is not None:
+            import faiss
+
+            if not _omp_setting_per_thread():
+                _OMP_LOCK.acquire()
+                self.locked = True
+            self.old = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(self.old)
+            if self.locked:
+                self.locked = False
+                _OMP_LOCK.release()
+
+
+#: serialises searches with ``n_threads`` where the OpenMP setting is process-wide
+_OMP_LOCK = threading.Lock()
+_OMP_PER_THREAD: list[bool] = []
+
+
+def _omp_setting_per_thread() -> bool:
+    """Whether the OpenMP runtime faiss uses keeps ``omp_set_num_threads`` per thread: a new
+    thread sets another value, and this thread's must not change (checked once)."""
+    if not _OMP_PER_THREAD:
+        import faiss
+
+        with _OMP_LOCK:
+            if not _OMP_PER_THREAD:
+                mine = faiss.omp_get_max_threads()
+                probe = threading.Thread(target=faiss.omp_set_num_threads, args=(mine + 1,))
+                probe.start()
+                probe.join()
+                after = faiss.omp_get_max_threads()
+                if after != mine:  # a process-wide setting: put it back
+                    faiss.omp_set_num_threads(mine)
+                _OMP_PER_THREAD.append(after == mine)
+    return _OMP_PER_THREAD[0]
 
 
 @contextmanager

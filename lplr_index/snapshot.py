@@ -7,7 +7,10 @@ codes, the rows' norms, the fast-scan scorer (its faiss indexes) and the decoded
 index of ``mode="reconstructed"``. A search takes the index's current snapshot once
 and reads nothing else; a mutation builds the next snapshot (sharing what did not
 change: the encoder, the code buffer an append writes past, the ids, the derived
-structures the change leaves valid) and the index swaps it in whole.
+structures the change leaves valid) and the index swaps it in whole. The successors of
+the mutations are made here: :meth:`Snapshot.appended` (``add``), :meth:`Snapshot.updated`
+(``update``), :meth:`Snapshot.compacted` (``compact``) and :meth:`Snapshot.replaced`
+(``remove``: new tombstones, the same codes and search structures).
 
 The derived structures are built lazily, at most once per snapshot: each under its own
 lock, so two searches racing for one build wait for the same one, and searches that
@@ -31,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .codes import CodeStore
-from .packing import packed_nbytes
+from .ids import compacted_ids
+from .ids import ids_layout as _ids_layout
 from .search import blas, fastscan
 from .search.metrics import CodeView
 from .train import Encoder
@@ -189,6 +193,68 @@ class Snapshot:
                 self._built[key] = _frozen(value) if isinstance(value, np.ndarray) else value
         return self
 
+    def appended(self, packed: np.ndarray, clipped: int, ids: np.ndarray | None = None) -> "Snapshot":
+        """The next snapshot of ``add``: the code rows ``packed`` appended (``clipped`` entries
+        clipped while encoding them), ``ids`` the ids of every row (None: as they are; see
+        :func:`lplr_index.ids.appended_ids`); a partitioned snapshot's new rows go to their
+        nearest lists (no retraining). The search structures searches built for this snapshot
+        are extended for the next one: new arrays and copies of faiss's indexes (searches still
+        running on this one see no change)."""
+        removed = self.removed
+        if removed is not None:
+            removed = _frozen(np.concatenate([removed, np.zeros(len(packed), bool)]))
+        lists, ivf_lists = None, self.ivf_lists
+        if self.nlist is not None:  # new rows go to their nearest lists (no retraining)
+            lists = self.lists_of(packed)
+            ivf_lists = _frozen(np.concatenate([self.ivf_lists, lists]))
+        state = dataclasses.replace(self, store=self.store.appended(packed), n_clipped=self.n_clipped + clipped,
+                                    ids=_frozen(ids) if ids is not None else self.ids, removed=removed,
+                                    ivf_lists=ivf_lists)
+        norms2, scorer, part = self.built("norms2"), self.built("fastscan"), self.built("ivf")
+        if norms2 is not None:
+            norms2 = np.concatenate([norms2, blas.row_norms2(state.view, len(norms2))])
+        return state.seeded(norms2=norms2, fastscan=None if scorer is None else scorer.extended(state.view),
+                            ivf=None if part is None else part.extended(state.view, lists))
+
+    def updated(self, rows: np.ndarray, packed: np.ndarray, clipped: int) -> "Snapshot":
+        """The next snapshot of ``update``: the stored ``rows`` re-encoded as ``packed`` (a new code
+        buffer; ``clipped`` entries clipped), a partitioned snapshot's lists of those rows
+        re-assigned; the rows' norms patched on a copy, the other structures rebuilt on use."""
+        ivf_lists = self.ivf_lists
+        if self.nlist is not None:  # the new codes go to their nearest lists; the lists are rebuilt
+            ivf_lists = self.ivf_lists.copy()
+            ivf_lists[rows] = self.lists_of(packed)
+            ivf_lists = _frozen(ivf_lists)
+        state = self.replaced(store=self.store.replaced(rows, packed), n_clipped=self.n_clipped + clipped,
+                              ivf_lists=ivf_lists)
+        norms2 = self.built("norms2")
+        if norms2 is not None:
+            norms2 = norms2.copy()
+            norms2[rows] = blas.row_norms2(CodeView(self.encoder, packed, self.metric))
+        return state.seeded(norms2=norms2)
+
+    def compacted(self) -> "Snapshot":
+        """The next snapshot of ``compact``: the removed rows dropped (codes, ids, tombstones, lists;
+        ids kept, see :func:`lplr_index.ids.compacted_ids`), the rows' norms carried over."""
+        keep = np.flatnonzero(~self.removed)
+        # n_build (the rows of the fit) is capped at the rows kept, as a file requires
+        state = dataclasses.replace(self, store=self.store.taken(keep), ids=_frozen(compacted_ids(self, keep)),
+                                    removed=None, n_build=min(self.n_build, max(len(keep), 1)),
+                                    ivf_lists=None if self.ivf_lists is None else _frozen(self.ivf_lists[keep]))
+        norms2 = self.built("norms2")
+        return state.seeded(norms2=None if norms2 is None else norms2[keep])
+
+    def lists_of(self, packed: np.ndarray) -> np.ndarray:
+        """The nearest list of each packed code row (of this partitioned snapshot's encoder): its
+        stored centroids."""
+        from .search import ivf
+
+        scorer = self.built("ivf")
+        if scorer is None:
+            scorer = ivf.IVFScorer(self.view, self.nlist, centroids=ivf.padded_centroids(
+                self.encoder, self.ivf_centroids), _add_rows=False)
+        return scorer.assign(packed)
+
     # ------------------------------------------------------------ derived structures
     @property
     def view(self) -> CodeView:
@@ -281,19 +347,6 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
     if a is not None:
         a.setflags(write=False)
     return a
-
-
-def _ids_layout(ids: np.ndarray | None) -> tuple[str, int] | None:
-    """How user ids are saved: ``("ids", n)`` (int64), or ``("id_bitmap", bytes)`` when
-    they increase and a presence bitmap over ``0 .. max(ids)`` is smaller; None without ids."""
-    if ids is None:
-        return None
-    n = len(ids)
-    if n and bool(np.all(ids[1:] > ids[:-1])):
-        nbytes = packed_nbytes(int(ids[-1]) + 1, 1)
-        if nbytes < 8 * n:
-            return ("id_bitmap", nbytes)
-    return ("ids", n)
 
 
 def _after_fork_in_child() -> None:

@@ -240,27 +240,28 @@ def test_n_threads_does_not_change_another_threads_setting():
         stop.set()
         t.join()
     assert seen == {mine}
-    from lplr_index import index as index_module
+    from lplr_index import _threads
 
-    assert index_module._OMP_PER_THREAD == [True]  # checked once, at the first n_threads
+    assert _threads._OMP_PER_THREAD == [True]  # checked once, at the first n_threads
 
 
 def test_n_threads_takes_a_lock_where_the_setting_is_process_wide(monkeypatch):
     # a runtime keeping omp_set_num_threads process-wide: calls that set it run one at a time
-    from lplr_index import index as index_module
+    from lplr_index import _threads
+    from lplr_index.search import router
 
     index = LPLRIndex(DIM, bits_per_coordinate=1).build(data(2000, 0))
-    monkeypatch.setattr(index_module, "_OMP_PER_THREAD", [False])
-    held, real = [], LPLRIndex._search_fastscan
+    monkeypatch.setattr(_threads, "_OMP_PER_THREAD", [False])
+    held, real = [], router.search_fastscan
 
-    def recording(self, *args):
-        held.append(index_module._OMP_LOCK.locked())
-        return real(self, *args)
+    def recording(*args):
+        held.append(_threads._OMP_LOCK.locked())
+        return real(*args)
 
-    monkeypatch.setattr(LPLRIndex, "_search_fastscan", recording)
+    monkeypatch.setattr(router, "search_fastscan", recording)
     index.search(data(3, 1), 5, n_threads=1)
     index.search(data(3, 1), 5)
-    assert held == [True, False] and not index_module._OMP_LOCK.locked()
+    assert held == [True, False] and not _threads._OMP_LOCK.locked()
 
 
 def test_snapshots_and_indexes_pickle_without_their_locks_and_search_structures():

@@ -145,11 +145,10 @@ def test_dask_build_of_4_bit_cosine_codes(codec, ld, client, data):
 def test_dask_build_of_each_codec_is_the_local_build(case, ld, client, data, flat, monkeypatch):
     which, settings, codec, kind = case
     if which == "one-level":  # without two-level designs the scalar codes beat the grouped ones here
-        from lplr_index import index as index_module
-        from lplr_index import vq
+        from lplr_index import builder, vq
 
         monkeypatch.setattr(vq, "CANDIDATE_SIZES", vq.CANDIDATE_SIZES[:-1])
-        monkeypatch.setattr(index_module, "SCALAR_RIVAL_MIN_BITS", 4.0)  # (fitted from 6 bits by default)
+        monkeypatch.setattr(builder, "SCALAR_RIVAL_MIN_BITS", 4.0)  # (fitted from 6 bits by default)
     X = flat if which == "flat" else data
     local = LPLRIndex(DIM, **settings).build(X)
     assert (local.codec, local._state.encoder.kind) == (codec, kind)

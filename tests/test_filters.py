@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import lplr_index.index as index_module
+from lplr_index.search import router
 from lplr_index import LPLRIndex, recall_at_k
 
 METRICS = ("l2", "ip", "cosine")
@@ -84,8 +84,8 @@ FILTERS = ["mask-half", "mask-30pct", "ids-1pct", "ids-10pct", "ids-3", "ids-wit
 
 
 def record_batches(monkeypatch, owner, name: str, at: int) -> list:
-    """Wrap the method ``owner.name`` to record the length of its positional argument ``at``
-    (``self`` is 0: the queries) at every call; returns the list of lengths."""
+    """Wrap the function or method ``owner.name`` to record the length of its positional argument
+    ``at`` (the queries) at every call; returns the list of lengths."""
     sizes = []
     real = getattr(owner, name)
 
@@ -153,9 +153,9 @@ def test_fastscan_falls_back_to_the_exact_scan_when_few_candidates_survive(index
     index = indexes[metric, "default"]
     _, Q = data
     # no over-fetch at all: most candidates are dropped, so most queries need the fallback
-    monkeypatch.setattr(index_module, "FILTER_OVERFETCH", 1e-9)
-    monkeypatch.setattr(index_module, "FILTER_SCAN_FRACTION", 0.0)
-    calls = record_batches(monkeypatch, LPLRIndex, "_scan", 2)
+    monkeypatch.setattr(router, "FILTER_OVERFETCH", 1e-9)
+    monkeypatch.setattr(router, "FILTER_SCAN_FRACTION", 0.0)
+    calls = record_batches(monkeypatch, router, "exact_scan", 1)
     live = index.live_ids
     allowed = live[live % 10 == 0]  # 10 %: about 4 of the 40 candidates survive
     D, I = index.search(Q, K, mode="fastscan", allowed=allowed)
@@ -178,7 +178,7 @@ def test_filtered_fastscan_takes_large_batches_in_query_chunks(indexes, data, mo
     allowed = live[live % 2 == 0]
     want = index.search(Q, K, mode="fastscan", allowed=allowed)
     sizes = record_batches(monkeypatch, fastscan.FastScanScorer, "candidates", 1)
-    kf = int(np.ceil(index_module.FILTER_OVERFETCH * 4 * K / (len(allowed) / index.ntotal)))
+    kf = int(np.ceil(router.FILTER_OVERFETCH * 4 * K / (len(allowed) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kf * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan", allowed=allowed)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)  # products round by batch size
@@ -193,7 +193,9 @@ def test_small_allowed_sets_scan_the_allowed_rows_exactly(indexes, data, monkeyp
     def no_fastscan(self):
         raise AssertionError("fast-scan used for a filter under FILTER_SCAN_FRACTION")
 
-    monkeypatch.setattr(LPLRIndex, "_fastscan", no_fastscan)
+    from lplr_index.snapshot import Snapshot
+
+    monkeypatch.setattr(Snapshot, "fastscan", no_fastscan)  # what a search reads
     allowed = index.live_ids[:: 50]  # 2 % of the rows
     _, I = index.search(Q, K, mode="fastscan", allowed=allowed)
     _, Ie = index.search(Q, K, mode="factored", allowed=allowed)
@@ -298,7 +300,7 @@ def test_mostly_allowed_filters_rerank_in_faiss(indexes, data, metric, monkeypat
     index = indexes[metric, "user"]
     _, Q = data
     allowed = index.live_ids[index.live_ids % 10 != 3]  # about 0.86 of the rows
-    assert len(allowed) / index.ntotal >= index_module.FILTER_REFINE_FRACTION
+    assert len(allowed) / index.ntotal >= router.FILTER_REFINE_FRACTION
     want = {name: index.search(Q, K, mode="fastscan", allowed=a) for name, a in (("tombstones", None),
                                                                                  ("filter", allowed))}
 
@@ -326,11 +328,11 @@ def test_mostly_allowed_filter_missing_the_near_rows_falls_back(indexes, data, m
     Q = data[1][:4]
     _, near = index.search(Q, 8 * K, mode="factored")
     allowed = np.setdiff1d(index.live_ids, near[:, : 6 * K])
-    assert len(allowed) / index.ntotal >= index_module.FILTER_REFINE_FRACTION
-    calls = record_batches(monkeypatch, LPLRIndex, "_filtered_fastscan", 2)
+    assert len(allowed) / index.ntotal >= router.FILTER_REFINE_FRACTION
+    calls = record_batches(monkeypatch, router, "filtered_fastscan", 1)
     D, I = index.search(Q, K, mode="fastscan", allowed=allowed)
     assert sum(calls) == len(Q)  # every query's 40-odd candidates were all among its 60 nearest
-    monkeypatch.setattr(index_module, "FILTER_REFINE_FRACTION", 2.0)  # the over-fetching path alone
+    monkeypatch.setattr(router, "FILTER_REFINE_FRACTION", 2.0)  # the over-fetching path alone
     D2, I2 = index.search(Q, K, mode="fastscan", allowed=allowed)
     np.testing.assert_array_equal(I, I2)
     np.testing.assert_array_equal(D, D2)
@@ -345,7 +347,7 @@ def test_mostly_allowed_filters_take_large_batches_in_query_chunks(indexes, data
     index = indexes["cosine", "default"]
     _, Q = data
     want = index.search(Q, K, mode="fastscan")  # removed vectors only: the faiss re-rank path
-    sizes = record_batches(monkeypatch, LPLRIndex, "_refined_filtered", 2)  # (self, snapshot, queries, ...)
+    sizes = record_batches(monkeypatch, router, "refined_filtered", 1)  # (snapshot, queries, ...)
     kd = int(np.ceil(4 * K / (len(index) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kd * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan")

@@ -5,8 +5,8 @@ level and inside functions alike; ``if TYPE_CHECKING:`` blocks are skipped, they
 run) and resolved to the module it loads; the graph must have no cycle. On top of that,
 the floors the code relies on: the helpers every layer shares (:mod:`lplr_index._common`)
 import nothing of the library but validation, no library module below the command line
-imports the user-facing :mod:`lplr_index.evaluation`, and the codes and their training
-never import the search layer.
+imports the user-facing :mod:`lplr_index.evaluation`, the codes and their training
+never import the search layer, and the parts the index composes never import the index.
 """
 
 from __future__ import annotations
@@ -138,6 +138,22 @@ def test_the_floors():
                   "lplr_index.codes", "lplr_index.factorize", "lplr_index._common"):
         search = sorted(m for m in reaches(edges, codec) | {codec} if m.startswith("lplr_index.search"))
         assert search == [], f"{codec} reaches {search}"
+
+
+
+#: the parts :class:`lplr_index.LPLRIndex` composes: each may be used (and is tested) without the index
+INDEX_PARTS = ("lplr_index.ids", "lplr_index.builder", "lplr_index.snapshot", "lplr_index.sizing",
+               "lplr_index.layout", "lplr_index.search.router")
+
+
+def test_the_index_parts_never_reach_the_index():
+    edges = graph()
+    assert edges["lplr_index.index"] >= set(INDEX_PARTS)  # the index composes them
+    for part in INDEX_PARTS:
+        assert part in edges, f"{part} is not a module of the library"
+        assert "lplr_index.index" not in reaches(edges, part), f"{part} reaches lplr_index.index"
+    # ids are the bottom of the parts: numpy and bit packing only (the snapshot is a type hint)
+    assert edges["lplr_index.ids"] <= {"lplr_index.packing"}
 
 
 def test_the_reader_finds_function_level_imports_and_cycles(tmp_path):

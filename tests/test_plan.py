@@ -125,9 +125,9 @@ def test_a_plan_from_the_data_is_the_build(spectrum):
     n, dim = 2500, 32
     X = spectra(n, dim)[spectrum]
     for bits in (0.5, 1, 2, 4):
-        plan = LPLRIndex.plan(n, dim, bits_per_coordinate=bits, sample=X)
+        plan = LPLRIndex.plan(n, dim, bits_per_coordinate=bits, sample=X, n_queries=5)
         index = LPLRIndex(dim, bits_per_coordinate=bits).build(X)
-        index.search(X[:5], 10)
+        index.search(X[:5], 10)  # the first search the plan describes
         assert plan.exact and plan.codec == index.codec == "vq"
         assert plan.file_bytes == index.nbytes == len(index.to_bytes()), (spectrum, bits)
         assert plan.bits_per_coordinate == index.bits_per_coordinate <= bits

@@ -142,30 +142,42 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
         assert (I == Ie).mean() > 0.9  # observed 1.0
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
     # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
-    # and its projection R (float32); depths on both sides of 20 (40 and 7) use both kernels,
-    # whose setting faiss keeps on the index: a second copy of the blocks
+    # and the projection, R^T padded to the sub-vectors (float32; faiss's copy only once a
+    # batch is large: fastscan.SMALL_PRODUCT)
     flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
-    assert len(scorer._kernels) == 2
-    assert scorer.nbytes() == 2 * scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
+    width = scorer.index.d
+    assert scorer.project.matrix.shape == (64, width) and scorer.index.implem == 0
+    assert scorer.project._lt is None
+    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * width * 64
 
 
-def test_fast_scan_runs_the_query_blocked_kernels_with_the_default_kernels_results(built, queries):
-    # faiss's implem 14 (heap, to 20 results) / 15 (reservoir): faster in batches than its
-    # default 12 / 13, and the same candidates: the same first-stage scores (its 16-bit sums
-    # tie often, so ids may differ at the last tied score)
-    for index in (built["l2", 1], built["ip", 2]):
-        scorer = index._fastscan()
-        P = scorer._layout(blas.latent(index._state.view, queries))
-        for kc, implem in ((8, 14), (40, 15)):
-            scorer.candidates(queries[:2], kc)  # makes the kernel's index (its setting fixed from then on)
-            fs = scorer._kernel(kc)
-            assert fs.implem == implem and scorer._kernel(kc) is fs  # made once
-            D, I = fs.search(P, kc)
-            default = faiss.clone_index(fs)  # the shared index is never changed: a copy
-            default.implem = 0
-            De, Ie = default.search(P, kc)
-            np.testing.assert_array_equal(np.sort(D, axis=1), np.sort(De, axis=1))
-            assert np.mean([len(set(a) & set(b)) for a, b in zip(I, Ie)]) / kc > 0.98  # observed 1.0
+@pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar"])
+def test_small_and_large_batches_project_alike(embeddings, queries, layout, monkeypatch):
+    # numpy projects small batches, faiss large ones (fastscan.SMALL_PRODUCT): the same
+    # padded sub-vectors as the latent rows laid out, and the same results one query at a time
+    from lplr_index import vq
+
+    if layout == "two-level":
+        monkeypatch.setattr(vq, "CANDIDATE_SIZES", (vq.CANDIDATE_SIZES[-1],))
+        kw = dict(bits_per_coordinate=2.03, codec="vq")
+    else:
+        kw = dict(bits_per_coordinate=1, codec="scalar" if layout == "scalar" else "vq")
+    index = LPLRIndex(64, **kw).build(embeddings[:3000])
+    scorer, view = index._fastscan(), index._state.view
+    Q = np.vstack([queries] * 8)
+    Qc = np.ascontiguousarray(Q - view.encoder.mean, np.float32)
+    want = scorer._layout(blas.latent(view, Q))
+    project = scorer.project
+    assert len(Q) * project.matrix.size >= fastscan.SMALL_PRODUCT > project.matrix.size
+    assert project._lt is None
+    np.testing.assert_allclose(project(Qc[:1]), want[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(project(Qc), want, rtol=1e-5, atol=1e-5)
+    assert project._lt is not None  # the large batch made faiss's copy
+    D, I = index.search(queries[:20], 10)
+    for i in range(20):
+        d1, i1 = index.search(queries[i : i + 1], 10)
+        np.testing.assert_allclose(d1[0], D[i], rtol=1e-5, atol=1e-5)
+        assert (i1[0] == I[i]).mean() >= 0.9  # ties at float rounding aside (observed 1.0)
 
 
 def test_other_factors_and_cosine_without_norms_rerank_in_numpy(embeddings, queries):

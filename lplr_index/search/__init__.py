@@ -10,6 +10,9 @@ state:
   tables), a candidate generator whose candidates :mod:`.blas` re-ranks;
 - :mod:`.topk` and :mod:`.metrics`: streaming top-k, merging of partial
   results, and the per-metric score conventions shared by all of them.
+
+:mod:`.router` decides, for one search over one snapshot of the index, the mode, the
+filter's rows and which of these backends run (imported by the index, not here).
 """
 
 from .metrics import CodeView, finalize, pad_results

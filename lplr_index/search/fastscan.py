@@ -54,7 +54,8 @@ import numpy as np
 from .._common import recall_at_k
 from ..packing import _unpack
 from ..vq import KSUB
-from .metrics import CodeView, finalize, prepare_queries
+from . import blas
+from .metrics import CodeView, prepare_queries
 
 #: code rows handed to faiss per block when building (each block's copy is released before the next)
 _ADD_ROWS = 1 << 16
@@ -137,27 +138,88 @@ def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
     return out
 
 
+#: multiply-adds under which OpenBLAS runs a product on one thread (its
+#: ``GEMM_MULTITHREAD_THRESHOLD`` 4 x ``SMP_THRESHOLD_MIN`` 65,536): a batch whose projection
+#: is smaller is projected by numpy, a larger one by faiss (:class:`Projection`)
+SMALL_PRODUCT = 1 << 18
+
+
+class Projection:
+    """Queries to fast-scan's sub-vector layout in one product: centred queries (l2, cosine) or
+    queries (ip) times ``R^T`` zero-padded to faiss's sub-vectors (``dim x M * dsub``, the
+    padding of grouped codes folded into the matrix).
+
+    Small batches (under :data:`SMALL_PRODUCT` multiply-adds: single queries and a few) are
+    projected by numpy, on one BLAS thread: faiss's ``LinearTransform`` costs 7-8 us more per
+    call from Python (measured, 1 x 384 -> 94: 8.4 against 3.4 us; 64 queries 177 against
+    50 us). Larger batches are projected by faiss, on faiss's OpenMP threads: numpy's BLAS
+    threads, still spinning after its product while faiss's threads scan, made 2-thread
+    searches slower than 1-thread ones on this 2-core machine (fortunes, 0.5 b/c, 1,000
+    queries, numpy BLAS and faiss at 2 threads: 27.0 ms with numpy's projection, 14.1 ms with
+    faiss's; both at 1 thread 21.7 / 21.3 ms). The faiss transform is made at the first large
+    batch, under a lock, and never changed.
+    """
+
+    def __init__(self, enc):
+        RT = np.ascontiguousarray(enc.RT, np.float32)  # (dim, rank)
+        self.matrix = np.ascontiguousarray(enc.lq.pad(RT) if enc.codec == "vq" else RT, np.float32)
+        self._lt = None
+        self._lock = threading.Lock()
+
+    def __call__(self, Qc: np.ndarray) -> np.ndarray:
+        """``Qc`` (float32, C-contiguous, centred where the metric is) projected: ``(nq, M * dsub)``."""
+        if len(Qc) * self.matrix.size < SMALL_PRODUCT:
+            return Qc @ self.matrix
+        return self._faiss().apply(Qc)
+
+    def _faiss(self):
+        lt = self._lt
+        if lt is None:
+            import faiss
+
+            with self._lock:
+                lt = self._lt
+                if lt is None:
+                    d, w = self.matrix.shape
+                    lt = faiss.LinearTransform(d, w, False)
+                    faiss.copy_array_to_vector(np.ascontiguousarray(self.matrix.T).ravel(), lt.A)
+                    lt.is_trained = True
+                    self._lt = lt
+        return lt
+
+    def nbytes(self) -> int:
+        """Bytes held: the matrix, and faiss's copy once made."""
+        return self.matrix.nbytes * (1 if self._lt is None else 2)
+
+
+def projection_nbytes(dim: int, width: int, n_queries: int) -> int:
+    """:meth:`Projection.nbytes` after a first search of ``n_queries`` queries: the
+    ``dim x width`` float32 matrix, twice once faiss projects the batch."""
+    return 4 * dim * width * (2 if n_queries * dim * width >= SMALL_PRODUCT else 1)
+
+
 def finish_refined(view: CodeView, Q: np.ndarray, P: np.ndarray, qc2: np.ndarray | None, Dr: np.ndarray,
                    cand: np.ndarray, keep: int, norms2: np.ndarray | None):
     """``(D, I, short)`` from faiss's re-rank of the candidates (``Dr``: the latent distances
     or inner products of the projected queries ``P`` to the ``cand`` rows' whole codes; ``qc2``:
-    cosine's squared norms of the centred queries; -1 past the rows found, which marks a
-    query short). Shared by the exhaustive and the partitioned fast-scan searches."""
-    from . import blas
-
-    mean = view.encoder.mean
+    squared norms ``(nq, 1)`` of the centred queries, l2 and cosine; -1 past the rows found,
+    which marks a query short). Shared by the exhaustive and the partitioned fast-scan searches."""
     short = (cand < 0).any(axis=1)
-    if view.metric == "ip":  # einsum, not numpy's BLAS threads (see _projection)
-        I = cand[:, :keep]
-        S = Dr[:, :keep] + np.einsum("ij,j->i", Q, mean)[:, None]
-        return (*finalize(view, Q, np.where(I >= 0, S, -np.inf), I), short)
+    if view.metric == "ip":  # einsum, not numpy's BLAS threads (see Projection)
+        I = np.ascontiguousarray(cand[:, :keep])
+        D = (Dr[:, :keep] + np.einsum("ij,j->i", Q, view.encoder.mean)[:, None]).astype(np.float32, copy=False)
+        D[I < 0] = -np.inf
+        return D, I, short
     pp = np.einsum("ij,ij->i", P, P)[:, None]
-    if view.metric == "l2":  # ||p - z||^2 = ||p||^2 - (2 <p, z> - ||z||^2), the re-ranker's score
-        I = cand[:, :keep]
-        return (*finalize(view, Q, np.where(I >= 0, pp - Dr[:, :keep], -np.inf), I), short)
-    # cosine: ||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 + ||p - z||^2 (R's rows orthonormal),
-    # so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2, over ||x_hat||; every
-    # candidate scored, the keep best kept (faiss sorted them by distance)
+    if view.metric == "l2":
+        # ||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 + ||p - z||^2 (R's rows orthonormal)
+        I = np.ascontiguousarray(cand[:, :keep])
+        D = (Dr[:, :keep] + (qc2 - pp)).astype(np.float32, copy=False)
+        np.maximum(D, 0, out=D)
+        D[I < 0] = np.inf
+        return D, I, short
+    # cosine: ||q - x_hat||^2 as for l2, so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2,
+    # over ||x_hat||; every candidate scored, the keep best kept (faiss sorted them by distance)
     n2 = np.asarray(norms2)[np.maximum(cand, 0)]
     d2 = (qc2 - pp) + Dr
     qx = 0.5 * (np.einsum("ij,ij->i", Q, Q)[:, None] + n2 - d2)
@@ -176,11 +238,16 @@ class FastScanScorer:
 
     Thread safety: once constructed (or returned by :meth:`extended`) a scorer is
     never changed but for what it builds lazily, under its own lock and published
-    whole: the IndexRefine, the projection, and faiss's kernel setting. faiss keeps
-    that setting (``implem``, chosen by the candidate depth: :meth:`_kernel`) on the
-    index itself, so concurrent searches never change it: the first search fixes it,
-    and a search at a depth that needs the other kernel gets a copy of the blocks
-    with that setting (made once, counted by :meth:`nbytes`).
+    whole: the IndexRefine and faiss's copy of the projection. Its faiss index runs
+    faiss's default kernels (``implem`` 0: 12, heap, to 20 results; 13, reservoir,
+    beyond), which nothing changes.
+
+    The kernels: faiss's query-blocked ones (14 / 15) were measured against its defaults
+    (1 thread, alternating rounds, faiss 1.15.1): slower in every case tried, single
+    queries and batches of 1,000, 10 to 160 results. Fashion-MNIST 1 b/c (305
+    sub-quantizers), 40 results: 1,000 queries 376 against 420 ms, one query 0.52 against
+    0.68 ms; 10^5 x 384 synthetic at 4 b/c (190), 160 results: 464 against 535 ms and 0.59
+    against 0.77 ms; at 1 b/c (94), 40 results, one query 0.27 against 0.36 ms.
     """
 
     def __init__(self, view: CodeView):
@@ -202,7 +269,7 @@ class FastScanScorer:
         self.refines = enc.orthonormal
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
-        self._proj = None  # faiss's projection of the queries (:meth:`_projection`)
+        self.project = Projection(enc)  # queries to the sub-vector layout (refining searches)
         self._pinv = None  # R^+ of a factor whose rows are not orthonormal (:meth:`_projector`)
         self._lazy()
         self.view = view
@@ -210,11 +277,9 @@ class FastScanScorer:
         self.extend(view)
 
     def _lazy(self) -> None:
-        """What searches build on first use: faiss's fast-scan index per kernel setting
-        (:meth:`_kernel`) and the IndexRefine over each (:meth:`_refined`)."""
+        """What searches build on first use: the IndexRefine (:meth:`_refined`)."""
         self._lock = threading.Lock()
-        self._kernels = {}  # implem -> fast-scan index whose implem is that (never changed after)
-        self._refines = {}  # implem -> IndexRefine over that index and the flat codes
+        self._refine = None
 
     def _packed(self, packed: np.ndarray) -> np.ndarray:
         """faiss's codes of packed rows (:func:`flat_codes`)."""
@@ -255,12 +320,9 @@ class FastScanScorer:
         re-ranks, its flat copy of the codes and the projection ``R`` (float32, made at the
         first search)."""
         held = int(self.index.codes.size())
-        held += sum(int(ix.codes.size()) for ix in list(self._kernels.values()) if ix is not self.index)
         if self.exact is not None:
             held += int(self.exact.codes.size())
-        if self._proj is not None:
-            held += 4 * int(self._proj.A.size())
-        return held
+        return held + (self.project.nbytes() if self.refines else 0)
 
     def _layout(self, L: np.ndarray) -> np.ndarray:
         """Latent rows as faiss's sub-vectors (padded for grouped codes), float32 contiguous."""
@@ -288,12 +350,10 @@ class FastScanScorer:
         new = object.__new__(FastScanScorer)
         new.__dict__.update(self.__dict__)
         new._lazy()
-        with self._lock:  # a search may be fixing this index's kernel setting (:meth:`_kernel`)
-            new.index = faiss.clone_index(self.index)
-            if self.exact is not None:
-                new.exact = faiss.clone_index(self.exact)
+        new.index = faiss.clone_index(self.index)
+        if self.exact is not None:
+            new.exact = faiss.clone_index(self.exact)
         new.index.orig_codes = None
-        new.index.implem = 0
         new.extend(view)
         return new
 
@@ -322,7 +382,7 @@ class FastScanScorer:
             P = prepare_queries(view, Q) @ enc.RT
         else:
             P = (prepare_queries(view, Q) - enc.mean) @ self._projector()
-        _, I = self._kernel(kprime).search(self._layout(P), int(kprime))
+        _, I = self.index.search(self._layout(P), int(kprime))
         return I
 
     def search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):
@@ -338,8 +398,6 @@ class FastScanScorer:
 
     def _search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None):
         """:meth:`search` of one chunk of queries."""
-        from . import blas
-
         view = self.view
         Q = prepare_queries(view, Q)
         if not self.refines or (view.metric == "cosine" and norms2 is None):
@@ -347,82 +405,28 @@ class FastScanScorer:
             cand = self.candidates(Q, kc, p)
             D, I = blas.rerank(view, Q, cand, keep, p=p)
             return D, I, (cand < 0).any(axis=1)
-        refine = self._refined(kc)
-        mean = view.encoder.mean
-        # (q - mean) R^T (l2, cosine) or q R^T (ip), projected by faiss (centred first, in float32
-        # as the re-ranker does), padded to faiss's sub-vectors
-        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - mean, np.float32)
-        P = self._layout(self._projection().apply(Qc))
-        qc2 = np.einsum("ij,ij->i", Qc, Qc)[:, None] if view.metric == "cosine" else None
+        # (q - mean) R^T (l2, cosine) or q R^T (ip), centred in float32 as the re-ranker does,
+        # in faiss's padded sub-vectors
+        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - view.encoder.mean, np.float32)
+        P = self.project(Qc)
+        qc2 = None if view.metric == "ip" else np.einsum("ij,ij->i", Qc, Qc)[:, None]
         del Qc
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
-        Dr, cand = refine.search(P, int(kc))
+        Dr, cand = self._refined().search(P, int(kc))
         return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
 
-    def _projection(self):
-        """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries).
-
-        Projecting in faiss keeps the search on faiss's OpenMP threads: numpy's BLAS
-        threads, still spinning after its product while faiss's threads scan, made
-        2-thread searches slower than 1-thread ones on this 2-core machine (fortunes,
-        0.5 b/c, 1,000 queries, numpy BLAS and faiss at 2 threads: 27.0 ms with numpy's
-        projection, 14.1 ms with faiss's; both at 1 thread 21.7 / 21.3 ms).
-        """
-        if self._proj is None:
-            import faiss
-
-            with self._lock:
-                if self._proj is None:
-                    R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)  # (rank, dim)
-                    lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
-                    faiss.copy_array_to_vector(R.ravel(), lt.A)
-                    lt.is_trained = True
-                    self._proj = lt
-        return self._proj
-
-    def _kernel(self, k: int):
-        """faiss's fast-scan index set for ``k`` results: its query-blocked kernels (``implem`` 14,
-        heap, to 20 results; 15, reservoir, beyond) instead of its default 12 / 13. Measured,
-        1 thread, batches of 1,000 queries (fortunes, Fashion-MNIST): 10-35 % faster at 4-160
-        results (Fashion-MNIST 0.5 b/c, 40: 172 -> 125 ms; 1 b/c, 12: 380 -> 258 ms); single
-        queries the same. Results are the same rows.
-
-        The setting lives on the faiss index and a running search reads it, so it is set
-        once per index, under the lock, before any search uses that index (every search
-        gets its index here): the first search's setting goes on :attr:`index`; a search
-        that needs the other one gets a copy of the blocks (``faiss.clone_index``) with it,
-        made once."""
-        implem = 14 if k <= 20 else 15
-        got = self._kernels.get(implem)
+    def _refined(self):
+        """The ``IndexRefine`` over the fast-scan index and the flat codes (made once)."""
+        got = self._refine
         if got is None:
             import faiss
 
             with self._lock:
-                got = self._kernels.get(implem)
+                got = self._refine
                 if got is None:
-                    if not self._kernels:
-                        got = self.index
-                    else:
-                        got = faiss.clone_index(self.index)
-                        got.orig_codes = None
-                    got.implem = implem
-                    self._kernels[implem] = got
-        return got
-
-    def _refined(self, k: int):
-        """The ``IndexRefine`` over :meth:`_kernel` ``(k)`` and the flat codes (made once)."""
-        implem = 14 if k <= 20 else 15
-        got = self._refines.get(implem)
-        if got is None:
-            import faiss
-
-            base = self._kernel(k)
-            with self._lock:
-                got = self._refines.get(implem)
-                if got is None:
-                    got = faiss.IndexRefine(base, self.exact)  # holds neither: self does
+                    got = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
                     got.k_factor = 1.0
-                    self._refines[implem] = got
+                    self._refine = got
         return got
 
     def _projector(self) -> np.ndarray:
@@ -447,8 +451,6 @@ def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, r
     row is left out of its own results and neighbours. Returns the two recalls and the
     scorer (to keep for the index's searches).
     """
-    from . import blas
-
     view = CodeView(encoder, codes, metric)
     scorer = FastScanScorer(view)
     n = view.ntotal

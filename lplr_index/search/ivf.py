@@ -59,7 +59,7 @@ import threading
 import numpy as np
 
 from .._validation import check_int
-from .fastscan import exact_codes, exact_index, finish_refined, flat_codes, pq_table
+from .fastscan import Projection, exact_codes, exact_index, finish_refined, flat_codes, pq_table
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -177,7 +177,7 @@ class IVFScorer:
         self._quantizer = quantizer  # the IVF index holds a raw pointer to it
         self.index = index
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
-        self._proj = None
+        self.project = Projection(view.encoder)  # queries to the sub-vector layout (refining searches)
         self._pinv = None
         self._lazy()
         self.view = view
@@ -441,8 +441,8 @@ class IVFScorer:
                                                        + s["block_padding_bytes"])
         if self.exact is not None:
             held += int(self.exact.codes.size())
-        if self._proj is not None:
-            held += 4 * int(self._proj.A.size())
+        if self.refines:
+            held += self.project.nbytes()
         return int(held)
 
     # ------------------------------------------------------------------ search
@@ -532,10 +532,9 @@ class IVFScorer:
         rp = faiss.IndexRefineSearchParameters()
         rp.k_factor = 1.0
         rp.base_index_params = p
-        mean = view.encoder.mean
-        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - mean, np.float32)
-        P = self._layout(self._projection().apply(Qc))
-        qc2 = np.einsum("ij,ij->i", Qc, Qc)[:, None] if view.metric == "cosine" else None
+        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - view.encoder.mean, np.float32)
+        P = self.project(Qc)
+        qc2 = None if view.metric == "ip" else np.einsum("ij,ij->i", Qc, Qc)[:, None]
         del Qc
         Dr, cand = self._refined().search(P, int(kc), params=rp)
         del refs, rp
@@ -554,20 +553,6 @@ class IVFScorer:
                     got.k_factor = 1.0
                     self._refine = got
         return got
-
-    def _projection(self):
-        """A faiss ``LinearTransform`` by ``R`` (latent coordinates of centred queries)."""
-        if self._proj is None:
-            import faiss
-
-            with self._lock:
-                if self._proj is None:
-                    R = np.ascontiguousarray(self.view.encoder.RT.T, np.float32)
-                    lt = faiss.LinearTransform(R.shape[1], R.shape[0], False)
-                    faiss.copy_array_to_vector(R.ravel(), lt.A)
-                    lt.is_trained = True
-                    self._proj = lt
-        return self._proj
 
     def _projector(self) -> np.ndarray:
         """``R^+`` (dim x rank): ``R^T`` for orthonormal rows."""

@@ -1,4 +1,5 @@
-"""Smoke test of ``benchmarks/bench_latency.py``: both indexes timed, the ratio is theirs (not speed)."""
+"""Smoke test of ``benchmarks/bench_latency.py``: every index timed, the ratios are theirs, the profile's
+stages add up (not speed)."""
 from __future__ import annotations
 
 import json
@@ -12,20 +13,29 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_latency.py"
 
 
-def test_alternating_blocks_time_both_indexes(tmp_path):
+def test_interleaved_rounds_time_every_index_and_profile_the_stages(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--synthetic", "--n", "4000", "--dim", "32", "--bits", "1", "2",
-                           "--queries", "7", "--rounds", "3", "--max-train", "4000", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--queries", "7", "--batch", "50", "--rounds", "3", "--max-train", "4000",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "synthetic-4000x32.json").read_text())
     assert [r["budget"] for r in result["rows"]] == [1.0, 2.0]
     for r in result["rows"]:
-        assert r["queries_timed"] == 21 and r["pq_M"] == int(r["budget"] * 32 / 4)
-        assert r["lplr_ms"] > 0 and r["pq_ms"] > 0
-        assert r["ratio"] == pytest.approx(r["lplr_ms"] / r["pq_ms"])
-        assert r["round_ratio_min"] <= r["round_ratio_max"]
-        assert r["lplr_bits_per_coordinate"] <= r["budget"]
-    assert "ratio" in (tmp_path / "synthetic-4000x32.md").read_text()
+        assert r["pq_name"] == f"PQ{int(r['budget'] * 32 / 4)}x4fs"
+        # PCAR's 32 x 32 PCA fits at 1 b/c of 4,000 rows: its m within the budget (+2 %)
+        assert r["pcar_name"].startswith("PCAR") and r["pcar_bits"] <= 1.02 * r["budget"]
+        assert r["lplr_bits"] <= r["budget"]
+        rivals = [n for n in ("pq", "pcar")]
+        assert r["latency_ratio"] == pytest.approx(r["lplr_ms"] / min(r[f"{n}_ms"] for n in rivals))
+        assert r["qps_ratio"] == pytest.approx(r["lplr_qps"] / max(r[f"{n}_qps"] for n in rivals))
+        assert r["latency_ratio_rounds"][0] <= r["latency_ratio_rounds"][1]
+        assert all(0 <= r[f"{n}_recall"] <= 1 for n in ["lplr", *rivals])
+        for mode in ("single", "batch"):
+            parts = r[f"profile_{mode}_us"]
+            assert set(parts) == {"project", "fastscan", "rerank", "scorer_glue", "index_glue"}
+            assert parts["fastscan"] > 0 and sum(parts.values()) == pytest.approx(r[f"profile_{mode}_total_us"])
+    assert "q/s ratio" in (tmp_path / "synthetic-4000x32.md").read_text()
+    assert (tmp_path / "synthetic-4000x32.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("argv, match", [(["--queries", "0"], "--queries must be >= 1"),

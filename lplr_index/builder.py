@@ -1,0 +1,229 @@
+"""From rows to a snapshot: the design choice and fit of a build, encoding, the coarse lists.
+
+:meth:`LPLRIndex.build <lplr_index.LPLRIndex.build>` checks its input and ids, then runs
+these steps: :func:`fit_design` (grouped codes: the design chosen on a sample, two passes;
+also :meth:`LPLRIndex.plan <lplr_index.LPLRIndex.plan>`'s design choice on a sample) or
+:func:`fit_scalar` (the scalar codes: LPLR and its refinement rounds), then
+:func:`partitioned` (a partitioned index: coarse k-means on the codes' latent rows, every
+row's list, and the default ``nprobe`` measured on the build data). :func:`encode_rows` is
+the encoding pass of ``add`` and ``update``. Each returns new values (codes, encoders,
+snapshots, reports) and changes nothing it is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import layout, sizing
+from ._blocks import ArraySource, LocalExecutor
+from ._common import _normalize_rows
+from ._progress import progress_bar
+from .ids import ids_layout
+from .search import fastscan
+from .search import ivf as ivf_search
+from .search.router import default_rerank_factor
+from .settings import IndexSettings
+from .snapshot import Snapshot, _frozen
+from .train import fit
+from .vq import NoRoom, fit_vq
+
+__all__ = ["SCALAR_RIVAL_MIN_BITS", "NPROBE_QUERIES", "NPROBE_TOLERANCE", "fit_design", "fit_scalar",
+           "encode_rows", "partitioned"]
+
+
+#: ``codec="auto"`` fits the scalar 8-bit codes on the sample beside the grouped designs from
+#: this budget (bits per coordinate) on. Measured, sample recall 10@10 of the best grouped
+#: design against the scalar codes: at 4 bits Fashion-MNIST 0.987 / 0.958, BBC 0.941 / 0.881,
+#: fortunes 0.940 / 0.786, BBC sentences 0.952 / 0.829; at 6 bits the three text sets 0.969 /
+#: 0.951, 0.977 / 0.938, 0.980 / 0.961; at 8 bits the scalar codes win all three (0.982 /
+#: 0.987, 0.985 / 0.990, 0.990 / 0.995). Below this budget their fit only costs time (7 s of
+#: a 31 s Fashion-MNIST build at 4 bits)
+SCALAR_RIVAL_MIN_BITS = 6.0
+#: the build measures the default ``nprobe`` on this many of its rows as queries (seeded)
+NPROBE_QUERIES = 100
+#: the default ``nprobe``: the smallest power of two whose recall 10@10 on those queries is within
+#: this of the exhaustive first stage's (``nprobe = nlist``)
+NPROBE_TOLERANCE = 0.01
+
+
+def fit_design(s: IndexSettings, source: ArraySource, ids, progress, *, n_rows: int | None = None,
+               encode: bool = True):
+    """Grouped codes (:func:`lplr_index.vq.fit_vq`): two passes. With ``codec="auto"`` and
+    a budget at which the scalar codes would be 8-bit, those are fitted on the sample too
+    and, when their recall there is higher, the result has no encoder (build them instead);
+    from :data:`SCALAR_RIVAL_MIN_BITS` only. ``n_rows`` and ``encode``: ``LPLRIndex.plan``'s
+    design choice on a sample of ``n_rows`` rows, without the encoding pass (see ``fit_vq``).
+    Returns the result of ``fit_vq`` and the build's report of the designs it compared."""
+    n = source.n if n_rows is None else n_rows
+    id_layout = ids_layout(ids)
+    rival = None
+    scalar = dataclasses.replace(s, codec="scalar", nlist=None)
+    # the 8-bit scalar codes are no rival of a partitioned index: its lists need 4-bit codes
+    if (s.codec == "auto" and s.nlist is None and s.bits_per_coordinate is not None and scalar.bits_l_used == 8
+            and s.bits_per_coordinate >= SCALAR_RIVAL_MIN_BITS):
+        try:
+            rank = sizing.rank_for_budget(s, n, 8, ids=id_layout)
+        except ValueError:
+            rank = None
+        if rank is not None:
+            def rival(raw):
+                from .train import fit_array
+
+                fitted = fit_array(raw, min(rank, len(raw)), 8, s.bits_r, s.quantizer, s.seed, s.refine_iters,
+                                   factor=s.factor, normalize=s.metric == "cosine").encoder
+                L = fitted.lq.decode(fitted.lq.encode(fitted.prepare(raw) @ fitted.T))
+                return L @ fitted.R + fitted.mean
+
+    def file_bits(basis, groups):
+        return 8 * layout.file_nbytes(s, n, 1, 4, ids=id_layout, vq=(basis, groups))
+
+    budget = None if s.bits_per_coordinate is None else s.bits_per_coordinate * n * s.dim
+    bar = progress_bar(progress, n, 2 * n, "build (2 passes)")
+    passes = []
+
+    def on_pass(name):  # a two-level design that fails its full-scale check: encoded twice
+        passes.append(name)
+        if bar is not None and len(passes) > 2:
+            bar.total += n
+            bar.desc = f"build ({len(passes)} passes)"
+
+    try:
+        executor = LocalExecutor(source, progress=None if bar is None else bar.update)
+        try:
+            result = fit_vq(executor, budget, file_bits, bits_r=s.bits_r, scheme=s.quantizer, seed=s.seed,
+                            metric=s.metric, rank=s.rank, rival=rival, on_pass=on_pass,
+                            first_stage=fastscan.first_stage_recall, n_rows=n_rows, encode=encode)
+        except NoRoom:
+            need = file_bits("rotation", np.array([[1, 1, 1]], np.int32)) / (n * s.dim)
+            with_ids = " and their user ids" if ids is not None else ""
+            raise ValueError(
+                f"bits_per_coordinate={s.bits_per_coordinate:g} cannot hold even a rank-1 index of {n} "
+                f"vectors of dimension {s.dim}{with_ids} (one 4-bit code per vector): that needs "
+                f"{need:.3f} bits per coordinate (add more vectors or raise the budget)") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    chosen = ({"basis": result.encoder.basis, "groups": result.encoder.lq.groups.tolist()}
+              if result.encoder is not None else {"basis": "scalar"})
+    report = {"chosen": chosen,
+              "candidates": [dict(zip(("basis", "sizes", "groups", "sample_recall", "sample_error",
+                                       "model_ratio"), c)) for c in result.candidates],
+              "not_fitted": [dict(zip(("basis", "sizes", "groups", "model_ratio"), c))
+                             for c in result.not_fitted],
+              "full_check": result.full_check}
+    return result, report
+
+
+def fit_scalar(s: IndexSettings, source: ArraySource, rank: int, bits_l: int, progress):
+    """The scalar codes (:func:`lplr_index.train.fit`) at ``rank`` and ``bits_l``: ``2 + refine_iters``
+    passes; the fit's result (encoder, codes, error)."""
+    n = source.n
+    bar = progress_bar(progress, n, (2 + s.refine_iters) * n, f"build ({2 + s.refine_iters} passes)")
+    try:
+        executor = LocalExecutor(source, progress=None if bar is None else bar.update)
+        return fit(
+            executor, rank, bits_l, s.bits_r, s.quantizer, s.seed, s.refine_iters,
+            factor=s.factor, normalize=s.metric == "cosine",
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def encode_rows(encoder, source: ArraySource, progress, desc: str) -> tuple[np.ndarray, int]:
+    """Packed codes of every row of ``source`` (one pass, with ``encoder``) and the count of clipped entries."""
+    bar = progress_bar(progress, source.n, source.n, desc)
+    try:
+        blocks, clipped = [], 0
+        for _, block in source.blocks():
+            packed, c = encoder.encode(block)
+            blocks.append(packed)
+            clipped += c
+            if bar is not None:
+                bar.update(len(block))
+    finally:
+        if bar is not None:
+            bar.close()
+    return np.concatenate(blocks), clipped
+
+
+def partitioned(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[int, float] | None]:
+    """``st`` with its coarse lists (``nlist`` set, and the rows enough for ``"auto"``): faiss
+    k-means on a seeded sample of the codes' latent rows, every row assigned to its nearest
+    centroid, and the default ``nprobe`` measured (:func:`measure_nprobe`); with the
+    ``{nprobe: recall}`` of that measurement (None without lists)."""
+    nlist = layout.nlist_for(s, st.n)
+    if nlist is None:
+        return st, None
+    if st.encoder.lq.bits != 4:
+        raise ValueError(f"nlist={s.nlist!r} (partitioned search) needs 4-bit codes, the build "
+                         f"chose {st.encoder.lq.bits}-bit codes (codec={s.codec!r}): use "
+                         "codec='vq' or nlist=None")
+    if nlist > st.n:
+        raise ValueError(f"nlist={nlist} lists need at least {nlist} vectors to train the coarse quantizer, "
+                         f"got {st.n} (use a smaller nlist or nlist='auto')")
+    scorer = ivf_search.IVFScorer(st.view, nlist, seed=s.seed)
+    nprobe, report = measure_nprobe(s, st, scorer, source)
+    centroids = ivf_search.latent_centroids(st.encoder, scorer.centroids)
+    st = st.replaced(keep=("fastscan", "norms2"), derived={"ivf": scorer},
+                     ivf_centroids=_frozen(centroids), ivf_lists=_frozen(scorer.assignment()), nprobe=nprobe)
+    return st, report
+
+
+def measure_nprobe(s: IndexSettings, st: Snapshot, scorer, source) -> tuple[int, dict[int, float]]:
+    """The default ``nprobe``: on :data:`NPROBE_QUERIES` seeded rows of the build data as queries
+    (each one's own row left out of its neighbours), the smallest power of two whose recall
+    10@10 against the exact neighbours (one pass over the data) is within
+    :data:`NPROBE_TOLERANCE` of the exhaustive first stage's (``nprobe = nlist``), re-ranked
+    as a search does. Returns it and ``{nprobe: recall}`` of every nprobe tried."""
+    n, nlist = st.n, scorer.nlist
+    k = min(10, n - 1)
+    if k < 1 or nlist == 1:
+        return nlist, {}
+    rows = np.sort(np.random.default_rng(s.seed).choice(n, min(NPROBE_QUERIES, n), replace=False))
+    Q = np.asarray(source.take(rows), np.float32)
+    truth = _exact_neighbours(source, Q, rows, k, s.metric)
+    norms2 = st.norms2() if s.metric == "cosine" else None
+    kc = min(n, default_rerank_factor(st.encoder) * (k + 1))
+
+    def recall(nprobe):
+        _, I, _ = scorer.search(Q, kc, k + 1, nprobe=nprobe, norms2=norms2)
+        got = _without_self(I, rows, k)
+        return np.mean([len(np.intersect1d(g[g >= 0], t)) for g, t in zip(got, truth)]) / k
+
+    return ivf_search.choose_nprobe(recall, nlist, NPROBE_TOLERANCE)
+
+
+def _exact_neighbours(source, Q: np.ndarray, rows: np.ndarray, k: int, metric: str) -> list[np.ndarray]:
+    """The ``k`` exact nearest rows of ``source`` of each query, its own row (``rows``) left out:
+    one pass over the blocks (the default ``nprobe``'s measurement)."""
+    if metric == "cosine":
+        Q = _normalize_rows(Q)
+    depth = k + 1
+    best_s = np.full((len(Q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(Q), 0), np.int64)
+    for start, block in source.blocks():
+        B = np.asarray(block, np.float32)
+        if metric == "cosine":
+            B = _normalize_rows(B)
+        S = Q @ B.T
+        if metric == "l2":
+            S = 2 * S - np.einsum("ij,ij->i", B, B)[None, :]
+        S = np.concatenate([best_s, S], axis=1)
+        I = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(B), dtype=np.int64), (len(Q), len(B)))],
+                           axis=1)
+        top = np.argpartition(-S, depth - 1, axis=1)[:, :depth] if S.shape[1] > depth else np.arange(S.shape[1])[None]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable"), 1)
+        best_s, best_i = np.take_along_axis(S, top, 1), np.take_along_axis(I, top, 1)
+    return list(_without_self(best_i, rows, k))
+
+
+def _without_self(I: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of each row of ``I`` but the query's own row."""
+    out = np.full((len(I), k), -1, np.int64)
+    for q, (ids, own) in enumerate(zip(I, rows)):
+        kept = ids[ids != own][:k]
+        out[q, : len(kept)] = kept
+    return out
