@@ -26,6 +26,8 @@ def _import_problem(modules) -> str | None:
 
 
 collect_ignore = []
+#: the frozen files' writers (run once, by hand) are data, not tests: --doctest-modules would import them
+collect_ignore_glob = ["tests/data/*"]
 _REASONS = []
 for _path, _modules in _EXTRA_MODULES.items():
     _problem = _import_problem(_modules)
