@@ -222,7 +222,7 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         search = fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
         # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank the flat
         # codes (as many bytes again, or one byte per coarse code of two-level codes: a bound)
-        # and the projection (R^T padded to fast-scan's sub-vectors, estimated as dim x rank float32)
+        # and the projection (R^T, dim x rank float32; rank a bound)
         flat = n * (n_codes if two else (n_codes + 1) // 2) + projection_nbytes(dim, rank, n_queries)
         fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
     else:
@@ -253,7 +253,7 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
         fs_bytes = -(-n // 32) * 32 * ((M + 1) // 2) + n * (M if two else (M + 1) // 2) + projection_nbytes(
-            dim, M * enc.lq.dsub, n_queries)
+            dim, rank, n_queries)
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0

@@ -142,13 +142,12 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
         assert (I == Ie).mean() > 0.9  # observed 1.0
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
     # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
-    # and the projection, R^T padded to the sub-vectors (float32; faiss's copy only once a
-    # batch is large: fastscan.SMALL_PRODUCT)
+    # and the projection R^T (float32; faiss's copy only once a batch is large:
+    # fastscan.SMALL_PRODUCT)
     flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
-    width = scorer.index.d
-    assert scorer.project.matrix.shape == (64, width) and scorer.index.implem == 0
-    assert scorer.project._lt is None
-    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * width * 64
+    assert scorer.project.matrix.shape == (64, enc.rank) and scorer.project.width == scorer.index.d
+    assert scorer.index.implem == 0 and scorer.project._lt is None
+    assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
 @pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar"])

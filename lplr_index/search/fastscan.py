@@ -144,10 +144,24 @@ def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
 SMALL_PRODUCT = 1 << 18
 
 
+def pad_positions(enc) -> tuple[np.ndarray, np.ndarray] | None:
+    """Grouped codes: where each latent coordinate sits in fast-scan's padded sub-vector layout
+    ``(padded columns, latent columns)``; None where the layout is the latent row itself (scalar
+    codes, or groups all of one size)."""
+    if enc.codec != "vq":
+        return None
+    row = enc.lq.pad(np.arange(1, enc.rank + 1, dtype=np.float32)[None, :])[0]
+    if len(row) == enc.rank and np.array_equal(row, np.arange(1, enc.rank + 1)):
+        return None
+    pos = np.flatnonzero(row)
+    return pos, row[pos].astype(np.int64) - 1
+
+
 class Projection:
-    """Queries to fast-scan's sub-vector layout in one product: centred queries (l2, cosine) or
-    queries (ip) times ``R^T`` zero-padded to faiss's sub-vectors (``dim x M * dsub``, the
-    padding of grouped codes folded into the matrix).
+    """Queries to fast-scan's sub-vector layout: centred queries (l2, cosine) or queries (ip)
+    times ``R^T`` (``dim x rank``), then zero-padded to faiss's sub-vectors where groups of
+    several sizes share them (a scatter; the padding is not multiplied: a layout of groups of
+    1 and 8 coordinates is up to 8 times wider than the rank).
 
     Small batches (under :data:`SMALL_PRODUCT` multiply-adds: single queries and a few) are
     projected by numpy, on one BLAS thread: faiss's ``LinearTransform`` costs 7-8 us more per
@@ -161,16 +175,20 @@ class Projection:
     """
 
     def __init__(self, enc):
-        RT = np.ascontiguousarray(enc.RT, np.float32)  # (dim, rank)
-        self.matrix = np.ascontiguousarray(enc.lq.pad(RT) if enc.codec == "vq" else RT, np.float32)
+        self.matrix = np.ascontiguousarray(enc.RT, np.float32)  # (dim, rank)
+        self._pad = pad_positions(enc)
+        self.width = enc.rank if self._pad is None else int(enc.lq.n_coarse * enc.lq.dsub)
         self._lt = None
         self._lock = threading.Lock()
 
     def __call__(self, Qc: np.ndarray) -> np.ndarray:
-        """``Qc`` (float32, C-contiguous, centred where the metric is) projected: ``(nq, M * dsub)``."""
-        if len(Qc) * self.matrix.size < SMALL_PRODUCT:
-            return Qc @ self.matrix
-        return self._faiss().apply(Qc)
+        """``Qc`` (float32, C-contiguous, centred where the metric is) projected: ``(nq, width)``."""
+        Z = Qc @ self.matrix if len(Qc) * self.matrix.size < SMALL_PRODUCT else self._faiss().apply(Qc)
+        if self._pad is None:
+            return Z
+        out = np.zeros((len(Z), self.width), np.float32)
+        out[:, self._pad[0]] = Z[:, self._pad[1]]
+        return out
 
     def _faiss(self):
         lt = self._lt
@@ -192,10 +210,10 @@ class Projection:
         return self.matrix.nbytes * (1 if self._lt is None else 2)
 
 
-def projection_nbytes(dim: int, width: int, n_queries: int) -> int:
+def projection_nbytes(dim: int, rank: int, n_queries: int) -> int:
     """:meth:`Projection.nbytes` after a first search of ``n_queries`` queries: the
-    ``dim x width`` float32 matrix, twice once faiss projects the batch."""
-    return 4 * dim * width * (2 if n_queries * dim * width >= SMALL_PRODUCT else 1)
+    ``dim x rank`` float32 matrix, twice once faiss projects the batch."""
+    return 4 * dim * rank * (2 if n_queries * dim * rank >= SMALL_PRODUCT else 1)
 
 
 def finish_refined(view: CodeView, Q: np.ndarray, P: np.ndarray, qc2: np.ndarray | None, Dr: np.ndarray,

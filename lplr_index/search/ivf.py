@@ -59,7 +59,7 @@ import threading
 import numpy as np
 
 from .._validation import check_int
-from .fastscan import Projection, exact_codes, exact_index, finish_refined, flat_codes, pq_table
+from .fastscan import Projection, exact_codes, exact_index, finish_refined, flat_codes, pad_positions, pq_table
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -600,19 +600,9 @@ def unpack_lists(packed: np.ndarray, nlist: int, n: int) -> np.ndarray:
     return out
 
 
-def _positions(enc) -> tuple[np.ndarray, np.ndarray] | None:
-    """Grouped codes: where each latent coordinate sits in fast-scan's padded layout
-    ``(padded columns, latent columns)``; None for scalar codes (no padding)."""
-    if enc.codec != "vq":
-        return None
-    row = enc.lq.pad(np.arange(1, enc.rank + 1, dtype=np.float32)[None, :])[0]
-    pos = np.flatnonzero(row)
-    return pos, row[pos].astype(np.int64) - 1
-
-
 def latent_centroids(enc, centroids: np.ndarray) -> np.ndarray:
     """Centroids in fast-scan's (padded) layout as ``(nlist, rank)`` latent rows: what a file stores."""
-    where = _positions(enc)
+    where = pad_positions(enc)
     if where is None:
         return np.ascontiguousarray(centroids, np.float32)
     out = np.zeros((len(centroids), enc.rank), np.float32)
