@@ -356,7 +356,7 @@ def _after_fork_in_child() -> None:
         for key in ("fastscan", "ivf"):
             scorer = snap._built.get(key)
             if scorer is not None:
-                scorer._lock = threading.Lock()
+                scorer.after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -278,6 +278,21 @@ def test_snapshots_and_indexes_pickle_without_their_locks_and_search_structures(
     assert len(back) == 2010 and len(index) == 2000
 
 
+def child_report(pid: int, read: int, write: int) -> int:
+    """The byte a forked child wrote to the pipe before exiting; fails the test if it hangs."""
+    os.close(write)
+    deadline = time.time() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
+    got = os.read(read, 1)
+    os.close(read)
+    return got[0]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_searches_and_mutates():
     index = LPLRIndex(DIM, bits_per_coordinate=1).build(data(20_000, 0))
@@ -299,14 +314,34 @@ def test_a_forked_child_searches_and_mutates():
         finally:
             os.write(write, bytes([ok]))
             os._exit(0)
-    os.close(write)
-    deadline = time.time() + 60
-    while os.waitpid(pid, os.WNOHANG) == (0, 0):
-        if time.time() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung")
-        time.sleep(0.05)
-    assert os.read(read, 1) == bytes([2])
-    os.close(read)
+    assert child_report(pid, read, write) == 2
     assert len(index) == 20_000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_gets_new_locks_for_the_search_structures():
+    # a lock another thread of the parent held at the fork stays held in the child: the
+    # fast-scan scorer's lock and its projection's (faiss's copy is made under it at the first
+    # large batch) are made anew there
+    from lplr_index.search import fastscan
+
+    index = LPLRIndex(DIM, bits_per_coordinate=1).build(data(5_000, 0))
+    index.search(data(2, 1), 10)
+    scorer = index._fastscan()
+    Q = data(1 + fastscan.SMALL_PRODUCT // scorer.project.matrix.size, 3)  # large: faiss projects it
+    assert scorer.project._lt is None
+    held = [scorer._lock, scorer.project._lock]
+    for lock in held:
+        lock.acquire()  # as a thread of the parent would, at the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ok = 0
+        try:
+            ok = int(index.search(Q, 10).indices.shape == (len(Q), 10))
+        finally:
+            os.write(write, bytes([ok]))
+            os._exit(0)
+    for lock in held:
+        lock.release()
+    assert child_report(pid, read, write) == 1

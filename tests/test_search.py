@@ -165,7 +165,7 @@ def test_small_and_large_batches_project_alike(embeddings, queries, layout, monk
     scorer, view = index._fastscan(), index._state.view
     Q = np.vstack([queries] * 8)
     Qc = np.ascontiguousarray(Q - view.encoder.mean, np.float32)
-    want = scorer._layout(blas.latent(view, Q))
+    want = view.encoder.lq.pad(blas.latent(view, Q)) if view.encoder.codec == "vq" else blas.latent(view, Q)
     project = scorer.project
     assert len(Q) * project.matrix.size >= fastscan.SMALL_PRODUCT > project.matrix.size
     assert project._lt is None

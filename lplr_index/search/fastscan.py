@@ -176,6 +176,8 @@ class Projection:
 
     def __init__(self, enc):
         self.matrix = np.ascontiguousarray(enc.RT, np.float32)  # (dim, rank)
+        self._enc = enc
+        self._pinv = None  # R^+ of a factor whose rows are not orthonormal (:meth:`least_squares`)
         self._pad = pad_positions(enc)
         self.width = enc.rank if self._pad is None else int(enc.lq.n_coarse * enc.lq.dsub)
         self._lt = None
@@ -183,12 +185,30 @@ class Projection:
 
     def __call__(self, Qc: np.ndarray) -> np.ndarray:
         """``Qc`` (float32, C-contiguous, centred where the metric is) projected: ``(nq, width)``."""
-        Z = Qc @ self.matrix if len(Qc) * self.matrix.size < SMALL_PRODUCT else self._faiss().apply(Qc)
+        return self.lay_out(Qc @ self.matrix if len(Qc) * self.matrix.size < SMALL_PRODUCT
+                            else self._faiss().apply(Qc))
+
+    def lay_out(self, Z: np.ndarray) -> np.ndarray:
+        """Latent rows ``(n, rank)`` as faiss's sub-vectors ``(n, width)``, float32 contiguous."""
         if self._pad is None:
-            return Z
+            return np.ascontiguousarray(Z, np.float32)
         out = np.zeros((len(Z), self.width), np.float32)
         out[:, self._pad[0]] = Z[:, self._pad[1]]
         return out
+
+    def after_fork(self) -> None:
+        """A new lock in a forked child (one another thread of the parent held stays held)."""
+        self._lock = threading.Lock()
+
+    def least_squares(self) -> np.ndarray:
+        """``R^+`` (dim x rank): least-squares latent coordinates of a (centred) query; ``R^T``
+        for orthonormal rows."""
+        pinv = self._pinv
+        if pinv is None:  # built, then published: two racing searches may both build it, alike
+            enc = self._enc
+            pinv = enc.RT if enc.orthonormal else np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32)
+            self._pinv = pinv
+        return pinv
 
     def _faiss(self):
         lt = self._lt
@@ -246,7 +266,54 @@ def finish_refined(view: CodeView, Q: np.ndarray, P: np.ndarray, qc2: np.ndarray
     return D, I, short
 
 
-class FastScanScorer:
+class RefiningScorer:
+    """What the exhaustive (:class:`FastScanScorer`) and the partitioned
+    (:class:`lplr_index.search.ivf.IVFScorer`) fast-scan scorers share: faiss's exact re-rank of
+    their candidates, an ``IndexRefine`` over their fast-scan ``index`` and the flat codes
+    ``exact`` (made once, under a lock, by the first search that needs it), fed the queries
+    their ``project`` lays out."""
+
+    def _lazy(self) -> None:
+        """What searches build on first use: the IndexRefine (:meth:`_refined`)."""
+        self._lock = threading.Lock()
+        self._refine = None
+
+    def after_fork(self) -> None:
+        """New locks in a forked child (one another thread of the parent held stays held)."""
+        self._lock = threading.Lock()
+        self.project.after_fork()
+
+    def _refined(self):
+        """The ``IndexRefine`` over the fast-scan index and the flat codes (made once)."""
+        got = self._refine
+        if got is None:
+            import faiss
+
+            with self._lock:
+                got = self._refine
+                if got is None:
+                    got = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
+                    got.k_factor = 1.0
+                    self._refine = got
+        return got
+
+    def _search_refined(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None, params=None):
+        """Both stages in faiss for prepared queries ``Q`` (:func:`finish_refined`'s ``(D, I,
+        short)``); ``params``: faiss's ``IndexRefineSearchParameters`` (the partitioned search's
+        lists and filter)."""
+        view = self.view
+        # (q - mean) R^T (l2, cosine) or q R^T (ip), centred in float32 as the re-ranker does,
+        # in faiss's padded sub-vectors
+        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - view.encoder.mean, np.float32)
+        P = self.project(Qc)
+        qc2 = None if view.metric == "ip" else np.einsum("ij,ij->i", Qc, Qc)[:, None]
+        del Qc
+        # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
+        Dr, cand = self._refined().search(P, int(kc), params=params)
+        return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
+
+
+class FastScanScorer(RefiningScorer):
     """A faiss ``IndexPQFastScan`` over the codes of a :class:`CodeView`.
 
     Holds its own copy of the codes in faiss's packed block layout (the same
@@ -287,17 +354,11 @@ class FastScanScorer:
         self.refines = enc.orthonormal
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
-        self.project = Projection(enc)  # queries to the sub-vector layout (refining searches)
-        self._pinv = None  # R^+ of a factor whose rows are not orthonormal (:meth:`_projector`)
+        self.project = Projection(enc)  # queries to the sub-vector layout
         self._lazy()
         self.view = view
         self.ntotal = 0
         self.extend(view)
-
-    def _lazy(self) -> None:
-        """What searches build on first use: the IndexRefine (:meth:`_refined`)."""
-        self._lock = threading.Lock()
-        self._refine = None
 
     def _packed(self, packed: np.ndarray) -> np.ndarray:
         """faiss's codes of packed rows (:func:`flat_codes`)."""
@@ -341,11 +402,6 @@ class FastScanScorer:
         if self.exact is not None:
             held += int(self.exact.codes.size())
         return held + (self.project.nbytes() if self.refines else 0)
-
-    def _layout(self, L: np.ndarray) -> np.ndarray:
-        """Latent rows as faiss's sub-vectors (padded for grouped codes), float32 contiguous."""
-        enc = self.view.encoder
-        return np.ascontiguousarray(enc.lq.pad(L) if enc.codec == "vq" else L, np.float32)
 
     def extend(self, view: CodeView) -> None:
         """Add the rows of ``view`` past those already held, in place: only while this scorer
@@ -399,8 +455,8 @@ class FastScanScorer:
         elif view.metric == "ip":
             P = prepare_queries(view, Q) @ enc.RT
         else:
-            P = (prepare_queries(view, Q) - enc.mean) @ self._projector()
-        _, I = self.index.search(self._layout(P), int(kprime))
+            P = (prepare_queries(view, Q) - enc.mean) @ self.project.least_squares()
+        _, I = self.index.search(self.project.lay_out(P), int(kprime))
         return I
 
     def search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):
@@ -423,39 +479,7 @@ class FastScanScorer:
             cand = self.candidates(Q, kc, p)
             D, I = blas.rerank(view, Q, cand, keep, p=p)
             return D, I, (cand < 0).any(axis=1)
-        # (q - mean) R^T (l2, cosine) or q R^T (ip), centred in float32 as the re-ranker does,
-        # in faiss's padded sub-vectors
-        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - view.encoder.mean, np.float32)
-        P = self.project(Qc)
-        qc2 = None if view.metric == "ip" else np.einsum("ij,ij->i", Qc, Qc)[:, None]
-        del Qc
-        # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
-        Dr, cand = self._refined().search(P, int(kc))
-        return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
-
-    def _refined(self):
-        """The ``IndexRefine`` over the fast-scan index and the flat codes (made once)."""
-        got = self._refine
-        if got is None:
-            import faiss
-
-            with self._lock:
-                got = self._refine
-                if got is None:
-                    got = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
-                    got.k_factor = 1.0
-                    self._refine = got
-        return got
-
-    def _projector(self) -> np.ndarray:
-        """``R^+`` (dim x rank): least-squares latent coordinates of a query."""
-        pinv = self._pinv
-        if pinv is None:  # built, then published: two racing searches may both build it, alike
-            enc = self.view.encoder
-            pinv = enc.RT if enc.orthonormal else (  # orthonormal rows: R^+ = R^T
-                np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32))
-            self._pinv = pinv
-        return pinv
+        return self._search_refined(Q, kc, keep, norms2)
 
 
 def first_stage_recall(encoder, codes: np.ndarray, metric: str, Q: np.ndarray, rows: np.ndarray,

@@ -54,12 +54,11 @@ rows and leaves this one as it is. faiss is imported here only, when a scorer is
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
 from .._validation import check_int
-from .fastscan import Projection, exact_codes, exact_index, finish_refined, flat_codes, pad_positions, pq_table
+from .fastscan import Projection, RefiningScorer, exact_codes, exact_index, flat_codes, pad_positions, pq_table
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -89,12 +88,7 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(p, n // 39)))
 
 
-def _table(enc) -> np.ndarray:
-    """The fast-scan product quantizer's centroids ``(M, 16, dsub)`` (:func:`fastscan.pq_table`)."""
-    return pq_table(enc)
-
-
-class IVFScorer:
+class IVFScorer(RefiningScorer):
     """Coarse lists over the codes of a :class:`CodeView`, scored by faiss's IVF fast-scan.
 
     Parameters
@@ -137,7 +131,7 @@ class IVFScorer:
                 f"IVF fast-scan needs 4-bit codes, this view has {view.encoder.lq.bits}-bit codes")
         nlist = check_int(nlist, "nlist", low=1, high=1 << 20)
         enc = view.encoder
-        table = _table(enc)
+        table = pq_table(enc)
         self.M, _, self.dsub = table.shape
         self.d = self.M * self.dsub
         self.nlist = nlist
@@ -146,6 +140,7 @@ class IVFScorer:
         self._table = table.ravel()
         self._two_level = enc.codec == "vq" and enc.lq.two_level
         self.refines = bool(enc.orthonormal)
+        self.project = Projection(enc)  # queries and latent rows to the sub-vector layout
         if centroids is None:
             seed = check_int(seed, "seed", low=0, high=(1 << 31) - 1)
             niter = check_int(niter, "niter", low=1, high=10_000)
@@ -177,8 +172,6 @@ class IVFScorer:
         self._quantizer = quantizer  # the IVF index holds a raw pointer to it
         self.index = index
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
-        self.project = Projection(view.encoder)  # queries to the sub-vector layout (refining searches)
-        self._pinv = None
         self._lazy()
         self.view = view
         self.ntotal = 0
@@ -186,18 +179,10 @@ class IVFScorer:
             self.extend(view)
 
     # ------------------------------------------------------------------ building
-    def _lazy(self) -> None:
-        self._lock = threading.Lock()
-        self._refine = None
-
     def _latent(self, packed: np.ndarray) -> np.ndarray:
         """Decoded latent rows (whole codes) in fast-scan's sub-vector layout, float32."""
         L = self.view.decode_latent(packed) if packed.size else np.zeros((0, self.view.encoder.rank), np.float32)
-        return self._layout(L)
-
-    def _layout(self, L: np.ndarray) -> np.ndarray:
-        enc = self.view.encoder
-        return np.ascontiguousarray(enc.lq.pad(L) if enc.codec == "vq" else L, np.float32)
+        return self.project.lay_out(L)
 
     def _train(self, view: CodeView, nlist: int, seed: int, niter: int, rows: int) -> np.ndarray:
         import faiss
@@ -485,8 +470,8 @@ class IVFScorer:
         if view.metric == "ip":
             P = Q @ enc.RT
         else:
-            P = (Q - enc.mean) @ self._projector()
-        return self._layout(P)
+            P = (Q - enc.mean) @ self.project.least_squares()
+        return self.project.lay_out(P)
 
     def first_stage(self, Q, kprime: int, *, nprobe: int, allowed=None) -> tuple[np.ndarray, np.ndarray]:
         """faiss's fast-scan distances and ids ``(nq, kprime)`` over the ``nprobe`` nearest lists
@@ -532,36 +517,9 @@ class IVFScorer:
         rp = faiss.IndexRefineSearchParameters()
         rp.k_factor = 1.0
         rp.base_index_params = p
-        Qc = np.ascontiguousarray(Q if view.metric == "ip" else Q - view.encoder.mean, np.float32)
-        P = self.project(Qc)
-        qc2 = None if view.metric == "ip" else np.einsum("ij,ij->i", Qc, Qc)[:, None]
-        del Qc
-        Dr, cand = self._refined().search(P, int(kc), params=rp)
-        del refs, rp
-        return finish_refined(view, Q, P, qc2, Dr, cand, keep, norms2)
-
-    def _refined(self):
-        """The ``IndexRefine`` over the lists and the flat codes (made once)."""
-        got = self._refine
-        if got is None:
-            import faiss
-
-            with self._lock:
-                got = self._refine
-                if got is None:
-                    got = faiss.IndexRefine(self.index, self.exact)  # holds neither: self does
-                    got.k_factor = 1.0
-                    self._refine = got
-        return got
-
-    def _projector(self) -> np.ndarray:
-        """``R^+`` (dim x rank): ``R^T`` for orthonormal rows."""
-        pinv = self._pinv
-        if pinv is None:
-            enc = self.view.encoder
-            pinv = enc.RT if enc.orthonormal else np.linalg.pinv(enc.R.astype(np.float64)).astype(np.float32)
-            self._pinv = pinv
-        return pinv
+        D, I, short = self._search_refined(Q, kc, keep, norms2, params=rp)
+        del refs  # the filter's bitmap and selector, alive until faiss has searched
+        return D, I, short
 
 
 # ------------------------------------------------------------ what an index file stores

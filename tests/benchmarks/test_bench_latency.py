@@ -25,7 +25,7 @@ def test_interleaved_rounds_time_every_index_and_profile_the_stages(tmp_path):
         # PCAR's 32 x 32 PCA fits at 1 b/c of 4,000 rows: its m within the budget (+2 %)
         assert r["pcar_name"].startswith("PCAR") and r["pcar_bits"] <= 1.02 * r["budget"]
         assert r["lplr_bits"] <= r["budget"]
-        rivals = [n for n in ("pq", "pcar")]
+        rivals = ["pq", "pcar"]
         assert r["latency_ratio"] == pytest.approx(r["lplr_ms"] / min(r[f"{n}_ms"] for n in rivals))
         assert r["qps_ratio"] == pytest.approx(r["lplr_qps"] / max(r[f"{n}_qps"] for n in rivals))
         assert r["latency_ratio_rounds"][0] <= r["latency_ratio_rounds"][1]
