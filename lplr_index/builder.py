@@ -198,26 +198,49 @@ def measure_nprobe(s: IndexSettings, st: Snapshot, scorer, source) -> tuple[int,
 
 def _exact_neighbours(source, Q: np.ndarray, rows: np.ndarray, k: int, metric: str) -> list[np.ndarray]:
     """The ``k`` exact nearest rows of ``source`` of each query, its own row (``rows``) left out:
-    one pass over the blocks (the default ``nprobe``'s measurement)."""
+    one pass over the blocks (the default ``nprobe``'s measurement). Each block's best rows
+    (:func:`_block_neighbours`) are found where the pass runs (on the workers of a
+    :class:`lplr_index.distributed.DaskExecutor`) and merged here in block order; ties go to the
+    lower row, so the result is the same whatever runs the pass."""
     if metric == "cosine":
         Q = _normalize_rows(Q)
     depth = k + 1
     best_s = np.full((len(Q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(Q), 0), np.int64)
-    for start, block in source.blocks():
-        B = np.asarray(block, np.float32)
-        if metric == "cosine":
-            B = _normalize_rows(B)
-        S = Q @ B.T
-        if metric == "l2":
-            S = 2 * S - np.einsum("ij,ij->i", B, B)[None, :]
+    start = 0
+    for S, cols, rows_in_block in LocalExecutor(source).imap(_block_neighbours, Q, depth, metric):
         S = np.concatenate([best_s, S], axis=1)
-        I = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(B), dtype=np.int64), (len(Q), len(B)))],
-                           axis=1)
-        top = np.argpartition(-S, depth - 1, axis=1)[:, :depth] if S.shape[1] > depth else np.arange(S.shape[1])[None]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(S, top, 1), axis=1, kind="stable"), 1)
+        I = np.concatenate([best_i, cols + start], axis=1)
+        # ties: the earlier rows first (the kept rows precede the block's, each part in row order)
+        top = np.argsort(-S, axis=1, kind="stable")[:, :depth]
         best_s, best_i = np.take_along_axis(S, top, 1), np.take_along_axis(I, top, 1)
+        start += rows_in_block
     return list(_without_self(best_i, rows, k))
+
+
+def _block_neighbours(block: np.ndarray, Q: np.ndarray, depth: int, metric: str):
+    """The ``depth`` best rows of one block for each (prepared) query: ``(scores, columns, rows)``,
+    scores ``(n_queries, min(depth, rows))`` float32 best first (larger is better: inner products,
+    ``2 q.x - |x|^2`` for l2), the rows' positions in the block (int64; ties: the lower
+    position first) and the block's row count. A pass's block function (:func:`_exact_neighbours`)."""
+    B = np.asarray(block, np.float32)
+    if metric == "cosine":
+        B = _normalize_rows(B)
+    S = Q @ B.T
+    if metric == "l2":
+        S = 2 * S - np.einsum("ij,ij->i", B, B)[None, :]
+    m = S.shape[1]
+    if m > depth:  # the depth-th best score t: every score above it, then the first columns scoring t
+        t = np.partition(S, m - depth, axis=1)[:, m - depth, None]
+        tied = S == t
+        need = depth - np.count_nonzero(S > t, axis=1)[:, None]
+        keep = (S > t) | (tied & (np.cumsum(tied, axis=1) <= need))
+        cols = np.nonzero(keep)[1].reshape(len(S), depth).astype(np.int64)
+    else:
+        cols = np.broadcast_to(np.arange(m, dtype=np.int64), S.shape)
+    vals = np.take_along_axis(S, cols, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(cols, order, 1), m
 
 
 def _without_self(I: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

@@ -12,7 +12,9 @@ and ``distributed``.
   Dask's nannies start workers with one BLAS thread).
 - :class:`ShardedIndex` splits an index's codes into shards held by the
   workers; a query batch is scored on every shard in parallel with the index's
-  own backends and the per-shard top-k lists are merged.
+  own backends and the per-shard top-k lists are merged. Shards of a
+  partitioned index (``nlist``) share its coarse centroids and hold their rows'
+  list numbers: each searches the same ``nprobe`` lists, over its own rows.
 
 Both kinds of codes work: the scalar LPLR codes (:class:`lplr_index.train.Encoder`)
 and the grouped 4-bit codes (:class:`lplr_index.vq.VQEncoder`, ``codec="vq"``,
@@ -29,6 +31,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import threading
+import weakref
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
@@ -70,9 +75,11 @@ from ._blocks import BLOCK_ROWS, ExecutingSource, check_block
 from ._validation import check_choice, check_int
 from .index import LPLRIndex, SearchResult, default_rerank_factor
 from .search import blas, fastscan
+from .search import ivf as ivf_search
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
+from .layout import IVF_LAYOUT_VERSION, check_padding_bits
 from .packing import packed_nbytes
 from .quantize import Quantizer
 from .train import Encoder
@@ -176,8 +183,6 @@ def from_npy(path, chunk_rows: int = BLOCK_ROWS) -> "da.Array":
     -------
     dask.array.Array of shape (n, dim)
     """
-    import os
-
     from ._blocks import open_npy
 
     path = os.path.abspath(os.fspath(path))
@@ -259,8 +264,6 @@ def from_parquet(path, column: str | None = None, *, name: str = "X") -> "da.Arr
 
 
 def _mtime(path: str) -> float | None:
-    import os
-
     try:
         return os.path.getmtime(path)
     except OSError:
@@ -476,10 +479,16 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
     rows) is gathered to the client, and the ``2 + refine_iters`` passes (one
     per LPLR/refinement round and one to encode) run on the workers over
     canonical row blocks, their partial sums reduced on the client in block
-    order. The result is byte for byte the index a local build of the same
-    rows gives (with one BLAS thread in the client and the workers), whatever
-    X's chunking and the number of workers. Nothing is returned (or saved)
-    unless every pass completed.
+    order. A partitioned index (``nlist=``) gets its coarse lists as a local
+    build makes them (:func:`lplr_index.builder.partitioned`): the client,
+    which holds the codes, trains the centroids on the seeded sample of the
+    codes' latent rows and assigns every row to its list; the default
+    ``nprobe`` is measured on 100 seeded rows gathered from the workers, whose
+    exact neighbours one more pass finds on the workers (each block's best
+    rows, merged on the client in block order). The result is byte for byte
+    the index a local build of the same rows gives (with one BLAS thread in
+    the client and the workers), whatever X's chunking and the number of
+    workers. Nothing is returned (or saved) unless every pass completed.
 
     Parameters
     ----------
@@ -502,7 +511,7 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
         As in :class:`DaskExecutor`.
     **index_settings
         Keyword arguments of :class:`LPLRIndex` (``bits_per_coordinate``,
-        ``rank``, ``metric``, ``seed``, ...); ``dim`` is X's.
+        ``rank``, ``metric``, ``seed``, ``nlist``, ...); ``dim`` is X's.
 
     Returns
     -------
@@ -516,9 +525,6 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
     >>> index = build(X, bits_per_coordinate=1)                 # doctest: +SKIP
     >>> index.save("embeddings.lplr")                           # doctest: +SKIP
     """
-    if index_settings.get("nlist") is not None:
-        raise ValueError(f"nlist={index_settings['nlist']!r}: the Dask build does not make partitioned indexes "
-                         "yet; build with nlist=None (or build locally with LPLRIndex(..., nlist=...))")
     ids = None
     if not isinstance(X, da.Array):
         X, ids = _dask_input(X, column, id_column)
@@ -532,7 +538,8 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
 
 
 # ----------------------------------------------------------- sharded search
-def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dict | None = None) -> str:
+def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dict | None = None,
+                        centroids: np.ndarray | None = None) -> str:
     """SHA-256 of everything that decides how vectors are encoded and scored.
 
     Two shards can be searched together only if their fingerprints are equal:
@@ -543,6 +550,18 @@ def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dic
     codes (:class:`~lplr_index.vq.VQEncoder`): the mean, the group layout and
     codebooks, the basis kind and its stored part (the principal directions'
     8-bit codes and levels, or the kept columns of the seeded rotation).
+
+    Parameters
+    ----------
+    encoder : Encoder or VQEncoder
+    metric : {"l2", "ip", "cosine"}
+    settings : dict, default=None
+        The index's settings header (``index.settings.to_header(rank=...)``).
+    centroids : ndarray of shape (nlist, rank), float32, default=None
+        A partitioned index's coarse centroids (latent rows, as its file stores
+        them), hashed after the encoder: shards of one encoder with other coarse
+        quantizers differ. None (an exhaustive index) hashes as before
+        partitioned shards existed.
     """
     h = hashlib.sha256()
     if getattr(encoder, "codec", "scalar") == "vq":
@@ -560,6 +579,8 @@ def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dic
                 "settings": settings}
         arrays = (encoder.mean, encoder.lq.lo, encoder.lq.hi, encoder.rcodes, encoder.rq.lo, encoder.rq.hi)
     h.update(json.dumps(meta, sort_keys=True).encode())
+    if centroids is not None:
+        arrays = arrays + (np.asarray(centroids, np.float32),)
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
@@ -568,7 +589,8 @@ def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dic
 
 
 def _index_parts(index: LPLRIndex):
-    """(encoder, codes, metric, ids or None) of a built index.
+    """(encoder, codes, metric, ids or None, partition or None) of a built index; the partition of
+    a partitioned index: ``(centroids (nlist, rank) float32, every row's list (n,) int64, nprobe)``.
 
     Reads the index's state: the index has no public accessor for its encoder
     and code store yet (see the report of issue 11).
@@ -582,17 +604,21 @@ def _index_parts(index: LPLRIndex):
                          "sharding it")
     st = index._state
     ids = np.array(index.ids) if getattr(index, "has_user_ids", False) else None
-    return st.encoder, st.store.codes, st.metric, ids
+    part = None if st.nlist is None else (st.ivf_centroids, st.ivf_lists, st.nprobe)
+    return st.encoder, st.store.codes, st.metric, ids, part
 
 
 class Shard:
     """Rows ``first_row ..`` of an index's codes with its frozen encoder: what one worker holds.
 
     Searches with the index's own backends (:mod:`lplr_index.search`) and
-    caches the fast-scan structure and row norms it builds (on the worker).
-    Saved as a shard file (:meth:`save`, :meth:`load`): a checksummed container
-    (:mod:`lplr_index.fileformat`) holding the codes, the encoder and its
-    :func:`encoder_fingerprint`, checked again when loaded.
+    caches the fast-scan structure, the partitioned scorer and the row norms
+    it builds (on the worker), each built once under its own lock (searches
+    on the worker's threads may race for it). Saved as a shard file
+    (:meth:`save`, :meth:`load`): a checksummed container
+    (:mod:`lplr_index.fileformat`) holding the codes, the encoder, the coarse
+    lists of a partitioned index and its :func:`encoder_fingerprint`, checked
+    again when loaded.
 
     Parameters
     ----------
@@ -607,22 +633,44 @@ class Shard:
         The index's settings header (``index.settings.to_header(rank=...)``).
     ids : ndarray of shape (rows,), int64, default=None
         User ids of the rows (None: the row numbers).
+    centroids : ndarray of shape (nlist, rank), float32, default=None
+        A partitioned index's coarse centroids (latent rows, as its file stores
+        them), the same on every shard; None: no partition.
+    lists : ndarray of shape (rows,), int, default=None
+        The list of each of the shard's rows, in ``[0, nlist)``; with ``centroids`` only.
+    nprobe : int, default=None
+        The lists a search scans by default (the index's measured ``nprobe``),
+        1 to ``nlist``; None: ``nlist``.
     """
 
     def __init__(self, encoder: Encoder | VQEncoder, codes: np.ndarray, metric: str, first_row: int, settings: dict,
-                 ids: np.ndarray | None = None):
+                 ids: np.ndarray | None = None, *, centroids: np.ndarray | None = None,
+                 lists: np.ndarray | None = None, nprobe: int | None = None):
         self.view = CodeView(encoder, codes, metric)
         self.first_row = int(first_row)
         self.settings = settings
         self.ids = ids
+        self.centroids, self.lists, self.nprobe = _checked_partition(
+            centroids, lists, nprobe, encoder, self.view.ntotal)
+        self._new_locks()
+        _SHARDS.add(self)
+
+    def _new_locks(self) -> None:
+        """An empty cache and one lock per structure it builds (made again when unpickled)."""
         self._cache: dict[str, Any] = {}
+        self._locks = {key: threading.Lock() for key in _SHARD_CACHED}
+
+    @property
+    def nlist(self) -> int | None:
+        """Coarse lists of a partitioned shard, None without a partition."""
+        return None if self.centroids is None else len(self.centroids)
 
     @property
     def fingerprint(self) -> str:
-        return encoder_fingerprint(self.view.encoder, self.view.metric, self.settings)
+        return encoder_fingerprint(self.view.encoder, self.view.metric, self.settings, self.centroids)
 
     def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_locks")}
         enc = _portable(self.view.encoder)
         if enc is not self.view.encoder:
             state["view"] = CodeView(enc, self.view.codes, self.view.metric)
@@ -630,7 +678,11 @@ class Shard:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._cache = {}
+        self.__dict__.setdefault("centroids", None)
+        self.__dict__.setdefault("lists", None)
+        self.__dict__.setdefault("nprobe", None)
+        self._new_locks()
+        _SHARDS.add(self)
 
     def save(self, path) -> int:
         """Write the shard to ``path`` (atomically); returns the bytes written.
@@ -640,7 +692,11 @@ class Shard:
         the header, arrays ``vq_groups`` of ``(group size, count)``,
         ``vq_codebooks`` and either ``rcodes``/``r_lo``/``r_hi`` or
         ``vq_dirs``), or, where groups have coarse and fine codes, version 3
-        (``vq_groups`` of ``(group size, count, levels)``).
+        (``vq_groups`` of ``(group size, count, levels)``). A partitioned
+        shard adds ``nlist`` and ``nprobe`` to the header and the arrays
+        ``ivf_centroids`` (``nlist x rank`` float32) and ``ivf_lists`` (each
+        row's list in ``ceil(log2 nlist)`` bits, as an index file stores them),
+        in container version 5 (the version of partitioned index files).
         """
         enc = self.view.encoder
         header = {"format": SHARD_FORMAT, "shard_version": 1, "metric": self.view.metric, "kind": enc.kind,
@@ -663,13 +719,18 @@ class Shard:
         if self.ids is not None:
             arrays["ids"] = np.asarray(self.ids, np.int64)
         # shards keep the container version of their layout (scalar 2, one-level grouped 3, two-level
-        # 4): older readers still open what they can read
+        # 4): older readers still open what they can read; a partition: 5
         version = 2 if enc.codec != "vq" else 4 if enc.lq.two_level else 3
+        if self.nlist is not None:
+            header.update(nlist=self.nlist, nprobe=self.nprobe)
+            arrays.update(ivf_centroids=self.centroids, ivf_lists=ivf_search.pack_lists(self.lists, self.nlist))
+            version = IVF_LAYOUT_VERSION
         return write_container(path, header, arrays, version=version)
 
     @classmethod
     def load(cls, path, *, mmap: bool = True, fingerprint: str | None = None) -> "Shard":
-        """Read a shard file (scalar or grouped codes); its codes memory-mapped when ``mmap``.
+        """Read a shard file (scalar or grouped codes, with or without a partition); its codes
+        memory-mapped when ``mmap``.
 
         Raises
         ------
@@ -702,44 +763,144 @@ class Shard:
             ids = np.array(a["ids"]) if "ids" in a else None
             if ids is not None and ids.shape != (codes.shape[0],):
                 raise ValueError(f"ids of shape {ids.shape} for {codes.shape[0]} rows")
-            shard = cls(enc, codes if mmap else np.array(codes), h["metric"], int(h["first_row"]), h["settings"], ids)
+            centroids, lists, nprobe = _stored_partition(h, a, codes.shape[0])
+            shard = cls(enc, codes if mmap else np.array(codes), h["metric"], int(h["first_row"]), h["settings"], ids,
+                        centroids=centroids, lists=lists, nprobe=nprobe)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise IndexFileError(f"{name}: damaged or inconsistent shard content ({exc})") from None
         if shard.fingerprint != h["fingerprint"]:
             raise IndexFileError(f"{name}: the shard's encoder does not give its recorded fingerprint (damaged)")
         if fingerprint is not None and shard.fingerprint != fingerprint:
-            raise IndexFileError(f"{name}: this shard was built with another encoder (settings, seed or training "
-                                 "data) than the manifest's other shards; it cannot be searched with them")
+            raise IndexFileError(f"{name}: this shard was built with another encoder (settings, seed, training "
+                                 "data or coarse centroids) than the manifest's other shards; it cannot be "
+                                 "searched with them")
         return shard
 
     @property
     def ntotal(self) -> int:
         return self.view.ntotal
 
+    def _derived(self, key: str, make: Callable[[], Any]) -> Any:
+        """The cached structure ``key``, ``make()`` at its first use: once, under the key's lock
+        (searches racing for it wait for the one build; once built, no lock is taken)."""
+        got = self._cache.get(key)
+        if got is None:
+            with self._locks[key]:
+                got = self._cache.get(key)
+                if got is None:
+                    got = make()
+                    self._cache[key] = got
+        return got
+
     def _norms2(self) -> np.ndarray:
         """:func:`blas.row_norms2` of every row, computed once."""
-        if "norms2" not in self._cache:
-            self._cache["norms2"] = blas.row_norms2(self.view)
-        return self._cache["norms2"]
+        return self._derived("norms2", lambda: blas.row_norms2(self.view))
 
-    def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None):
-        """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none);
-        ``rerank_factor`` None is the encoder's default (:func:`default_rerank_factor`)."""
+    def _ivf(self):
+        """The partitioned fast-scan scorer of the shard's rows: the shared centroids, the rows'
+        stored lists (no k-means, no assignment), made once."""
+        return self._derived("ivf", lambda: ivf_search.IVFScorer.from_assignment(
+            self.view, ivf_search.padded_centroids(self.view.encoder, self.centroids), self.lists))
+
+    def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None, nprobe: int | None = None):
+        """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none).
+
+        ``rerank_factor`` None is the encoder's default (:func:`default_rerank_factor`).
+        ``mode="fastscan"`` on a partitioned shard scans its rows of the ``nprobe``
+        lists nearest each query (None: :attr:`nprobe`) and re-ranks them exactly;
+        queries whose probed lists hold fewer candidates than they need get the
+        exact scan of the shard (as :meth:`LPLRIndex.search` does). The exact
+        mode ignores ``nprobe``.
+        """
         n = self.ntotal
         kk = min(k, n)
         if rerank_factor is None:
             rerank_factor = default_rerank_factor(self.view.encoder)
-        if mode == "fastscan":
-            if "fastscan" not in self._cache:
-                self._cache["fastscan"] = fastscan.FastScanScorer(self.view)
+        norms2 = self._norms2() if self.view.metric == "cosine" else None
+        if mode == "fastscan" and self.nlist is not None:
+            scorer = self._ivf()
+            nprobe = self.nprobe if nprobe is None else nprobe
             kc = min(n, max(kk, rerank_factor * kk))
-            D, I, _ = self._cache["fastscan"].search(Q, kc, kk, self._norms2() if self.view.metric == "cosine" else None)
+            D, I, short = fastscan.in_query_chunks(
+                lambda q: scorer.search(q, kc, kk, nprobe=nprobe, norms2=norms2), Q, kc)
+            if short.any():
+                D[short], I[short] = blas.scan(self.view, Q[short], kk,
+                                               norms2=None if self.view.metric == "ip" else self._norms2())
+        elif mode == "fastscan":
+            scorer = self._derived("fastscan", lambda: fastscan.FastScanScorer(self.view))
+            kc = min(n, max(kk, rerank_factor * kk))
+            D, I, _ = scorer.search(Q, kc, kk, norms2)
         else:
             D, I = blas.scan(self.view, Q, kk, norms2=None if self.view.metric == "ip" else self._norms2())
         ok = I >= 0
         rows = np.maximum(I, 0)
         I = np.where(ok, self.ids[rows] if self.ids is not None else rows + self.first_row, -1)
         return D, I
+
+
+#: the structures a shard builds on first use (:meth:`Shard._derived`)
+_SHARD_CACHED = ("norms2", "fastscan", "ivf")
+#: shards alive in this process, whose locks a forked child re-creates
+_SHARDS: "weakref.WeakSet[Shard]" = weakref.WeakSet()
+
+
+def _shards_after_fork() -> None:
+    """A lock another thread of the parent held stays held in a forked child: new ones (the
+    shards' and their scorers')."""
+    for shard in list(_SHARDS):
+        shard._locks = {key: threading.Lock() for key in _SHARD_CACHED}
+        for key in ("fastscan", "ivf"):
+            scorer = shard._cache.get(key)
+            if scorer is not None:
+                scorer.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shards_after_fork)
+
+
+def _checked_partition(centroids, lists, nprobe, encoder, rows: int):
+    """``(centroids, lists, nprobe)`` of a shard, checked: float32 ``(nlist, rank)`` finite
+    centroids, one list in ``[0, nlist)`` per row (int64), nprobe in ``[1, nlist]`` (None: nlist);
+    all None without centroids."""
+    if centroids is None:
+        if lists is not None or nprobe is not None:
+            raise ValueError("lists and nprobe describe a partition: they need centroids")
+        return None, None, None
+    centroids = np.asarray(centroids)
+    rank = int(encoder.rank)
+    if centroids.ndim != 2 or centroids.shape[1] != rank or not len(centroids) or centroids.dtype != np.float32:
+        raise ValueError(f"centroids must be a float32 array of shape (nlist >= 1, rank={rank}), got shape "
+                         f"{centroids.shape} and dtype {centroids.dtype}")
+    if not np.isfinite(centroids).all():
+        raise ValueError("centroids must be finite")
+    nlist = len(centroids)
+    if lists is None:
+        raise ValueError(f"a partitioned shard needs lists: the list of each of its {rows} rows")
+    lists = np.asarray(lists)
+    if lists.shape != (rows,) or lists.dtype.kind not in "iu" or (
+            rows and (int(lists.min()) < 0 or int(lists.max()) >= nlist)):
+        raise ValueError(f"lists must hold one list number in [0, {nlist}) per row ({rows}), got shape "
+                         f"{lists.shape} and dtype {lists.dtype}")
+    nprobe = nlist if nprobe is None else check_int(nprobe, "nprobe", low=1, high=nlist)
+    return centroids, lists.astype(np.int64), nprobe
+
+
+def _stored_partition(h: dict, a, rows: int):
+    """``(centroids, lists, nprobe)`` of a shard file (None each without a partition); the lists
+    unpacked from ``ceil(log2 nlist)`` bits a row, their padding bits checked."""
+    if "nlist" not in h and "ivf_centroids" not in a and "ivf_lists" not in a:
+        return None, None, None
+    nlist = check_int(h["nlist"], "nlist", low=1, high=1 << 20)
+    centroids, packed = a["ivf_centroids"], a["ivf_lists"]
+    if centroids.ndim != 2 or len(centroids) != nlist:
+        raise ValueError(f"ivf_centroids of shape {centroids.shape}, the header says nlist={nlist}")
+    bits = ivf_search.list_bits(nlist)
+    if packed.dtype != np.uint8 or packed.shape != (packed_nbytes(rows, bits),):
+        raise ValueError(f"ivf_lists of shape {packed.shape} and dtype {packed.dtype}, expected uint8 "
+                         f"({packed_nbytes(rows, bits)},) for {rows} rows of {bits}-bit list numbers")
+    check_padding_bits(packed[None, :], 1, rows * bits, "ivf_lists")
+    return np.array(centroids), ivf_search.unpack_lists(packed, nlist, rows), h["nprobe"]
 
 
 def _vq_encoder(h: dict, a) -> VQEncoder:
@@ -786,12 +947,16 @@ def _vq_encoder(h: dict, a) -> VQEncoder:
     return VQEncoder(mean, lq, kind, rcodes, rq, dirs, int(h["seed"]), bool(h["normalize"]), dim)
 
 
-def _search_shard(shard: Shard, Q, k, mode, rerank_factor):
-    return shard.search(Q, k, mode, rerank_factor)
+def _search_shard(shard: Shard, Q, k, mode, rerank_factor, nprobe):
+    return shard.search(Q, k, mode, rerank_factor, nprobe)
 
 
 def _save_shard(shard: Shard, path: str) -> int:
     return shard.save(path)
+
+
+def _shard_nlist(shard: Shard) -> int | None:
+    return shard.nlist
 
 
 def _load_shard(path: str, first_row: int, rows: int, fingerprint: str, mmap: bool) -> Shard:
@@ -833,14 +998,21 @@ class ShardedIndex:
     re-ranks its own ``rerank_factor * k`` best candidates, a superset of the
     single-machine candidate list, so results are at least as good.
 
+    A partitioned index (``nlist``) is sharded with its partition: every shard
+    holds the index's coarse centroids and its rows' list numbers, so a
+    fast-scan search with ``nprobe`` scans on each shard its rows of the same
+    ``nprobe`` lists the index scans (the lists nearest the query), and the
+    merged candidates are again a superset of the single-machine ones.
+
     :meth:`save` writes the shards as files next to a manifest and
     :meth:`load` gives them back, each read by a worker; shards whose encoder
-    differs from the manifest's (:func:`encoder_fingerprint`) are refused.
+    or coarse centroids differ from the manifest's (:func:`encoder_fingerprint`)
+    are refused.
 
     Parameters
     ----------
     index : LPLRIndex
-        A built index without removed rows.
+        A built index without removed rows, partitioned or not.
     n_shards : int, default=None
         Shards, 1 to ``index.ntotal``; one per worker when None.
     client : distributed.Client, default=None
@@ -851,7 +1023,12 @@ class ShardedIndex:
     bounds : list of int
         Row boundaries: shard ``i`` holds rows ``bounds[i]:bounds[i + 1]``.
     fingerprint : str
-        :func:`encoder_fingerprint` of the shards' common encoder.
+        :func:`encoder_fingerprint` of the shards' common encoder (and coarse centroids).
+    nlist : int or None
+        Coarse lists of a partitioned index, None when exhaustive.
+    nprobe : int or None
+        The lists a fast-scan search scans by default (the index's measured
+        ``nprobe``), None when exhaustive.
 
     Examples
     --------
@@ -870,8 +1047,10 @@ class ShardedIndex:
         """One shard per index, rows in order (ids ``0 .. ntotal - 1`` across them).
 
         The indexes must share the encoder (the same trained index, with
-        different vectors added): settings, seed and encoder bytes are compared
-        and a mismatch raises ValueError naming the first index that differs.
+        different vectors added): settings, seed and encoder bytes are compared,
+        and for partitioned indexes the coarse centroids too; a mismatch raises
+        ValueError naming the first index that differs. The default ``nprobe``
+        is the first index's.
         """
         indexes = list(indexes)
         if not indexes:
@@ -881,15 +1060,12 @@ class ShardedIndex:
         return self
 
     def _init(self, indexes, n_shards, client) -> None:
-        for ix in indexes:
-            if ix.settings.nlist is not None:
-                raise ValueError(f"nlist={ix.settings.nlist!r}: ShardedIndex does not hold partitioned indexes yet; "
-                                 "shard an index built with nlist=None")
         self.client = _client(client)
         parts = [_index_parts(ix) for ix in indexes]
         first = indexes[0]
-        prints = [encoder_fingerprint(enc, metric, ix.settings.to_header(rank=ix.rank))
-                  for ix, (enc, _, metric, _) in zip(indexes, parts)]
+        prints = [encoder_fingerprint(enc, metric, ix.settings.to_header(rank=ix.rank),
+                                      None if part is None else part[0])
+                  for ix, (enc, _, metric, _, part) in zip(indexes, parts)]
         for j, (ix, fp) in enumerate(zip(indexes, prints)):
             if fp != prints[0]:
                 raise ValueError(_mismatch(first, ix, j))
@@ -897,28 +1073,33 @@ class ShardedIndex:
         self.dim, self.metric, self.codec = first.dim, parts[0][2], parts[0][0].codec
         self.fastscan_ready = bool(first.fastscan_ready)
         self._bits_l = first.bits_l
+        part = parts[0][4]
+        self.nlist, self.nprobe = (None, None) if part is None else (len(part[0]), int(part[2]))
         workers = sorted(self.client.scheduler_info()["workers"])
         if not workers:
             raise ValueError("the Dask cluster has no workers to hold shards")
         if len(indexes) == 1:
-            enc, codes, metric, ids = parts[0]
+            enc, codes, metric, ids, _ = parts[0]
             n = len(codes)
             n_shards = len(workers) if n_shards is None else check_int(n_shards, "n_shards", low=1, high=n)
             cuts = _shard_bounds(n, min(n_shards, n))
-            pieces = [(enc, codes[a:b], metric, a, None if ids is None else ids[a:b])
-                      for a, b in zip(cuts[:-1], cuts[1:])]
+            pieces = [(enc, codes[a:b], metric, a, None if ids is None else ids[a:b],
+                       None if part is None else part[1][a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
         else:
             if any(p[3] is not None for p in parts):
                 raise ValueError("from_indexes merges indexes with default ids (rows 0 .. n - 1) only; "
                                  "an index given has user ids")
             cuts = list(np.cumsum([0] + [len(p[1]) for p in parts]))
-            pieces = [(p[0], p[1], p[2], cuts[j], None) for j, p in enumerate(parts)]
+            pieces = [(p[0], p[1], p[2], cuts[j], None, None if p[4] is None else p[4][1])
+                      for j, p in enumerate(parts)]
         self.bounds = [int(c) for c in cuts]
         self.ntotal = self.bounds[-1]
         self._futures = []
         settings = first.settings.to_header(rank=first.rank)
-        for j, (enc, codes, metric, start, ids) in enumerate(pieces):
-            shard = Shard(enc, np.array(codes), metric, start, settings, ids)
+        centroids = None if part is None else np.array(part[0])
+        for j, (enc, codes, metric, start, ids, lists) in enumerate(pieces):
+            shard = Shard(enc, np.array(codes), metric, start, settings, ids, centroids=centroids,
+                          lists=None if lists is None else np.array(lists), nprobe=self.nprobe)
             w = workers[j % len(workers)]
             self._futures.append(self.client.scatter(shard, workers=[w], hash=False))
 
@@ -928,16 +1109,17 @@ class ShardedIndex:
         The folder (created if missing) must be writable at the same path by
         the workers (a shared file system). Shard files are
         ``shard-00000.lplrs``, ...; the manifest ``manifest.json`` lists them
-        with their rows and the common :attr:`fingerprint`, and is written
-        last (atomically), so a folder with a manifest holds complete shards.
+        with their rows, the common :attr:`fingerprint` and the partition's
+        ``nlist`` and default ``nprobe`` (null when exhaustive; each shard file
+        holds the coarse centroids and its rows' lists, see :meth:`Shard.save`),
+        and is written last (atomically), so a folder with a manifest holds
+        complete shards.
 
         Returns
         -------
         str
             The manifest's path.
         """
-        import os
-
         folder = os.path.abspath(os.fspath(folder))
         os.makedirs(folder, exist_ok=True)
         files = [f"shard-{j:05d}.lplrs" for j in range(self.n_shards)]
@@ -946,7 +1128,8 @@ class ShardedIndex:
         self.client.gather(done)
         manifest = {"format": MANIFEST_FORMAT, "manifest_version": 1, "fingerprint": self.fingerprint,
                     "dim": self.dim, "metric": self.metric, "codec": self.codec, "bits_l": self._bits_l,
-                    "fastscan_ready": self.fastscan_ready, "ntotal": self.ntotal,
+                    "fastscan_ready": self.fastscan_ready, "nlist": self.nlist, "nprobe": self.nprobe,
+                    "ntotal": self.ntotal,
                     "shards": [{"file": name, "first_row": a, "rows": b - a}
                                for name, a, b in zip(files, self.bounds[:-1], self.bounds[1:])]}
         path = os.path.join(folder, MANIFEST)
@@ -964,7 +1147,8 @@ class ShardedIndex:
 
         Each worker reads its shard file (codes memory-mapped when ``mmap``),
         so the codes never pass through this process. Every shard's encoder
-        must give the manifest's fingerprint.
+        (and coarse centroids) must give the manifest's fingerprint, and a
+        partitioned shard's lists the manifest's ``nlist``.
 
         Raises
         ------
@@ -973,8 +1157,6 @@ class ShardedIndex:
             damaged, of other rows than the manifest says, or built with another
             encoder (the message names the file).
         """
-        import os
-
         self = cls.__new__(cls)
         self.client = _client(client)
         folder = os.path.abspath(os.fspath(folder))
@@ -986,6 +1168,12 @@ class ShardedIndex:
                 raise ValueError(f"format is {m.get('format')!r}, expected {MANIFEST_FORMAT!r}")
             entries = [(os.path.join(folder, e["file"]), int(e["first_row"]), int(e["rows"])) for e in m["shards"]]
             meta = (m["fingerprint"], int(m["dim"]), m["metric"], int(m["bits_l"]), bool(m["fastscan_ready"]))
+            nlist, nprobe = m.get("nlist"), m.get("nprobe")  # manifests written before partitioned shards: none
+            if nlist is not None:
+                nlist = check_int(nlist, "nlist", low=1, high=1 << 20)
+                nprobe = check_int(nprobe, "nprobe", low=1, high=nlist)
+            elif nprobe is not None:
+                raise ValueError(f"nprobe={nprobe!r} without nlist")
         except FileNotFoundError:
             raise IndexFileError(f"{path}: no such file (a sharded index's folder holds {MANIFEST})") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -998,6 +1186,7 @@ class ShardedIndex:
             raise ValueError("the Dask cluster has no workers to hold shards")
         self.fingerprint, self.dim, self.metric, self._bits_l, self.fastscan_ready = meta
         self.codec = m.get("codec", "scalar")  # manifests written before the grouped codes: scalar
+        self.nlist, self.nprobe = nlist, nprobe
         self._futures = [
             self.client.submit(_load_shard, file, first, rows, self.fingerprint, mmap,
                                workers=[workers[j % len(workers)]], pure=False)
@@ -1008,6 +1197,12 @@ class ShardedIndex:
                 exc = fut.exception()
                 self.close()
                 raise exc
+        lists = self.client.gather([self.client.submit(_shard_nlist, f, pure=False) for f in self._futures])
+        for (file, _, _), got in zip(entries, lists):
+            if got != self.nlist:
+                self.close()
+                raise IndexFileError(f"{file}: holds {'no coarse lists' if got is None else f'{got} coarse lists'}, "
+                                     f"but the manifest says nlist={self.nlist}")
         self.bounds = starts + [starts[-1] + entries[-1][2]]
         self.ntotal = self.bounds[-1]
         return self
@@ -1025,9 +1220,12 @@ class ShardedIndex:
         return self.ntotal
 
     def __repr__(self) -> str:
-        return f"ShardedIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, n_shards={self.n_shards})"
+        lists = "" if self.nlist is None else f", nlist={self.nlist}, nprobe={self.nprobe}"
+        return (f"ShardedIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, "
+                f"n_shards={self.n_shards}{lists})")
 
-    def search(self, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None) -> SearchResult:
+    def search(self, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None,
+               nprobe: int | None = None) -> SearchResult:
         """The ``k`` nearest stored vectors of each query, over all shards.
 
         Parameters
@@ -1036,9 +1234,14 @@ class ShardedIndex:
         k : int
             >= 1; results past :attr:`ntotal` are padded with ``inf`` / -1.
         mode : {"auto", "fastscan", "factored"}, default="auto"
-            As in :meth:`LPLRIndex.search`.
+            As in :meth:`LPLRIndex.search` (``"auto"`` of a partitioned index: ``"fastscan"``).
         rerank_factor : int, default=None
             Fast-scan candidates per result on each shard (the index's default when None).
+        nprobe : int, default=None
+            A partitioned index: the coarse lists fast-scan scans on every shard, 1 to
+            :attr:`nlist` (``nlist``: every row); None: :attr:`nprobe`, the index's
+            measured default. The exact mode ignores it; shards without a partition
+            refuse it.
 
         Returns
         -------
@@ -1049,18 +1252,24 @@ class ShardedIndex:
         mode = check_choice(mode, "mode", ("auto", "fastscan", "factored"))
         factor = None if rerank_factor is None else check_int(
             rerank_factor, "rerank_factor", low=1, high=1 << 20)
+        if nprobe is not None:
+            if self.nlist is None:
+                raise ValueError(f"nprobe={nprobe!r}: these shards have no partition (an index built with "
+                                 "nlist=None, or nlist='auto' on too few rows): shard an index built with "
+                                 "nlist=... to search lists")
+            nprobe = check_int(nprobe, "nprobe", low=1, high=self.nlist)
         Q = check_block(Q, "queries", 0, self.dim)
         if Q.shape[0] == 0:
             raise ValueError(f"queries must hold at least one row, got shape {Q.shape}")
         if mode == "auto":
-            mode = "fastscan" if self.fastscan_ready else "factored"
+            mode = "fastscan" if self.fastscan_ready or self.nlist is not None else "factored"
         if mode == "fastscan" and self._bits_l != 4:
             raise ValueError(f"mode='fastscan' needs 4-bit codes, this index has {self._bits_l}-bit codes "
                              "(use mode='factored' or 'auto')")
         shards = self._live()
         q = self.client.scatter(Q, broadcast=True, hash=False)
         try:
-            futures = [self.client.submit(_search_shard, s, q, k, mode, factor, pure=False) for s in shards]
+            futures = [self.client.submit(_search_shard, s, q, k, mode, factor, nprobe, pure=False) for s in shards]
             try:
                 parts = self.client.gather(futures)
             except _LOST as exc:
@@ -1092,7 +1301,12 @@ def _mismatch(a: LPLRIndex, b: LPLRIndex, j: int) -> str:
     ea, eb = a._state.encoder, b._state.encoder
     if not diff and (ea.codec, ea.kind) != (eb.codec, eb.kind):
         diff = [f"{eb.codec} codes with a {eb.kind!r} basis (index 0 has {ea.codec} codes with a {ea.kind!r} basis)"]
+    if not diff and (a._state.nlist, b._state.nlist) != (None, None) and (
+            encoder_fingerprint(ea, a._state.metric, sa) == encoder_fingerprint(eb, b._state.metric, sb)):
+        lists = ["no lists" if st.nlist is None else f"{st.nlist} centroids" for st in (a._state, b._state)]
+        diff = [f"the same encoder but another coarse quantizer ({lists[1]}, index 0 has {lists[0]}: "
+                "the centroids differ)"]
     what = ", ".join(diff) if diff else ("the same settings but a different trained encoder (mean, quantizer levels, "
                                          "codebooks or shared factor)")
-    return (f"indexes[{j}] cannot be merged with indexes[0]: {what}. Shards must share one trained encoder: "
-            "build (or load) one index and add each shard's vectors to a copy of it")
+    return (f"indexes[{j}] cannot be merged with indexes[0]: {what}. Shards must share one trained encoder "
+            "(and coarse quantizer): build (or load) one index and add each shard's vectors to a copy of it")

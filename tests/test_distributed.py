@@ -636,3 +636,244 @@ def test_damaged_grouped_shards_are_refused_with_the_reason(which, ld, indexes, 
         damaged(r"rcodes of shape", rcodes=rcodes[:, :-1])
         damaged(fp, rcodes=255 - rcodes)
         damaged(fp, r_lo=np.asarray(c.arrays["r_lo"]) - 1)
+
+
+# ------------------------------------------------------------ partitioned indexes
+#: rows and lists of the partitioned indexes sharded below: 2, 3 or 4 shards of 12,000 rows each
+#: hold at least a fifth of the rows, so a search of the index restricted to a shard's rows
+#: (``allowed=``) takes the lists too (under ``FILTER_SCAN_FRACTION`` it would scan exactly)
+N_IVF, NLIST = 12000, 16
+
+
+@pytest.mark.parametrize("settings", [dict(bits_per_coordinate=1.0, seed=3, nlist=32),
+                                      dict(rank=8, bits_l=4, codec="scalar", metric="cosine", seed=1, nlist=16)],
+                         ids=["vq-l2", "scalar-cosine"])
+def test_dask_build_of_a_partitioned_index_is_the_local_build(settings, ld, client, data, tmp_path, monkeypatch):
+    local = LPLRIndex(DIM, **settings).build(data)
+    local.save(tmp_path / "local.lplr")
+
+    def no_rows_to_the_client(self):
+        raise AssertionError("the rows of X passed through the client")
+
+    # the default nprobe's exact neighbours are found on the workers, block by block
+    monkeypatch.setattr(ld.DaskExecutor, "blocks", no_rows_to_the_client)
+    got = ld.build(dask_array(data, (7001, DIM)), client, **settings)
+    got.save(tmp_path / "dask.lplr")
+    assert (got.nlist, got.nprobe) == (local.nlist, local.nprobe) and got.nlist == settings["nlist"]
+    assert got.nprobe_report == local.nprobe_report
+    assert (tmp_path / "dask.lplr").read_bytes() == (tmp_path / "local.lplr").read_bytes() == got.to_bytes()
+    Q = data[:20] + 0.01
+    for nprobe in (1, None):
+        for a, b in zip(got.search(Q, 10, nprobe=nprobe), local.search(Q, 10, nprobe=nprobe)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def partitioned(data, blas_single_thread):
+    """Partitioned indexes of the first N_IVF rows, per metric (grouped 4-bit codes, 2 bits per coordinate)."""
+    cache = {}
+
+    def get(metric):
+        if metric not in cache:
+            cache[metric] = LPLRIndex(DIM, bits_per_coordinate=2.0, metric=metric, seed=1,
+                                      nlist=NLIST).build(data[:N_IVF])
+            assert cache[metric].nlist == NLIST and cache[metric].bits_l == 4
+        return cache[metric]
+
+    return get
+
+
+def per_shard_reference(index, bounds, queries, k, nprobe):
+    """The index's own search restricted to each shard's rows (``allowed=``), merged as shards are."""
+    from lplr_index.search.topk import merge_results
+
+    parts = [tuple(index.search(queries, k, nprobe=nprobe, allowed=np.arange(a, b)))
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    return merge_results(parts, k, index.metric)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("n_shards", [1, 2, 3])
+def test_sharded_partitioned_search_equals_the_index_search(n_shards, metric, ld, client, partitioned, queries):
+    index = partitioned(metric)
+    with ld.ShardedIndex(index, n_shards, client=client) as sharded:
+        assert (sharded.nlist, sharded.nprobe, sharded.n_shards) == (NLIST, index.nprobe, n_shards)
+        assert f"nlist={NLIST}, nprobe={index.nprobe}" in repr(sharded)
+        exact = sharded.search(queries, 10, mode="factored", nprobe=2)  # the exact scan ignores nprobe
+        found = {p: sharded.search(queries, 10, nprobe=p) for p in (1, 4, NLIST, None)}
+        bounds = sharded.bounds
+    for a, b in zip(exact, index.search(queries, 10, mode="factored")):
+        np.testing.assert_array_equal(a, b)
+    for nprobe, (D, I) in found.items():
+        D0, I0 = index.search(queries, 10, nprobe=nprobe)
+        if n_shards == 1:
+            np.testing.assert_array_equal(I, I0)
+            np.testing.assert_array_equal(D, D0)
+        # every shard scans its rows of the index's nprobe lists: the index's search of each shard's
+        # rows, bit for bit
+        Dr, Ir = per_shard_reference(index, bounds, queries, 10, nprobe)
+        np.testing.assert_array_equal(I, Ir)
+        np.testing.assert_array_equal(D, Dr)
+        # and at least as good as the index's search (a superset of its candidates is re-ranked)
+        tol = 1e-5 * np.abs(D0).max()
+        assert (D <= D0 + tol).all() if metric == "l2" else (D >= D0 - tol).all()
+        assert np.isin(I, I0).mean() > 0.9  # observed 0.9475 to 1.0 (l2), 1.0 (cosine)
+
+
+def test_sharded_partitioned_indexes_merge_and_refuse_another_quantizer(ld, client, partitioned, data, queries):
+    import dataclasses
+
+    index = partitioned("l2")
+    copy = LPLRIndex.from_bytes(index.to_bytes())
+    merged = LPLRIndex.from_bytes(index.to_bytes()).add(data[:N_IVF])  # the same rows twice, their lists alike
+    np.testing.assert_array_equal(merged._state.ivf_lists, np.tile(index._state.ivf_lists, 2))
+    with ld.ShardedIndex.from_indexes([index, copy], client=client) as sharded:
+        assert (sharded.bounds, sharded.nlist, sharded.nprobe) == ([0, N_IVF, 2 * N_IVF], NLIST, index.nprobe)
+        got = {p: sharded.search(queries, 10, nprobe=p) for p in (2, NLIST)}
+        exact = sharded.search(queries, 10, mode="factored")
+    for a, b in zip(exact, merged.search(queries, 10, mode="factored")):
+        np.testing.assert_array_equal(a, b)
+    for nprobe, (D, I) in got.items():
+        Dr, Ir = per_shard_reference(merged, [0, N_IVF, 2 * N_IVF], queries, 10, nprobe)
+        np.testing.assert_array_equal(I, Ir)
+        np.testing.assert_array_equal(D, Dr)
+
+    # the same encoder and settings, the same lists numbered otherwise: another coarse quantizer
+    st = index._state
+    rolled = LPLRIndex.from_bytes(index.to_bytes())
+    rolled._state = dataclasses.replace(st, ivf_centroids=np.roll(st.ivf_centroids, 1, axis=0),
+                                        ivf_lists=(st.ivf_lists + 1) % NLIST)
+    for a, b in zip(rolled.search(queries, 10, nprobe=3), index.search(queries, 10, nprobe=3)):
+        np.testing.assert_array_equal(a, b)  # a valid index, searched alike
+    with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged with indexes\[0\]: the same encoder but "
+                                         r"another coarse quantizer \(16 centroids, index 0 has 16 centroids: "
+                                         r"the centroids differ\)"):
+        ld.ShardedIndex.from_indexes([index, rolled], client=client)
+    plain = LPLRIndex.from_bytes(index.to_bytes())
+    plain._state = dataclasses.replace(st, ivf_centroids=None, ivf_lists=None, nprobe=None)
+    with pytest.raises(ValueError, match=r"indexes\[2\] cannot be merged .* \(no lists, index 0 has 16 centroids"):
+        ld.ShardedIndex.from_indexes([index, copy, plain], client=client)
+    other = LPLRIndex(DIM, bits_per_coordinate=2.0, seed=1, nlist=8).build(data[:N_IVF])
+    with pytest.raises(ValueError, match=r"indexes\[1\] cannot be merged .*nlist=8 \(index 0 has 16\)"):
+        ld.ShardedIndex.from_indexes([index, other], client=client)
+    settings = index.settings.to_header(rank=index.rank)
+    prints = {ld.encoder_fingerprint(st.encoder, "l2", settings, c) for c in
+              (None, st.ivf_centroids, rolled._state.ivf_centroids)}
+    assert len(prints) == 3
+    assert ld.encoder_fingerprint(st.encoder, "l2", settings) == ld.encoder_fingerprint(st.encoder, "l2", settings,
+                                                                                        None)
+
+
+def test_nprobe_is_refused_by_shards_without_lists_and_checked_with_them(ld, client, indexes, partitioned, queries):
+    with ld.ShardedIndex(indexes("l2", 2.0), 2, client=client) as sharded:
+        assert sharded.nlist is None and sharded.nprobe is None and "nlist" not in repr(sharded)
+        with pytest.raises(ValueError, match=r"nprobe=4: these shards have no partition .*nlist=None"):
+            sharded.search(queries, 10, nprobe=4)
+        with pytest.raises(ValueError, match=r"nprobe=4: these shards have no partition"):
+            sharded.search(queries, 10, mode="factored", nprobe=4)
+    with ld.ShardedIndex(partitioned("l2"), 2, client=client) as sharded:
+        for bad in (0, NLIST + 1):
+            with pytest.raises(ValueError, match=rf"nprobe must be an integer in \[1, {NLIST}\], got {bad}"):
+                sharded.search(queries, 10, nprobe=bad)
+        with pytest.raises(TypeError, match=r"nprobe must be an integer, got 2.5"):
+            sharded.search(queries, 10, nprobe=2.5)
+
+
+@pytest.mark.parametrize("mmap", [True, False], ids=["mmap", "read"])
+def test_sharded_partitioned_index_saves_and_loads(mmap, ld, client, partitioned, queries, tmp_path):
+    import dataclasses
+    import json
+
+    from lplr_index import IndexFileError
+    from lplr_index.fileformat import read_container, write_container
+
+    index = partitioned("cosine")
+    st = index._state
+    with ld.ShardedIndex(index, 3, client=client) as sharded:
+        manifest = sharded.save(tmp_path / "sharded")
+        want = {p: sharded.search(queries, 10, nprobe=p) for p in (1, 4, None)}
+        bounds = sharded.bounds
+    with open(manifest) as f:
+        m = json.load(f)
+    assert (m["nlist"], m["nprobe"]) == (NLIST, index.nprobe)
+    c = read_container(tmp_path / "sharded" / "shard-00001.lplrs")
+    assert c.version == 5 and (c.header["nlist"], c.header["nprobe"]) == (NLIST, index.nprobe)
+    np.testing.assert_array_equal(c.arrays["ivf_centroids"], st.ivf_centroids)
+    assert c.arrays["ivf_lists"].nbytes == (bounds[2] - bounds[1]) * 4 // 8  # 4 bits a row for 16 lists
+    shard = ld.Shard.load(tmp_path / "sharded" / "shard-00001.lplrs", mmap=mmap)
+    assert (shard.nlist, shard.nprobe, shard.first_row) == (NLIST, index.nprobe, bounds[1])
+    np.testing.assert_array_equal(shard.lists, st.ivf_lists[bounds[1]:bounds[2]])
+    with ld.ShardedIndex.load(tmp_path / "sharded", client=client, mmap=mmap) as loaded:
+        assert (loaded.bounds, loaded.fingerprint, loaded.nlist, loaded.nprobe) == (
+            bounds, sharded.fingerprint, NLIST, index.nprobe)
+        for nprobe, (D, I) in want.items():
+            D2, I2 = loaded.search(queries, 10, nprobe=nprobe)
+            np.testing.assert_array_equal(I2, I)
+            np.testing.assert_array_equal(D2, D)
+
+    # a shard of the same encoder with another coarse quantizer dropped in: refused, naming the file
+    rolled = LPLRIndex.from_bytes(index.to_bytes())
+    rolled._state = dataclasses.replace(st, ivf_centroids=np.roll(st.ivf_centroids, 1, axis=0),
+                                        ivf_lists=(st.ivf_lists + 1) % NLIST)
+    with ld.ShardedIndex(rolled, 3, client=client) as foreign:
+        foreign.save(tmp_path / "rolled")
+    path = tmp_path / "sharded" / "shard-00001.lplrs"
+    original = path.read_bytes()
+    path.write_bytes((tmp_path / "rolled" / "shard-00001.lplrs").read_bytes())
+    with pytest.raises(IndexFileError, match=r"shard-00001.lplrs: this shard was built with another encoder "
+                                             r"\(settings, seed, training data or coarse centroids\)"):
+        ld.ShardedIndex.load(tmp_path / "sharded", client=client)
+    path.write_bytes(original)
+
+    def rewritten(match, header=None, **arrays):
+        write_container(path, dict(c.header, **(header or {})), {**c.arrays, **arrays}, version=c.version)
+        with pytest.raises(IndexFileError, match=match):
+            ld.ShardedIndex.load(tmp_path / "sharded", client=client)
+        path.write_bytes(original)
+
+    lists = np.array(c.arrays["ivf_lists"])
+    rewritten(r"shard-00001.lplrs: damaged .*ivf_lists of shape", ivf_lists=lists[:-1])
+    rewritten(r"shard-00001.lplrs: damaged .*nprobe must be an integer in \[1, 16\], got 17",
+              header={"nprobe": NLIST + 1})
+    rewritten(r"shard-00001.lplrs: damaged .*ivf_centroids of shape", header={"nlist": 8})
+    rewritten(r"shard-00001.lplrs: the shard's encoder does not give its recorded fingerprint",
+              ivf_centroids=np.asarray(c.arrays["ivf_centroids"]) * 2)
+    # a manifest that says the index has no lists (as written before partitioned shards)
+    (tmp_path / "sharded" / "manifest.json").write_text(json.dumps(dict(m, nlist=None, nprobe=None)))
+    with pytest.raises(IndexFileError, match=r"shard-00000.lplrs: holds 16 coarse lists, but the manifest says "
+                                             r"nlist=None"):
+        ld.ShardedIndex.load(tmp_path / "sharded", client=client)
+
+
+def test_a_shard_builds_its_search_structures_once_under_concurrent_searches(ld, partitioned, queries,
+                                                                               monkeypatch):
+    import threading
+    import time
+
+    index = partitioned("l2")
+    st = index._state
+    shard = ld.Shard(st.encoder, st.store.codes[:5000], "l2", 0, index.settings.to_header(rank=index.rank),
+                     centroids=st.ivf_centroids, lists=st.ivf_lists[:5000], nprobe=index.nprobe)
+    made = []
+    real = ld.ivf_search.IVFScorer.from_assignment
+
+    def slow(*args, **kwargs):
+        made.append(1)
+        time.sleep(0.2)  # the other searches arrive while it is built
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ld.ivf_search.IVFScorer, "from_assignment", slow)
+    results = [None] * 4
+
+    def run(j):
+        results[j] = shard.search(queries, 10, "fastscan", None, 4)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    for D, I in results[1:]:
+        np.testing.assert_array_equal(I, results[0][1])
+        np.testing.assert_array_equal(D, results[0][0])

@@ -146,10 +146,17 @@ def test_settings_and_errors(data):
     index = LPLRIndex(DIM, bits_per_coordinate=1, nlist=8).build(X[:500])
     with pytest.raises(ValueError, match=r"nprobe must be an integer in \[1, 8\]"):
         index.search(Q, 3, nprobe=9)
-    from lplr_index import distributed
+    from lplr_index import distributed  # a shard of all the rows holds the lists and answers alike
 
-    with pytest.raises(ValueError, match="nlist=8: ShardedIndex does not hold partitioned indexes"):
-        distributed.ShardedIndex.from_indexes([index])
+    st = index._state
+    parts = (st.encoder, st.store.codes, st.metric, 0, {})
+    shard = distributed.Shard(*parts, centroids=st.ivf_centroids, lists=st.ivf_lists, nprobe=index.nprobe)
+    for got, want in zip(shard.search(Q, 3, "fastscan", None, 8), index.search(Q, 3, nprobe=8)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"nprobe must be an integer in \[1, 8\]"):
+        distributed.Shard(*parts, centroids=st.ivf_centroids, lists=st.ivf_lists, nprobe=9)
+    with pytest.raises(ValueError, match=r"lists must hold one list number in \[0, 8\) per row \(500\)"):
+        distributed.Shard(*parts, centroids=st.ivf_centroids, lists=np.full(500, 8))
 
 
 def test_list_numbers_pack_round_trip():
