@@ -1,32 +1,50 @@
-"""Partitioned fast-scan (issue 27): recall 10@10 against queries per second.
+"""Partitioned search (issue 27): recall 10@10 against queries per second, LPLRIndex with
+``nlist`` against faiss's IVF fast-scan at the same bits per coordinate.
 
-One process, one thread (faiss and BLAS), all rows measured in the same run:
+One process, ``--threads`` threads (default 1: faiss's OpenMP and the BLAS, builds included),
+every index built on the same data and measured in the same run:
 
-- ``lplr exhaustive``: ``LPLRIndex.search`` (fast-scan over every row + exact re-rank);
-- ``lplr ivf``: :class:`lplr_index.search.ivf.IVFScorer` over the SAME index's codes
-  (nothing re-encoded), ``nlist`` lists, for each ``nprobe``; its bits add the coarse
-  centroids (float32, latent width), the list sizes and a ``ceil(log2 n)``-bit permutation
-  (rows stored in list order) to the index's own bits; the 64-bit ids faiss keeps in memory
-  are reported beside;
-- ``lplr ivf (equal total)``: the same at a budget lowered so that index + partition
-  costs the target bits (skip with ``--no-equal-total``);
-- ``faiss IVF{nlist},PQ{M}x4fs``: the largest ``M`` dividing ``dim`` whose index file
-  (codes, 64-bit ids, lists padded to blocks of 32, ``nlist x dim`` float32 centroids) fits the
-  target bits, and the next larger ``M``; and ``PCAR{M},IVF{nlist},PQ{M}x4fs`` (PCA + random
-  rotation, one 4-bit code per rotated PCA coordinate: the faiss analogue of a rotated LPLR
-  latent) at the largest fitting ``M``. Their bits are measured (``faiss.serialize_index``);
-  same ``nprobe`` values.
+- ``lplr exhaustive``: ``LPLRIndex(dim, bits_per_coordinate=b)`` (no lists), the reference:
+  ``vs exhaustive`` is the recall of each partitioned LPLR row against its results;
+- ``lplr ivf{nlist}``: ``LPLRIndex(dim, bits_per_coordinate=b, nlist=nlist)`` searched with
+  ``index.search(Q, k, nprobe=P)`` for each ``--nprobe``, the default nprobe its build
+  measured (marked ``*``) and ``nlist`` (every list: the same codes scanned exhaustively;
+  ``vs all lists`` is the recall against that row's results). Its budget counts the partition:
+  ``index.bits_per_coordinate`` is the whole file (codes, factor, coarse centroids, every row's
+  list number), so it is built at the target itself, with no extra allowance;
+- ``faiss IVF{nlist},PQ{M}x4fs`` and ``faiss PCAR{M},IVF{nlist},PQ{M}x4fs`` (PCA + random
+  rotation, one 4-bit code per rotated PCA coordinate: the faiss analogue of LPLR's latent), at
+  the largest ``M`` whose serialized index (``faiss.serialize_index``: codes, 64-bit ids,
+  centroids, PCA) fits the target bits; same ``nlist``, same nprobe sweep. They train on
+  ``--faiss-train`` sampled rows (the sample is drawn before the build is measured).
 
-Usage (200,000 x 384 clustered synthetic data, 1 bit per coordinate; ~10 minutes on one core)::
+``nlist`` defaults to :func:`lplr_index.search.ivf.default_nlist` (the power of two nearest
+``4 sqrt(n)``); nprobe values above it are skipped.
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_ivf.py
-    .venv/bin/python benchmarks/bench_ivf.py --n 1000000 --nlist 4096      # later, at 10^6
+Measured for each index: build seconds, and the build's peak memory: the process's peak
+resident set during the build above its resident set just before (the kernel's high-water mark
+``VmHWM``, reset before each build through ``/proc/self/clear_refs``; where that is not allowed,
+psutil sampled every 2 ms in a thread; freed heap is returned to the system with
+``malloc_trim`` before each build so that an earlier build's memory is not counted as reused),
+and ``resident MiB``: the resident set after the build and one warm-up search above the one
+before the build, freed heap handed back first (what the index holds while searching; the data
+``X`` is not counted). A small LPLR and faiss build run first, unmeasured, so that one-time
+costs (lazy imports, BLAS buffers) do not land on the first measured index.
+Timing: batch q/s is the median of ``--repeats`` searches of all queries; latency the median
+single-query time over ``--latency-queries`` queries (one warm-up query first). Recall 10@10 is
+against the exact neighbours (faiss ``IndexFlatL2``), cached as ``.npy`` under ``--cache``
+keyed by the data's settings, so a re-run skips them.
 
-Prints a Markdown table (and writes JSON with ``--json PATH``). Recall 10@10 is against the
-exact neighbours of the float vectors; q/s is from the fastest of ``--repeats`` batches of all
-queries (the machine may be shared: the load average is printed); latency is the median
-single-query time. ``vs exhaustive``: recall of the LPLR rows against the exhaustive LPLR
-search of the same index (what partitioning loses).
+Usage (clustered synthetic data; 2 * 10^5 x 384 at 1 b/c takes ~10 minutes on one core)::
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_ivf.py
+    python benchmarks/bench_ivf.py --n 1000000 --nlist 4096 --bits 1 --out results/reference/bench_ivf
+    python benchmarks/bench_ivf.py --n 20000 --nlist 128 --nprobe 1 4 16 --repeats 1 \\
+        --latency-queries 10 --n-queries 200 --out /tmp/bench_ivf_smoke        # smoke run
+
+Writes ``{out}/synthetic-{n}x{dim}-{bits}bc.{json,md,png}`` (``powerlaw-...`` with
+``--data powerlaw``): the rows, the Markdown table, and recall against q/s (log scale), one
+line per index, nprobe annotated. Progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -34,24 +52,29 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads libgomp (shared machine)
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from common import machine, make_embeddings, markdown_table  # noqa: E402
+from common import ROOT, machine, make_embeddings, markdown_table, write_results  # noqa: E402
 
 from lplr_index import LPLRIndex, recall_at_k  # noqa: E402
-from lplr_index.search.ivf import IVFScorer  # noqa: E402
+from lplr_index.search.ivf import default_nlist  # noqa: E402
+
+DEFAULT_NPROBE = [1, 2, 4, 8, 16, 32, 64, 128]
+MIB = 2.0**20
 
 
 def make_clustered(n: int, n_queries: int, dim: int, *, decay: float, n_clusters: int, seed: int):
@@ -62,41 +85,131 @@ def make_clustered(n: int, n_queries: int, dim: int, *, decay: float, n_clusters
     return ds.xb, ds.xq
 
 
+# ------------------------------------------------------------------------------------ memory
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _rss_bytes() -> int:
+    kib = _status_kib("VmRSS")
+    if kib is not None:
+        return 1024 * kib
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _trim() -> None:
+    """Collect garbage and hand freed heap back to the system (glibc), so RSS starts clean."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _hwm_resettable() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmHWM") is not None
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """The process's peak resident set inside the block above its resident set at entry
+    (``peak_mib``), and the resident set at exit above the one at entry (``held_mib``).
+
+    ``VmHWM`` reset at entry (``/proc/self/clear_refs``, Linux) when allowed, else psutil
+    sampled every 2 ms in a thread (may miss a peak shorter than that)."""
+
+    method = "VmHWM reset" if _hwm_resettable() else "psutil, 2 ms samples"
+
+    def __enter__(self) -> PeakRSS:
+        _trim()
+        self.base = _rss_bytes()
+        self._peak = self.base
+        if self.method == "VmHWM reset":
+            _hwm_resettable()
+        else:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        now = _rss_bytes()
+        if self.method == "VmHWM reset":
+            peak = 1024 * _status_kib("VmHWM")
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = self._peak
+        self.peak_mib = (max(peak, now) - self.base) / MIB
+        self.end = now
+
+    def held_since_entry(self) -> float:
+        """Resident set now above the one at entry, MiB (freed heap handed back first)."""
+        _trim()
+        return (_rss_bytes() - self.base) / MIB
+
+
+# ------------------------------------------------------------------------------------ timing
 def timed(search, Q: np.ndarray, repeats: int, latency_queries: int):
-    """(ids of all queries, fastest batch seconds, median single-query ms)."""
-    _, I = search(Q)  # warm-up, and the results
-    times = []  # the fastest batch counts: on a shared machine the others lose time to other processes
+    """(ids of all queries, median batch seconds, median single-query ms); warm-up first."""
+    I = np.asarray(search(Q)[1])
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         search(Q)
         times.append(time.perf_counter() - t0)
+    search(Q[:1])
     lat = []
     for i in range(min(latency_queries, len(Q))):
         q = Q[i : i + 1]
         t0 = time.perf_counter()
         search(q)
         lat.append(time.perf_counter() - t0)
-    return np.asarray(I), float(np.min(times)), 1e3 * float(np.median(lat))
+    return I, statistics.median(times), 1e3 * statistics.median(lat)
 
 
-def partition_bits(ivf: IVFScorer) -> dict:
-    """Bits per row the partition adds to a file (centroids, list sizes, permutation) and what faiss
-    holds in memory instead of the permutation (64-bit ids)."""
-    s = ivf.storage()
-    file_bits = s["centroid_bits_per_row"] + s["list_size_bits_per_row"] + s["permutation_bits_per_row"]
-    return {"file_bits_per_row": file_bits, **s}
+def ground_truth(X: np.ndarray, Q: np.ndarray, k: int, path: Path, log) -> np.ndarray:
+    """Exact neighbours (faiss IndexFlatL2), read from ``path`` when a run already saved them."""
+    if path.exists():
+        gt = np.load(path)
+        if gt.shape == (len(Q), k):
+            log(f"ground truth from {path}")
+            return gt
+    t0 = time.perf_counter()
+    flat = faiss.IndexFlatL2(X.shape[1])
+    flat.add(X)
+    gt = flat.search(Q, k)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, gt)
+    log(f"ground truth {time.perf_counter() - t0:.1f}s -> {path}")
+    return gt
 
 
-def faiss_ivfpq_bits(index, n: int, dim: int) -> float:
-    """Measured: the serialized index's bits per coordinate."""
-    return 8 * len(faiss.serialize_index(index)) / (n * dim)
-
-
-def faiss_bits_estimate(template: str, m: int, args) -> float:
+# ------------------------------------------------------------------------------------- faiss
+def faiss_bits_estimate(template: str, m: int, n: int, d: int, nlist: int) -> float:
     """Bits per coordinate of a faiss ``[PCAR{M},]IVF{nlist},PQ{M}x4fs`` file: codes and 64-bit ids,
     the lists padded to blocks of 32 (half a block a list on average), float32 coarse centroids,
     the PQ centroids, and a PCA (faiss stores the full dim x dim matrix and the m x dim one)."""
-    n, d, nlist = args.n, args.dim, args.nlist
     width = m if template.startswith("PCA") else d  # what the coarse quantizer and the PQ see
     per_row = m / 2 + 8 + nlist * 16 * (m / 2) / n
     fixed = 4 * nlist * width + 4 * 16 * width
@@ -105,7 +218,16 @@ def faiss_bits_estimate(template: str, m: int, args) -> float:
     return 8 * (per_row + fixed / n) / d
 
 
-def main(argv=None) -> None:
+def faiss_candidates(template: str, n: int, d: int, nlist: int, bits: float) -> list[int]:
+    """``M`` values to try, largest first, whose estimated file fits ``bits`` (PCAR: even M up to d;
+    IVF-PQ: M dividing d)."""
+    pca = template.startswith("PCA")
+    Ms = [m for m in range(2, d + 1, 2) if pca or d % m == 0]
+    return [m for m in reversed(Ms) if faiss_bits_estimate(template, m, n, d, nlist) <= bits]
+
+
+# -------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--n", type=int, default=200_000)
@@ -116,124 +238,211 @@ def main(argv=None) -> None:
     p.add_argument("--n-clusters", type=int, default=100)
     p.add_argument("--decay", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bits", type=float, default=1.0, help="target bits per coordinate")
-    p.add_argument("--nlist", type=int, default=1024)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--bits", type=float, default=1.0, help="target bits per coordinate (every index's file)")
+    p.add_argument("--nlist", type=int, default=None, help="coarse lists; default: default_nlist(n)")
+    p.add_argument("--nprobe", type=int, nargs="+", default=DEFAULT_NPROBE, help="values above nlist are skipped")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--rerank-factor", type=int, default=4, help="candidates per result (LPLR rows)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--latency-queries", type=int, default=100)
+    p.add_argument("--rerank-factor", type=int, default=None, help="LPLR candidates per result; None: the index's")
+    p.add_argument("--repeats", type=int, default=3, help="batch searches of all queries (median)")
+    p.add_argument("--latency-queries", type=int, default=100, help="single queries timed (median)")
     p.add_argument("--faiss-train", type=int, default=100_000, help="rows faiss's IVF-PQ trains on")
     p.add_argument("--faiss-factory", nargs="*", default=["IVF{nlist},PQ{M}x4fs", "PCAR{M},IVF{nlist},PQ{M}x4fs"],
                    help="faiss index_factory templates ({M} chosen to fit --bits, {nlist})")
-    p.add_argument("--no-equal-total", action="store_true", help="skip the LPLR-IVF built at the lowered budget")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=1, help="faiss and BLAS threads (builds and searches)")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "runs" / "bench_ivf")
+    p.add_argument("--cache", type=Path, default=ROOT / "results" / "runs" / "cache" / "bench_ivf",
+                   help="folder of the cached ground truth")
     args = p.parse_args(argv)
+    for name in ("n", "dim", "n_queries", "k", "repeats", "latency_queries", "faiss_train", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.bits <= 0:
+        p.error(f"--bits must be positive, got {args.bits}")
+    if args.nlist is not None and not 1 <= args.nlist <= args.n:
+        p.error(f"--nlist must be 1 to --n, got {args.nlist}")
+    if min(args.nprobe) < 1:
+        p.error("--nprobe values must be >= 1")
+    return args
 
-    faiss.omp_set_num_threads(args.threads)
-    load0 = os.getloadavg()
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    with threadpool_limits(args.threads):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
+    faiss.omp_set_num_threads(args.threads)
+    n, d, k = args.n, args.dim, args.k
+    nlist = args.nlist or default_nlist(n)
+    nprobes = sorted({p for p in args.nprobe if p <= nlist})
+    name = f"{'synthetic' if args.data == 'clustered' else args.data}-{n}x{d}-{args.bits:g}bc"
+
     t0 = time.perf_counter()
     if args.data == "clustered":
-        X, Q = make_clustered(args.n, args.n_queries, args.dim, decay=args.decay,
-                              n_clusters=args.n_clusters, seed=args.seed)
+        X, Q = make_clustered(n, args.n_queries, d, decay=args.decay, n_clusters=args.n_clusters, seed=args.seed)
+        key = f"clustered-{n}x{d}-q{args.n_queries}-seed{args.seed}-c{args.n_clusters}-decay{args.decay:g}-k{k}"
     else:
-        X, Q = make_embeddings(args.n, args.dim, decay=args.decay, n_queries=args.n_queries, seed=args.seed)
-    flat = faiss.IndexFlatL2(args.dim)
-    flat.add(X)
-    _, gt = flat.search(Q, args.k)
-    del flat
-    log(f"data + ground truth {time.perf_counter() - t0:.1f}s")
-    k, kc = args.k, args.rerank_factor * args.k
-    rows = []
+        X, Q = make_embeddings(n, d, decay=args.decay, n_queries=args.n_queries, seed=args.seed)
+        key = f"powerlaw-{n}x{d}-q{args.n_queries}-seed{args.seed}-decay{args.decay:g}-k{k}"
+    log(f"data {time.perf_counter() - t0:.1f}s")
+    gt = ground_truth(X, Q, k, args.cache / f"gt-{key}.npy", log)
+    rows: list[dict] = []
+    search_kw = {} if args.rerank_factor is None else {"rerank_factor": args.rerank_factor}
 
-    def row(method, nprobe, bits, I, batch_s, lat_ms, ref=None, **extra):
-        r = {"method": method, "nprobe": nprobe, "bits_per_coord": bits,
-             "recall": recall_at_k(I, gt, k), "qps": len(Q) / batch_s, "latency_ms": lat_ms, **extra}
+    def row(method, kind, nprobe, bits, I, batch_s, lat_ms, built, ref=None, **extra):
+        r = {"method": method, "kind": kind, "nprobe": nprobe, "bits_per_coord": bits,
+             "recall": recall_at_k(I, gt, k), "qps": len(Q) / batch_s, "latency_ms": lat_ms, **built, **extra}
         if ref is not None:
             r["vs_exhaustive"] = recall_at_k(I, ref, k)
         rows.append(r)
-        log(f"{method:34s} nprobe={nprobe!s:>5} bits={bits:.3f} recall={r['recall']:.3f} "
-            f"qps={r['qps']:.0f} 1q={lat_ms:.2f}ms")
+        log(f"{method:34s} nprobe={r.get('nprobe_label', nprobe)!s:>5} bits={bits:.3f} "
+            f"recall={r['recall']:.3f} qps={r['qps']:.0f} 1q={lat_ms:.2f}ms")
 
-    def lplr_rows(budget, label):
-        t = time.perf_counter()
-        index = LPLRIndex(args.dim, bits_per_coordinate=budget, seed=args.seed).build(X)
-        build_s = time.perf_counter() - t
-        view = index._state.view  # the snapshot's codes (until LPLRIndex exposes the backend)
-        I, b, lat = timed(lambda q: index.search(q, k, rerank_factor=args.rerank_factor), Q,
-                          args.repeats, args.latency_queries)
-        ref = I
-        row(f"lplr exhaustive {label}", "all", index.bits_per_coordinate, I, b, lat, build_s=build_s)
-        t = time.perf_counter()
-        ivf = IVFScorer(view, args.nlist, seed=args.seed)
-        ivf_s = time.perf_counter() - t
-        pb = partition_bits(ivf)
-        total = index.bits_per_coordinate + pb["file_bits_per_row"] / args.dim
-        with_ids = index.bits_per_coordinate + (pb["centroid_bits_per_row"] + pb["list_size_bits_per_row"]
-                                                + pb["ids_bits_per_row"]) / args.dim
-        for nprobe in args.nprobe:
-            if nprobe > args.nlist:
-                continue
-            I, b, lat = timed(lambda q: ivf.search(q, kc, k, nprobe=nprobe)[:2], Q,
-                              args.repeats, args.latency_queries)
-            row(f"lplr ivf{args.nlist} {label}", nprobe, total, I, b, lat, ref=ref, build_s=ivf_s,
-                bits_with_64bit_ids=with_ids)
-        return index, ivf, pb
-
-    index, ivf, pb = lplr_rows(args.bits, f"{args.bits:g} b/c")
-    rank, M_lplr = index.rank, ivf.M
-    extra_bc = pb["file_bits_per_row"] / args.dim
-    if not args.no_equal_total:
-        del index, ivf
-        lplr_rows(args.bits - extra_bc, f"{args.bits - extra_bc:.3f} b/c")
-
-    # faiss: for each factory, the largest M whose estimated file fits the target bits (and for
-    # IVF-PQ, whose M must divide dim, the next larger M too); the bits shown are measured
-    xt = X[np.sort(np.random.default_rng(args.seed).choice(len(X), min(len(X), args.faiss_train), replace=False))]
-    for template in args.faiss_factory:
-        pca = template.startswith("PCA")
-        Ms = [m for m in range(2, args.dim + 1, 2) if pca or args.dim % m == 0]
-        fits = [m for m in Ms if faiss_bits_estimate(template, m, args) <= args.bits]
-        over = [m for m in Ms if faiss_bits_estimate(template, m, args) > args.bits]
-        chosen = fits[-1:] + ([] if pca else over[:1])
-        for m in chosen:
-            name = template.format(M=m, nlist=args.nlist)
+    def build(make, warm):
+        """``(index, {build_s, build_peak_mib, resident_mib})``: build, then one warm-up search."""
+        with PeakRSS() as mem:
             t = time.perf_counter()
-            fx = faiss.index_factory(args.dim, name)
-            fx.train(xt)
-            fx.add(X)
+            index = make()
             build_s = time.perf_counter() - t
-            bits = faiss_ivfpq_bits(fx, args.n, args.dim)
-            ivf_of = faiss.extract_index_ivf(fx)
-            for nprobe in args.nprobe:
-                if nprobe > args.nlist:
-                    continue
-                ivf_of.nprobe = nprobe  # (a pre-transform rejects IVF search parameters)
-                I, b, lat = timed(lambda q: fx.search(q, k), Q, args.repeats, args.latency_queries)
-                row(f"faiss {name}", nprobe, bits, I, b, lat, build_s=build_s)
-            del fx, ivf_of
+        warm(index)
+        return index, {"build_s": build_s, "build_peak_mib": mem.peak_mib, "resident_mib": mem.held_since_entry()}
 
-    load1 = os.getloadavg()
-    cols = [("method", "method", ""), ("nprobe", "nprobe", ""), ("bits_per_coord", "b/c (file)", ".3f"),
-            ("bits_with_64bit_ids", "b/c with 64-bit ids", ".3f"), ("recall", "recall 10@10", ".3f"),
-            ("vs_exhaustive", "vs exhaustive", ".3f"),
-            ("qps", "q/s (batch)", ",.0f"), ("latency_ms", "1-query ms", ".2f"), ("build_s", "build s", ".1f")]
-    print(f"\n{args.n:,} x {args.dim} {args.data} (seed {args.seed}), {len(Q)} queries, k={k}, "
-          f"LPLR re-rank {kc} candidates, nlist={args.nlist}, {args.threads} thread(s); "
-          f"LPLR rank {rank}, {M_lplr} fast-scan sub-quantizers")
-    print(f"partition per row: centroids {pb['centroid_bits_per_row']:.2f} bits, list sizes "
-          f"{pb['list_size_bits_per_row']:.2f}, permutation {pb['permutation_bits_per_row']:.0f} "
-          f"(faiss's ids in memory: 64), list padding in memory {pb['block_padding_bits_per_row']:.1f}")
-    print(f"load average (1, 5, 15 min) at start {tuple(round(x, 2) for x in load0)}, "
-          f"at end {tuple(round(x, 2) for x in load1)}\n")
-    print(markdown_table(rows, cols))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k_: str(v) for k_, v in vars(args).items()},
-                                         "machine": machine(), "partition": pb,
-                                         "load_start": load0, "load_end": load1, "rows": rows}, indent=1))
+    # one-time costs (lazy imports, BLAS and OpenMP buffers) before anything is measured
+    small = X[: min(n, 4000)]
+    LPLRIndex(d, bits_per_coordinate=args.bits, nlist=min(8, len(small)), seed=args.seed).build(small).search(Q[:5], k)
+    warm = faiss.index_factory(d, f"IVF{min(8, len(small))},PQ{2 if d % 2 == 0 else 1}x4fs")
+    warm.train(small)
+    warm.add(small)
+    warm.search(Q[:5], k)
+    del small, warm
+    _trim()
+
+    # ---- LPLR, exhaustive: the reference
+    lplr = lambda nl: LPLRIndex(d, bits_per_coordinate=args.bits, nlist=nl, seed=args.seed).build(X)  # noqa: E731
+    index, built = build(lambda: lplr(None), lambda ix: ix.search(Q[:10], k, **search_kw))
+    I, b, lat = timed(lambda q, ix=index: ix.search(q, k, **search_kw), Q, args.repeats, args.latency_queries)
+    ref = I
+    row("lplr exhaustive", "lplr exhaustive", None, index.bits_per_coordinate, I, b, lat, built,
+        nbytes=index.nbytes, nlist=None, nprobe_label="all")
+    lplr_info = {"rank": index.rank, "codec": index.codec, "exhaustive_bits": index.bits_per_coordinate}
+    del index
+    _trim()
+
+    # ---- LPLR, partitioned
+    index, built = build(lambda: lplr(nlist), lambda ix: ix.search(Q[:10], k, **search_kw))
+    parts = index.storage_breakdown()
+    lplr_info.update(nlist=index.nlist, default_nprobe=index.nprobe, storage_breakdown=parts, ivf_rank=index.rank,
+                     nprobe_report=getattr(index, "nprobe_report", None))
+    log(f"lplr nlist={index.nlist}, default nprobe {index.nprobe}; partition per row: centroids "
+        f"{8 * parts.get('coarse_centroids', 0) / n:.2f} bits, list numbers {8 * parts.get('list_numbers', 0) / n:.2f}")
+    I_all = np.asarray(index.search(Q, k, nprobe=index.nlist, **search_kw)[1])  # every list: the same codes, all scanned
+    for nprobe in sorted(set(nprobes) | {index.nprobe, index.nlist}):
+        I, b, lat = timed(lambda q, ix=index, p=nprobe: ix.search(q, k, nprobe=p, **search_kw), Q, args.repeats,
+                          args.latency_queries)
+        star = "*" if nprobe == index.nprobe else ""
+        row(f"lplr ivf{index.nlist}", "lplr ivf", nprobe, index.bits_per_coordinate, I, b, lat, built, ref=ref,
+            nbytes=index.nbytes, nlist=index.nlist, nprobe_label=f"{nprobe}{star}", default_nprobe=bool(star),
+            vs_all_lists=recall_at_k(I, I_all, k))
+    del index
+    _trim()
+
+    # ---- faiss: the largest M whose measured file fits the target bits
+    sample = np.sort(np.random.default_rng(args.seed).choice(n, min(n, args.faiss_train), replace=False))
+    xt = np.ascontiguousarray(X[sample])
+    skipped = []
+    for template in args.faiss_factory:
+        fx = None
+        for m in faiss_candidates(template, n, d, nlist, args.bits):
+            fname = template.format(M=m, nlist=nlist)
+
+            def make(fname=fname, xt=xt):
+                ix = faiss.index_factory(d, fname)
+                ix.train(xt)
+                ix.add(X)
+                return ix
+
+            fx, built = build(make, lambda ix: ix.search(Q[:10], k))
+            nbytes = len(faiss.serialize_index(fx))
+            if 8 * nbytes / (n * d) <= args.bits:
+                break
+            log(f"faiss {fname}: {8 * nbytes / (n * d):.3f} b/c over {args.bits:g}, trying a smaller M")
+            fx = None
+            _trim()
+        if fx is None:
+            skipped.append({"template": template, "reason": f"no M fits {args.bits:g} b/c"})
+            log(f"faiss {template}: no M fits {args.bits:g} b/c")
+            continue
+        ivf = faiss.extract_index_ivf(fx)
+        for nprobe in nprobes:
+            ivf.nprobe = nprobe  # (a pre-transform rejects IVF search parameters)
+            I, b, lat = timed(lambda q, ix=fx: ix.search(q, k), Q, args.repeats, args.latency_queries)
+            row(f"faiss {fname}", f"faiss {template}", nprobe, 8 * nbytes / (n * d), I, b, lat, built,
+                nbytes=nbytes, nlist=nlist, nprobe_label=str(nprobe))
+        del fx, ivf
+        _trim()
+    del xt
+
+    cols = [("method", "method", ""), ("nprobe_label", "nprobe", ""), ("bits_per_coord", "b/c (file)", ".3f"),
+            ("recall", f"recall {k}@{k}", ".3f"), ("vs_exhaustive", "vs exhaustive", ".3f"),
+            ("vs_all_lists", "vs all lists", ".3f"),
+            ("qps", "q/s (batch)", ",.0f"), ("latency_ms", "1-query ms", ".3f"), ("build_s", "build s", ".1f"),
+            ("build_peak_mib", "build peak MiB", ",.0f"), ("resident_mib", "resident MiB", ",.0f")]
+    info = machine()
+    head = (f"{n:,} x {d} {args.data} (seed {args.seed}), {len(Q)} queries, k={k}, target {args.bits:g} b/c, "
+            f"nlist={nlist}, {args.threads} thread(s). LPLR: rank {lplr_info['rank']} (exhaustive), "
+            f"{lplr_info['ivf_rank']} (partitioned), codec {lplr_info['codec']}, "
+            f"default nprobe {lplr_info['default_nprobe']} (marked *); partition per row: coarse centroids "
+            f"{8 * parts.get('coarse_centroids', 0) / n:.2f} bits, list numbers "
+            f"{8 * parts.get('list_numbers', 0) / n:.2f} bits (in its b/c). b/c: the file "
+            f"(LPLRIndex.bits_per_coordinate; faiss.serialize_index, 64-bit ids included). vs exhaustive: "
+            f"recall against the exhaustive LPLRIndex's results; vs all lists: against the same partitioned "
+            f"index searched with nprobe = nlist (what scanning fewer lists loses). Build peak: the process's peak resident set "
+            f"during the build above the one before it ({PeakRSS.method}); resident: after the build and a "
+            f"warm-up search. q/s: median of {args.repeats} batches; 1-query ms: median of "
+            f"{min(args.latency_queries, len(Q))}.")
+    table = f"{head}\n\n{markdown_table(rows, cols)}"
+    print(table)
+    payload = {"benchmark": "bench_ivf", "name": name, "n": n, "dim": d, "nlist": nlist,
+               "args": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
+               "machine": info, "memory_method": PeakRSS.method, "lplr": lplr_info, "skipped": skipped,
+               "rows": rows}
+    write_results(args.out, name, payload, table)
+    plot(rows, args.out / f"{name}.png", f"{n:,} x {d} {args.data}, {args.bits:g} b/c, nlist={nlist}, "
+                                         f"{args.threads} thread(s)", k)
+    log(f"wrote {args.out / name}.{{json,md,png}}")
+    return payload
+
+
+def plot(rows: list[dict], path: Path, title: str, k: int) -> None:
+    """Recall against batch q/s (log), one line per index, each point's nprobe written beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == method]
+        label = f"{method} ({rs[0]['bits_per_coord']:.3f} b/c)"
+        if rs[0]["nprobe"] is None:
+            ax.plot([rs[0]["recall"]], [rs[0]["qps"]], "*", ms=14, color="black", label=label)
+            continue
+        rs.sort(key=lambda r: r["nprobe"])
+        (line,) = ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], "o-", label=label)
+        for r in rs:
+            ax.annotate(r["nprobe_label"], (r["recall"], r["qps"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8, color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall {k}@{k}")
+    ax.set_ylabel("queries / s, batch (log)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title + "\n(numbers: nprobe; * LPLR's default)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -260,7 +260,13 @@ class IVFScorer(RefiningScorer):
     def extend(self, view: CodeView, lists: np.ndarray | None = None) -> None:
         """Add the rows of ``view`` past those held, in place (only while this scorer is not
         shared; a shared one is extended by :meth:`extended`); ``lists``: the new rows' lists
-        (:meth:`assign` when None)."""
+        (:meth:`assign` when None).
+
+        The rows go in list order, a block of 65,536 rows at a time, so each list is opened
+        about once: added in row order, every block opened every list it touched, ``nlist``
+        times ``n / 65,536`` list visits, which at 10^6 rows and 4,096 lists made a build, and
+        the first search after a load, take seconds more. Within a list the rows keep their
+        row order."""
         if view.metric != self.metric or view.codes.shape[1] != self.view.codes.shape[1]:
             raise ValueError(f"extend: the view must be of this scorer's index (metric {self.metric!r}, "
                              f"{self.view.codes.shape[1]}-byte code rows), got metric {view.metric!r} "
@@ -269,17 +275,21 @@ class IVFScorer(RefiningScorer):
         if lists is not None and len(lists) != view.ntotal - start:
             raise ValueError(f"extend: lists must hold one list per new row ({view.ntotal - start}), got {len(lists)}")
         self.view = view
-        for s in range(self.ntotal, view.ntotal, _ADD_ROWS):
-            packed = np.asarray(view.codes[s : s + _ADD_ROWS])
-            got = self.assign(packed) if lists is None else np.asarray(
-                lists[s - start : s - start + len(packed)], np.int64)
-            self._add(got, packed, np.arange(s, s + len(packed), dtype=np.int64))
-            if self.refines:
-                if self.exact is None:
-                    self.exact = self._exact_index()
-                self.exact.add_sa_codes(self._exact_codes(packed))
-        if self.refines and self.exact is None:
-            self.exact = self._exact_index()
+        if lists is None:
+            lists = np.empty(view.ntotal - start, np.int64)
+            for s in range(start, view.ntotal, _ADD_ROWS):
+                got = self.assign(np.asarray(view.codes[s : s + _ADD_ROWS]))
+                lists[s - start : s - start + len(got)] = got
+        lists = np.asarray(lists, np.int64)
+        order = np.argsort(lists, kind="stable")  # list after list, rows ascending within each
+        for s in range(0, len(order), _ADD_ROWS):
+            part = np.sort(order[s : s + _ADD_ROWS])  # read in file order (memory-mapped codes)
+            self._add(lists[part], np.asarray(view.codes[start + part]), start + part)
+        if self.refines:
+            if self.exact is None:
+                self.exact = self._exact_index()
+            for s in range(start, view.ntotal, _ADD_ROWS):
+                self.exact.add_sa_codes(self._exact_codes(np.asarray(view.codes[s : s + _ADD_ROWS])))
         self.ntotal = view.ntotal
 
     def extended(self, view: CodeView, lists: np.ndarray | None = None) -> "IVFScorer":
