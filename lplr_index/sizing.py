@@ -22,6 +22,7 @@ from . import layout
 from .fileformat import container_nbytes
 from .packing import packed_nbytes
 from .search import blas
+from .search import ivf as ivf_search
 from .search.fastscan import projection_nbytes
 from .search.router import DEFAULT_RERANK_FACTOR
 from .settings import IndexSettings
@@ -72,9 +73,12 @@ class IndexPlan:
     fastscan_bytes : int
         What faiss holds for fast-scan: its copy of the codes in block layout, and
         with an orthonormal factor the flat codes its re-rank scores and the
-        projection ``R`` (float32); allocated by the first fast-scan search
-        outside Python's allocator (so not in ``search_peak_bytes``); 0 when
-        fast-scan is not used.
+        projection ``R`` (float32); for a partitioned index (``nlist``) the lists
+        instead of the flat blocks: a 64-bit id a row, each list padded to whole
+        blocks of 32 codes (half a block a list counted) and the coarse centroids
+        (:func:`lplr_index.search.ivf.predicted_nbytes`); allocated by the first
+        fast-scan search outside Python's allocator (so not in
+        ``search_peak_bytes``); 0 when fast-scan is not used.
     codec : {"vq", "scalar"}
         The codes a build makes (``codec="auto"`` at 6+ bits per coordinate may
         also build the scalar 8-bit codes: the data decide; with ``sample``, the
@@ -177,8 +181,11 @@ def plan(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, chosen: VQ
         search = fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
         # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the flat codes and
         # the projection (fastscan.projection_nbytes: R^T, dim x rank float32)
-        fs_bytes = (-(-n // 32) * 32 + (n if orthonormal else 0)) * ((rank + 1) // 2) + (
-            projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0)
+        proj = projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0
+        if nlist is not None:  # the lists (ids, padding, centroids) instead of the flat blocks
+            fs_bytes = ivf_search.predicted_nbytes(n, nlist, rank, rank, (rank + 1) // 2 if orthonormal else 0, proj)
+        else:
+            fs_bytes = (-(-n // 32) * 32 + (n if orthonormal else 0)) * ((rank + 1) // 2) + proj
     else:
         search = factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -225,6 +232,10 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         # and the projection (R^T, dim x rank float32; rank a bound)
         flat = n * (n_codes if two else (n_codes + 1) // 2) + projection_nbytes(dim, rank, n_queries)
         fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
+        nlist = layout.nlist_for(s, n)
+        if nlist is not None:  # the lists instead of the flat blocks (centroids: 8 coordinates a code, a bound)
+            nlist = min(nlist, n)
+            fs_bytes = ivf_search.predicted_nbytes(n, nlist, n_codes, 8 * n_codes, 0, flat)
     else:
         search = factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -252,8 +263,13 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
     if search_mode == "fastscan":
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
-        fs_bytes = -(-n // 32) * 32 * ((M + 1) // 2) + n * (M if two else (M + 1) // 2) + projection_nbytes(
-            dim, rank, n_queries)
+        exact_row = M if two else (M + 1) // 2
+        proj = projection_nbytes(dim, rank, n_queries)
+        nlist = layout.nlist_for(s, n)
+        if nlist is not None:  # the lists (ids, padding, centroids) instead of the flat blocks
+            fs_bytes = ivf_search.predicted_nbytes(n, min(nlist, n), M, M * enc.lq.dsub, exact_row, proj)
+        else:
+            fs_bytes = -(-n // 32) * 32 * ((M + 1) // 2) + n * exact_row + proj
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0

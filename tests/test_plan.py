@@ -245,3 +245,24 @@ def test_plan_command_line_with_a_sample_gives_the_build(capsys, tmp_path):
     assert "at most 48 (the data choose it; --sample FILE gives the build's)" in text
     assert main(["-q", "plan", "--n", "3000", "--dim", "40", "-b", "1", "--sample", str(tmp_path / "x.npy")]) == 1
     assert "--sample file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("codec", ["vq", "scalar"])
+def test_a_partitioned_plan_counts_the_lists(codec):
+    # nlist: faiss holds lists (a 64-bit id a row, blocks padded per list, the centroids)
+    # instead of the flat blocks; the plan predicts the scorer's bytes up to the padding
+    from lplr_index.search.ivf import BBS
+
+    n, dim, nlist = 4000, 32, 16
+    X = spectra(n, dim)["steep"]
+    kw = dict(nlist=nlist) if codec == "vq" else dict(nlist=nlist, codec="scalar", bits_l=4)
+    for bits in (1, 4):
+        plan = LPLRIndex.plan(n, dim, bits_per_coordinate=bits, sample=X, n_queries=5, **kw)
+        index = LPLRIndex(dim, bits_per_coordinate=bits, **kw).build(X)
+        index.search(X[:5], 10)
+        scorer = index._state.built("ivf")
+        assert scorer is not None and plan.file_bytes == index.nbytes
+        code = (scorer.M + 1) // 2
+        # the padding is what the plan cannot know: within half a block a list of it
+        assert abs(plan.fastscan_bytes - scorer.nbytes()) <= nlist * (BBS // 2) * code, (codec, bits)
+        assert plan.fastscan_bytes >= n * (code + 8)  # the codes and the ids counted

@@ -62,7 +62,7 @@ from .fastscan import Projection, RefiningScorer, exact_codes, exact_index, flat
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
-           "pack_lists", "unpack_lists", "latent_centroids", "padded_centroids", "choose_nprobe"]
+           "pack_lists", "unpack_lists", "latent_centroids", "padded_centroids", "choose_nprobe", "predicted_nbytes"]
 
 #: codes per fast-scan block (faiss's ``bbs``)
 BBS = 32
@@ -86,6 +86,18 @@ def default_nlist(n: int) -> int:
     target = 4.0 * math.sqrt(n)
     p = 2 ** int(round(math.log2(target)))
     return int(max(1, min(p, n // 39)))
+
+
+def predicted_nbytes(n: int, nlist: int, M: int, d: int, exact_row_bytes: int, projection: int) -> int:
+    """:meth:`IVFScorer.nbytes` of ``n`` rows in ``nlist`` lists before the lists exist (for
+    :meth:`lplr_index.LPLRIndex.plan`): ``M`` 4-bit fast-scan codes a row in blocks of
+    :data:`BBS`, a 64-bit id a row, ``nlist x d`` float32 centroids (``d``: the padded
+    sub-vector width), ``exact_row_bytes`` a row of flat codes for faiss's re-rank (0 without
+    it) and ``projection`` bytes of query projection. The padding of each list to whole blocks
+    depends on the list sizes: counted as half a block a list (at most ``n`` rows' worth)."""
+    code = (M + 1) // 2
+    padding = min(n, nlist * (BBS // 2)) * code
+    return int(n * (code + 8 + exact_row_bytes) + padding + 4 * nlist * d + projection)
 
 
 class IVFScorer(RefiningScorer):
