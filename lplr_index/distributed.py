@@ -821,8 +821,7 @@ class Shard:
             scorer = self._ivf()
             nprobe = self.nprobe if nprobe is None else nprobe
             kc = min(n, max(kk, rerank_factor * kk))
-            D, I, short = fastscan.in_query_chunks(
-                lambda q: scorer.search(q, kc, kk, nprobe=nprobe, norms2=norms2), Q, kc)
+            D, I, short = scorer.search_widening(Q, kc, kk, nprobe=nprobe, norms2=norms2)
             if short.any():
                 D[short], I[short] = blas.scan(self.view, Q[short], kk,
                                                norms2=None if self.view.metric == "ip" else self._norms2())

@@ -318,9 +318,9 @@ def fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonorm
     in ``fastscan_bytes``). ``factor * k`` candidates per query. Where faiss re-ranks
     (an orthonormal factor, :class:`fastscan.FastScanScorer`) the search holds the
     queries' latent rows, faiss's (nq, factor k) scores and ids and the results: a
-    non-negative least-squares fit to 19 measured l2 and ip shapes (n 50,000-80,000, dim 64
-    and 128, rank 16-48, 100-1,000 queries, k 10-100), raised 3.3 % to bound them all (over
-    by 1-5 % on 15 of them, 20-27 % on four with 160 candidates a query); cosine
+    non-negative least-squares fit to 10 measured l2 and ip shapes (n 50,000-80,000, dim 64
+    and 128, rank 16-48, 100-1,000 queries, k 10-100; refitted when the re-rank's results
+    became views of faiss's arrays), raised 2.6 % to bound them all (over by 1-11 %); cosine
     first computes the rows' norms (kept: 4 bytes a row) from decoded blocks, about 13.4
     bytes per decoded entry (five measured shapes: over by 1-12 %, 62 % on one with
     2,000 queries). Otherwise (another factor) it re-ranks up to 256 queries at a time
@@ -332,7 +332,7 @@ def fastscan_search_peak(n: int, dim: int, rank: int, nq: int, k: int, orthonorm
     build = block * ((rank + 1) // 2) + (block * 3 * rank if two_level else 0)
     kc = min(n, int(factor * k))
     if orthonormal:
-        search = 1.033 * (15.21 * nq * kc + 0.146 * nq * dim + 4.61 * nq * rank + 29.8e3)
+        search = 1.026 * (14.48 * nq * kc + 3.86 * nq * rank + 16.5e3)
         if metric == "cosine":  # the rows' norms (kept), computed first from decoded blocks
             search = 4 * n + max(search, 13.4 * min(n, blas.BLOCK_ROWS) * rank)
     else:

@@ -214,3 +214,61 @@ def test_bad_arguments_are_named(built, data):
     with pytest.raises(ValueError, match="4-bit"):
         IVFScorer(_view(eight), 4)
     assert default_nlist(1_000_000) == 4096 and default_nlist(200_000) == 2048 and default_nlist(50) == 1
+
+
+def test_lists_apportioned_to_coarse_cells():
+    from lplr_index.search.ivf import _apportion
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        counts = rng.integers(0, 50, rng.integers(1, 40))
+        if counts.sum() == 0:
+            continue
+        total = int(rng.integers(max(1, np.count_nonzero(counts)), counts.sum() + 1))
+        share = _apportion(counts, total)
+        assert share.sum() == total and (share <= counts).all() and ((share >= 1) == (counts > 0)).all()
+    np.testing.assert_array_equal(_apportion(np.array([10, 30, 0, 60]), 10), [1, 3, 0, 6])
+    with pytest.raises(ValueError, match="cannot split 5 lists over 4 rows"):
+        _apportion(np.array([1, 3]), 5)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_nearest_centroids_are_faiss_flat_search(metric):
+    import faiss
+
+    from lplr_index.search import ivf
+
+    rng = np.random.default_rng(1)
+    L, C = rng.standard_normal((3000, 24), np.float32), rng.standard_normal((300, 24), np.float32)
+    flat = faiss.IndexFlatIP(24) if metric == "ip" else faiss.IndexFlatL2(24)
+    flat.add(C)
+    want = flat.search(L, 1)[1][:, 0]
+    np.testing.assert_array_equal(ivf.nearest_centroids(L, C, metric), want)
+    old = ivf._ASSIGN_SCORES
+    try:  # several blocks of rows
+        ivf._ASSIGN_SCORES = 7 * 300
+        np.testing.assert_array_equal(ivf.nearest_centroids(L, C, metric), want)
+    finally:
+        ivf._ASSIGN_SCORES = old
+
+
+def test_two_level_training_is_seeded_and_close_to_one_kmeans(monkeypatch):
+    # from TWO_LEVEL_MIN_NLIST lists the centroids come from two levels of k-means: as many,
+    # the same for a seed, and a quantization error near one k-means's
+    from lplr_index.search import ivf
+
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((40, 16)).astype(np.float32) * 4
+    L = (centres[rng.integers(0, 40, 20000)] + rng.standard_normal((20000, 16))).astype(np.float32)
+
+    def error(C):
+        a = ivf.nearest_centroids(L, C, "l2")
+        return float(np.mean(np.sum((L - C[a]) ** 2, axis=1)))
+
+    flat = ivf.train_centroids(L, 256, seed=0, niter=10)
+    monkeypatch.setattr(ivf, "TWO_LEVEL_MIN_NLIST", 256)
+    two = ivf.train_centroids(L, 256, seed=0, niter=10)
+    assert two.shape == flat.shape == (256, 16) and two.dtype == np.float32 and np.isfinite(two).all()
+    np.testing.assert_array_equal(two, ivf.train_centroids(L, 256, seed=0, niter=10))
+    assert not np.array_equal(two, ivf.train_centroids(L, 256, seed=1, niter=10))
+    assert error(two) <= 1.1 * error(flat), (error(two), error(flat))

@@ -188,3 +188,31 @@ def test_a_high_budget_with_lists_keeps_grouped_codes(data):
     X, _ = data
     index = LPLRIndex(X.shape[1], bits_per_coordinate=6, nlist=8).build(X)
     assert index.codec == "vq" and index.nlist == 8
+
+
+def test_short_queries_probe_more_lists_before_the_exact_scan(data, monkeypatch):
+    # lists of fewer rows than the candidates a query needs: those queries search again with
+    # SHORT_NPROBE_GROWTH times more lists; only queries still short get the exact scan
+    from lplr_index.search import router
+
+    X, Q = data
+    index = LPLRIndex(DIM, bits_per_coordinate=1, nlist=128, seed=0).build(X)
+    kc = 4 * 10
+    _, _, short = index._state.ivf().search(Q, kc, 10, nprobe=1)
+    _, _, still = index._state.ivf().search(Q, kc, 10, nprobe=ivf.SHORT_NPROBE_GROWTH)
+    assert short.any() and not still.any()
+    scanned = []
+    real = router.exact_scan
+    monkeypatch.setattr(router, "exact_scan", lambda st, q, *a: scanned.append(len(q)) or real(st, q, *a))
+    D, I = index.search(Q, 10, nprobe=1)
+    assert not scanned and (I >= 0).all()
+    D4, I4 = index.search(Q[short], 10, nprobe=ivf.SHORT_NPROBE_GROWTH)
+    np.testing.assert_array_equal(I[short], I4)
+    np.testing.assert_array_equal(D[short], D4)
+    D1, I1 = index.search(Q[~short], 10, nprobe=1)
+    np.testing.assert_array_equal(I[~short], I1)
+    # a filter that leaves fewer allowed rows than needed in every list: the exact scan at last
+    allowed = np.zeros(N, bool)
+    allowed[: N // 4 + 1] = True
+    D, I = index.search(Q, 10, nprobe=1, allowed=allowed)
+    assert allowed[I[I >= 0]].all()

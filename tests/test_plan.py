@@ -77,7 +77,7 @@ def measured_peaks(n: int, dim: int, kw: dict, nq: int, k: int, mode: str = "aut
 def test_peak_memory_within_5_percent_of_tracemalloc(n, dim, kw, nq, k, mode):
     plan = LPLRIndex.plan(n, dim, n_queries=nq, k=k, mode=mode, **kw)
     build, search, fs_bytes = measured_peaks(n, dim, kw, nq, k, mode)
-    # observed: build -0.8 %, -0.9 %, +1.0 %, -0.9 %, -0.7 %; search +3 %, +9 %, +0.2 %, +3 %, +0.2 %
+    # observed: build -0.8 %, -0.9 %, +1.0 %, -0.9 %, -0.7 %; the fast-scan search model bounds its fit shapes by 1-11 %
     assert plan.build_peak_bytes == pytest.approx(build, rel=0.05)
     if mode == "auto" and kw.get("bits_l") == 8:
         assert plan.search_peak_bytes == pytest.approx(search, rel=0.05)

@@ -206,15 +206,14 @@ def search_fastscan(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe
 def search_ivf(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe: int):
     """The partitioned fast-scan search: ``kc`` candidates from the ``nprobe`` nearest lists
     (a filter, removed vectors included, applied inside faiss's scan), re-ranked exactly; the
-    ``keep`` best. Queries whose probed lists held fewer than ``kc`` (allowed) candidates get
-    the exact scan of the allowed rows, as does every query when under
+    ``keep`` best. Queries whose probed lists held fewer than ``kc`` (allowed) candidates
+    probe more lists (:meth:`lplr_index.search.ivf.IVFScorer.search_widening`); those still
+    short get the exact scan of the allowed rows, as does every query when under
     :data:`FILTER_SCAN_FRACTION` of the rows are allowed (as the exhaustive path does)."""
     if mask is not None and n_ok / st.n < FILTER_SCAN_FRACTION:
         return exact_scan(st, Q, keep, mask, n_ok)
-    scorer = st.ivf()
     norms2 = st.norms2() if st.metric == "cosine" else None
-    D, I, short = fastscan.in_query_chunks(
-        lambda q: scorer.search(q, kc, keep, nprobe=nprobe, norms2=norms2, allowed=mask), Q, kc)
+    D, I, short = st.ivf().search_widening(Q, kc, keep, nprobe=nprobe, norms2=norms2, allowed=mask)
     if short.any():
         D[short], I[short] = exact_scan(st, Q[short], keep, mask, n_ok)
     return D, I
