@@ -16,7 +16,26 @@ every index built on the same data and measured in the same run:
   rotation, one 4-bit code per rotated PCA coordinate: the faiss analogue of LPLR's latent), at
   the largest ``M`` whose serialized index (``faiss.serialize_index``: codes, 64-bit ids,
   centroids, PCA) fits the target bits; same ``nlist``, same nprobe sweep. They train on
-  ``--faiss-train`` sampled rows (the sample is drawn before the build is measured).
+  ``--faiss-train`` sampled rows (the sample is drawn before the build is measured);
+- ``scann tree{nlist},AH...`` (unless ``--no-scann``; skipped with a note when ``import scann``
+  fails, it is the optional ``bench`` extra): ScaNN with its partitioning tree,
+  ``scann.scann_ops_pybind.builder(X, k, "squared_l2").tree(num_leaves=nlist,
+  training_sample_size=--scann-train).score_ah(dims_per_block,
+  anisotropic_quantization_threshold=--scann-threshold).build()`` (16 centres, 4 bits, a block,
+  LUT16 scoring), searched with ``searcher.search_batched(Q, leaves_to_search=nprobe,
+  final_num_neighbors=k)`` (q/s; not ``search_batched_parallel``) and ``searcher.search(q, ...)``
+  (latency), ``leaves_to_search`` = each nprobe of the sweep. Its b/c is everything
+  ``searcher.serialize(folder)`` writes (as ``faiss_baselines.ScannAH`` measures it): the AH
+  codes (ONE BYTE PER 4-BIT CODE in the file), the tree's centres (``serialized_partitioner.pb``,
+  about 8 bytes a coordinate), each row's leaf id (``datapoint_to_token.npy``, int32: 32 bits a
+  row), the codebooks and the config. ``dims_per_block`` is the smallest (most blocks) whose
+  measured size fits the target bits: block counts are estimated from that formula first, then
+  the build is serialized and stepped down while it is over. NO reordering: ScaNN's ``reorder``
+  rescoring stores the dataset again, float32 (32 b/c), bfloat16 (16) or int8 (8 b/c plus
+  per-dimension scales), on top of the codes, more than any low-bit target here allows, so the
+  AH scores are final. The codes are not residuals of the leaf centres: ScaNN refuses residual
+  quantization with a tree under ``squared_l2`` ("only works with dot product distance"), so
+  scanning more leaves can lower its recall. ScaNN's training threads are set to ``--threads``.
 
 ``nlist`` defaults to :func:`lplr_index.search.ivf.default_nlist` (the power of two nearest
 ``4 sqrt(n)``); nprobe values above it are skipped.
@@ -28,7 +47,7 @@ psutil sampled every 2 ms in a thread; freed heap is returned to the system with
 ``malloc_trim`` before each build so that an earlier build's memory is not counted as reused),
 and ``resident MiB``: the resident set after the build and one warm-up search above the one
 before the build, freed heap handed back first (what the index holds while searching; the data
-``X`` is not counted). A small LPLR and faiss build run first, unmeasured, so that one-time
+``X`` is not counted). A small LPLR, faiss and ScaNN build run first, unmeasured, so that one-time
 costs (lazy imports, BLAS buffers) do not land on the first measured index.
 Timing: batch q/s is the median of ``--repeats`` searches of all queries; latency the median
 single-query time over ``--latency-queries`` queries (one warm-up query first). Recall 10@10 is
@@ -41,6 +60,7 @@ Usage (clustered synthetic data; 2 * 10^5 x 384 at 1 b/c takes ~10 minutes on on
     python benchmarks/bench_ivf.py --n 1000000 --nlist 4096 --bits 1 --out results/reference/bench_ivf
     python benchmarks/bench_ivf.py --n 20000 --nlist 128 --nprobe 1 4 16 --repeats 1 \\
         --latency-queries 10 --n-queries 200 --out /tmp/bench_ivf_smoke        # smoke run
+    python benchmarks/bench_ivf.py --no-scann ...                              # without ScaNN
 
 Writes ``{out}/synthetic-{n}x{dim}-{bits}bc.{json,md,png}`` (``powerlaw-...`` with
 ``--data powerlaw``): the rows, the Markdown table, and recall against q/s (log scale), one
@@ -58,6 +78,7 @@ import ctypes  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -69,6 +90,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, machine, make_embeddings, markdown_table, write_results  # noqa: E402
+from faiss_baselines import ScannAH, _pad_ids, dir_nbytes, package_version  # noqa: E402
 
 from lplr_index import LPLRIndex, recall_at_k  # noqa: E402
 from lplr_index.search.ivf import default_nlist  # noqa: E402
@@ -226,6 +248,60 @@ def faiss_candidates(template: str, n: int, d: int, nlist: int, bits: float) -> 
     return [m for m in reversed(Ms) if faiss_bits_estimate(template, m, n, d, nlist) <= bits]
 
 
+# ------------------------------------------------------------------------------------- ScaNN
+def scann_bits_estimate(blocks: int, n: int, d: int, nlist: int, extra_bytes: float = 0.0) -> float:
+    """Bits per coordinate of what ScaNN's ``searcher.serialize`` writes for a tree of ``nlist``
+    leaves over ``blocks`` 4-bit AH blocks (sizes read off ScaNN 1.4's files): a byte per code and
+    an int32 leaf id a row; the tree's centres (8 bytes a coordinate, about 20 a leaf besides);
+    the float32 codebooks (16 centres of every coordinate, about 100 bytes a block besides); the
+    npy headers, config and asset list. ``extra_bytes``: a correction learnt from a measured build."""
+    per_row = blocks + 4
+    fixed = (8 * d + 24) * nlist + 4 * 16 * d + 100 * blocks + 1200 + extra_bytes
+    return 8 * (per_row + fixed / n) / d
+
+
+def scann_settings(d: int) -> list[tuple[int, int]]:
+    """``(dims_per_block, blocks)`` for every block count, most blocks first, each with the smallest
+    ``dims_per_block`` giving it (the most even split: ``faiss_baselines.ScannAH.settings``)."""
+    return [(s.opts["dims_per_block"], s.opts["blocks"]) for s in reversed(ScannAH().settings(d))]
+
+
+def scann_tree_ah(X: np.ndarray, k: int, nlist: int, dims_per_block: int, *, train: int, threshold: float,
+                  threads: int):
+    """ScaNN searcher: partitioning tree of ``nlist`` leaves, 4-bit AH (LUT16) scoring, no reorder."""
+    import scann
+
+    builder = (scann.scann_ops_pybind.builder(X, k, "squared_l2")
+               .tree(num_leaves=nlist, num_leaves_to_search=min(nlist, 8), training_sample_size=train)
+               .score_ah(dims_per_block, anisotropic_quantization_threshold=threshold))
+    builder.set_n_training_threads(threads)
+    if "exact_reordering" in builder.create_config():
+        raise RuntimeError("ScaNN config unexpectedly reorders")
+    return builder.build()
+
+
+def scann_search(searcher, q: np.ndarray, k: int, nprobe: int):
+    """``(None, ids)``: ``search_batched`` (one thread, not ``search_batched_parallel``) for a batch,
+    ``search`` for one query; results missing from the searched leaves are -1."""
+    if len(q) == 1:
+        idx, _ = searcher.search(q[0], leaves_to_search=nprobe, final_num_neighbors=k)
+        return None, _pad_ids([idx], k)
+    idx, dist = searcher.search_batched(q, leaves_to_search=nprobe, final_num_neighbors=k)
+    ids = np.asarray(idx, np.int64)
+    ids[np.isnan(dist)] = -1  # search_batched pads a short result with id 0, distance NaN
+    return None, ids
+
+
+def scann_stored(searcher) -> dict[str, int]:
+    """The files ``searcher.serialize`` writes (name -> bytes), in a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        searcher.serialize(tmp, relative_path=True)
+        files = dir_nbytes(tmp)
+    if any(f.startswith("dataset") or "reorder" in f for f in files):
+        raise RuntimeError(f"ScaNN stored a float dataset / reordering data: {files}")
+    return files
+
+
 # -------------------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -248,6 +324,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--faiss-train", type=int, default=100_000, help="rows faiss's IVF-PQ trains on")
     p.add_argument("--faiss-factory", nargs="*", default=["IVF{nlist},PQ{M}x4fs", "PCAR{M},IVF{nlist},PQ{M}x4fs"],
                    help="faiss index_factory templates ({M} chosen to fit --bits, {nlist})")
+    p.add_argument("--no-scann", action="store_true", help="leave out ScaNN (tree + AH)")
+    p.add_argument("--scann-threshold", type=float, default=0.2,
+                   help="ScaNN's anisotropic_quantization_threshold (nan: plain k-means codebooks)")
+    p.add_argument("--scann-train", type=int, default=None,
+                   help="rows ScaNN's tree trains on; default min(n, max(64 nlist, --faiss-train))")
     p.add_argument("--threads", type=int, default=1, help="faiss and BLAS threads (builds and searches)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "runs" / "bench_ivf")
     p.add_argument("--cache", type=Path, default=ROOT / "results" / "runs" / "cache" / "bench_ivf",
@@ -260,6 +341,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--bits must be positive, got {args.bits}")
     if args.nlist is not None and not 1 <= args.nlist <= args.n:
         p.error(f"--nlist must be 1 to --n, got {args.nlist}")
+    if args.scann_train is not None and args.scann_train < 1:
+        p.error(f"--scann-train must be >= 1, got {args.scann_train}")
     if min(args.nprobe) < 1:
         p.error("--nprobe values must be >= 1")
     return args
@@ -309,6 +392,17 @@ def run(args: argparse.Namespace) -> dict:
         warm(index)
         return index, {"build_s": build_s, "build_peak_mib": mem.peak_mib, "resident_mib": mem.held_since_entry()}
 
+    scann_info: dict = {"enabled": False, "version": package_version("scann")}
+    skipped = []
+    if args.no_scann:
+        scann_info["reason"] = "--no-scann"
+    elif (reason := ScannAH().unavailable_reason()) is not None:
+        scann_info["reason"] = reason
+        skipped.append({"method": "scann", "reason": reason})
+        log(f"note: ScaNN left out: {reason}")
+    else:
+        scann_info["enabled"] = True
+
     # one-time costs (lazy imports, BLAS and OpenMP buffers) before anything is measured
     small = X[: min(n, 4000)]
     LPLRIndex(d, bits_per_coordinate=args.bits, nlist=min(8, len(small)), seed=args.seed).build(small).search(Q[:5], k)
@@ -316,6 +410,11 @@ def run(args: argparse.Namespace) -> dict:
     warm.train(small)
     warm.add(small)
     warm.search(Q[:5], k)
+    if scann_info["enabled"]:
+        warm = scann_tree_ah(small, k, min(8, len(small)), 2, train=len(small), threshold=args.scann_threshold,
+                             threads=args.threads)
+        scann_search(warm, Q[:5], k, 2)
+        scann_search(warm, Q[:1], k, 2)
     del small, warm
     _trim()
 
@@ -351,7 +450,6 @@ def run(args: argparse.Namespace) -> dict:
     # ---- faiss: the largest M whose measured file fits the target bits
     sample = np.sort(np.random.default_rng(args.seed).choice(n, min(n, args.faiss_train), replace=False))
     xt = np.ascontiguousarray(X[sample])
-    skipped = []
     for template in args.faiss_factory:
         fx = None
         for m in faiss_candidates(template, n, d, nlist, args.bits):
@@ -371,7 +469,7 @@ def run(args: argparse.Namespace) -> dict:
             fx = None
             _trim()
         if fx is None:
-            skipped.append({"template": template, "reason": f"no M fits {args.bits:g} b/c"})
+            skipped.append({"method": "faiss", "template": template, "reason": f"no M fits {args.bits:g} b/c"})
             log(f"faiss {template}: no M fits {args.bits:g} b/c")
             continue
         ivf = faiss.extract_index_ivf(fx)
@@ -383,6 +481,51 @@ def run(args: argparse.Namespace) -> dict:
         del fx, ivf
         _trim()
     del xt
+
+    # ---- ScaNN, tree + AH: the most blocks (smallest dims_per_block) whose serialized files fit
+    if scann_info["enabled"]:
+        train = min(n, args.scann_train or max(64 * nlist, args.faiss_train))
+        scann_info.update(nlist=nlist, training_sample_size=train, anisotropic_threshold=args.scann_threshold,
+                          metric="squared_l2", hash_type="lut16", reorder=None, tried=[])
+        settings, searcher, extra, last = scann_settings(d), None, 0.0, None
+        p0 = min(nprobes or [1])  # the warm-up search's leaves
+        for _ in range(3):  # the estimate, corrected by each measured build: rarely a second build
+            fits = [(p, m) for p, m in settings
+                    if (last is None or m < last) and scann_bits_estimate(m, n, d, nlist, extra) <= args.bits]
+            if not fits:
+                break
+            dpb, m = fits[0]
+            searcher, built = build(
+                lambda dpb=dpb: scann_tree_ah(X, k, nlist, dpb, train=train, threshold=args.scann_threshold,
+                                              threads=args.threads),
+                lambda s: (scann_search(s, Q[:10], k, p0), scann_search(s, Q[:1], k, p0)))
+            files = scann_stored(searcher)
+            nbytes = sum(files.values())
+            bits = 8 * nbytes / (n * d)
+            scann_info["tried"].append({"dims_per_block": dpb, "blocks": m, "bits_per_coord": bits,
+                                        "estimate": scann_bits_estimate(m, n, d, nlist, extra)})
+            if bits <= args.bits:
+                break
+            log(f"scann dims_per_block={dpb}: {bits:.3f} b/c over {args.bits:g}, trying fewer blocks")
+            extra += nbytes - scann_bits_estimate(m, n, d, nlist, extra) * n * d / 8
+            searcher, last = None, m
+            _trim()
+        if searcher is None:
+            reason = f"no dims_per_block fits {args.bits:g} b/c"
+            scann_info["reason"] = reason
+            skipped.append({"method": "scann", "reason": reason})
+            log(f"scann: {reason}")
+        else:
+            scann_info.update(dims_per_block=dpb, blocks=m, stored_files=files, nbytes=nbytes)
+            method = f"scann tree{nlist},AH{m}x4 (dpb {dpb})"
+            for nprobe in nprobes:
+                I, b, lat = timed(lambda q, s=searcher, p=nprobe: scann_search(s, q, k, p), Q, args.repeats,
+                                  args.latency_queries)
+                row(method, "scann tree-ah", nprobe, bits, I, b, lat, built, nbytes=nbytes, nlist=nlist,
+                    nprobe_label=str(nprobe), dims_per_block=dpb, blocks=m)
+            log(f"scann files: {files}")
+            del searcher
+            _trim()
 
     cols = [("method", "method", ""), ("nprobe_label", "nprobe", ""), ("bits_per_coord", "b/c (file)", ".3f"),
             ("recall", f"recall {k}@{k}", ".3f"), ("vs_exhaustive", "vs exhaustive", ".3f"),
@@ -396,7 +539,9 @@ def run(args: argparse.Namespace) -> dict:
             f"default nprobe {lplr_info['default_nprobe']} (marked *); partition per row: coarse centroids "
             f"{8 * parts.get('coarse_centroids', 0) / n:.2f} bits, list numbers "
             f"{8 * parts.get('list_numbers', 0) / n:.2f} bits (in its b/c). b/c: the file "
-            f"(LPLRIndex.bits_per_coordinate; faiss.serialize_index, 64-bit ids included). vs exhaustive: "
+            f"(LPLRIndex.bits_per_coordinate; faiss.serialize_index, 64-bit ids included; ScaNN: every file "
+            f"searcher.serialize writes: a byte per 4-bit AH code, an int32 leaf id a row, the tree's centres, "
+            f"codebooks; no reordering, anisotropic threshold {args.scann_threshold:g}). vs exhaustive: "
             f"recall against the exhaustive LPLRIndex's results; vs all lists: against the same partitioned "
             f"index searched with nprobe = nlist (what scanning fewer lists loses). Build peak: the process's peak resident set "
             f"during the build above the one before it ({PeakRSS.method}); resident: after the build and a "
@@ -406,7 +551,8 @@ def run(args: argparse.Namespace) -> dict:
     print(table)
     payload = {"benchmark": "bench_ivf", "name": name, "n": n, "dim": d, "nlist": nlist,
                "args": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
-               "machine": info, "memory_method": PeakRSS.method, "lplr": lplr_info, "skipped": skipped,
+               "machine": info, "memory_method": PeakRSS.method, "lplr": lplr_info, "scann": scann_info,
+               "skipped": skipped,
                "rows": rows}
     write_results(args.out, name, payload, table)
     plot(rows, args.out / f"{name}.png", f"{n:,} x {d} {args.data}, {args.bits:g} b/c, nlist={nlist}, "
@@ -430,7 +576,8 @@ def plot(rows: list[dict], path: Path, title: str, k: int) -> None:
             ax.plot([rs[0]["recall"]], [rs[0]["qps"]], "*", ms=14, color="black", label=label)
             continue
         rs.sort(key=lambda r: r["nprobe"])
-        (line,) = ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], "o-", label=label)
+        style = "s--" if rs[0]["kind"].startswith("scann") else "o-"
+        (line,) = ax.plot([r["recall"] for r in rs], [r["qps"] for r in rs], style, label=label)
         for r in rs:
             ax.annotate(r["nprobe_label"], (r["recall"], r["qps"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=8, color=line.get_color())

@@ -1074,9 +1074,7 @@ class ShardedIndex:
         self._bits_l = first.bits_l
         part = parts[0][4]
         self.nlist, self.nprobe = (None, None) if part is None else (len(part[0]), int(part[2]))
-        workers = sorted(self.client.scheduler_info()["workers"])
-        if not workers:
-            raise ValueError("the Dask cluster has no workers to hold shards")
+        workers = _workers(self.client)
         if len(indexes) == 1:
             enc, codes, metric, ids, _ = parts[0]
             n = len(codes)
@@ -1180,9 +1178,7 @@ class ShardedIndex:
         starts = [e[1] for e in entries]
         if not entries or starts != list(np.cumsum([0] + [e[2] for e in entries[:-1]])):
             raise IndexFileError(f"{path}: the shards' rows are not consecutive from 0")
-        workers = sorted(self.client.scheduler_info()["workers"])
-        if not workers:
-            raise ValueError("the Dask cluster has no workers to hold shards")
+        workers = _workers(self.client)
         self.fingerprint, self.dim, self.metric, self._bits_l, self.fastscan_ready = meta
         self.codec = m.get("codec", "scalar")  # manifests written before the grouped codes: scalar
         self.nlist, self.nprobe = nlist, nprobe
@@ -1290,6 +1286,27 @@ class ShardedIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: seconds a ShardedIndex waits for a worker to join a cluster that has none (just started, or
+#: its workers restarting)
+WORKER_WAIT_S = 30.0
+
+
+def _workers(client) -> list[str]:
+    """The cluster's workers (addresses, sorted); waits up to :data:`WORKER_WAIT_S` seconds for
+    one when it has none (seen here: a local cluster on a loaded machine listed none for a
+    moment between tests)."""
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except TimeoutError:
+            pass
+        workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise ValueError(f"the Dask cluster has no workers to hold shards (none joined within {WORKER_WAIT_S:g} s)")
+    return workers
 
 
 def _mismatch(a: LPLRIndex, b: LPLRIndex, j: int) -> str:

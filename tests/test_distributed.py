@@ -877,3 +877,24 @@ def test_a_shard_builds_its_search_structures_once_under_concurrent_searches(ld,
     for D, I in results[1:]:
         np.testing.assert_array_equal(I, results[0][1])
         np.testing.assert_array_equal(D, results[0][0])
+
+
+def test_shards_wait_for_a_worker_to_join(ld, monkeypatch):
+    # a cluster listing no workers (just started, or restarting them) is waited for, then refused
+    class Client:
+        def __init__(self, joins):
+            self.joins, self.waited = joins, []
+
+        def scheduler_info(self):
+            return {"workers": {"tcp://b": {}, "tcp://a": {}} if self.waited and self.joins else {}}
+
+        def wait_for_workers(self, n, timeout):
+            self.waited.append((n, timeout))
+            if not self.joins:
+                raise TimeoutError
+
+    monkeypatch.setattr(ld, "WORKER_WAIT_S", 0.5)
+    joining = Client(joins=True)
+    assert ld._workers(joining) == ["tcp://a", "tcp://b"] and joining.waited == [(1, 0.5)]
+    with pytest.raises(ValueError, match=r"no workers to hold shards \(none joined within 0.5 s\)"):
+        ld._workers(Client(joins=False))

@@ -1,5 +1,6 @@
 """Smoke test of ``benchmarks/bench_ivf.py`` on a tiny set: every index has its rows, bits within the
-target, memory and timing measured, the outputs written (not speed)."""
+target, memory and timing measured, the outputs written (not speed). One run, shared by the tests;
+ScaNN's rows are checked only where ``scann`` (the optional ``bench`` extra) imports."""
 
 from __future__ import annotations
 
@@ -8,17 +9,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "bench_ivf.py"
+N, DIM, BITS = 4000, 32, 4
 
 
-def test_bench_ivf_runs_on_a_tiny_set(tmp_path):
-    argv = [sys.executable, str(SCRIPT), "--n", "4000", "--dim", "32", "--bits", "4", "--nlist", "16",
+def _scann_imports() -> bool:
+    """Whether ``import scann`` works here (the script leaves ScaNN out, with a note, when not)."""
+    try:
+        import scann  # noqa: F401
+    except ImportError:  # not installed, or a broken binary wheel
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_ivf")
+    argv = [sys.executable, str(SCRIPT), "--n", str(N), "--dim", str(DIM), "--bits", str(BITS), "--nlist", "16",
             "--nprobe", "1", "4", "32", "--n-queries", "40", "--repeats", "1", "--latency-queries", "5",
-            "--faiss-train", "4000", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")]
+            "--faiss-train", "4000", "--out", str(out), "--cache", str(out / "cache")]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "synthetic-4000x32-4bc.json").read_text())
+    return out, json.loads((out / f"synthetic-{N}x{DIM}-{BITS}bc.json").read_text())
+
+
+def test_bench_ivf_runs_on_a_tiny_set(tiny_run):
+    tmp_path, result = tiny_run
     rows = result["rows"]
     assert result["nlist"] == 16 and result["lplr"]["nlist"] == 16
     (ref,) = [r for r in rows if r["kind"] == "lplr exhaustive"]
@@ -27,15 +46,36 @@ def test_bench_ivf_runs_on_a_tiny_set(tmp_path):
     # 32 > nlist is skipped; the default nprobe and nlist itself are added
     assert [r["nprobe"] for r in ivf] == sorted({1, 4, 16, default})
     assert ivf[-1]["vs_all_lists"] == 1.0
-    faiss_kinds = {r["kind"] for r in rows if r["kind"].startswith("faiss")} | {s["template"] for s in result["skipped"]}
+    faiss_kinds = {r["kind"] for r in rows if r["kind"].startswith("faiss")} | {
+        s["template"] for s in result["skipped"] if s["method"] == "faiss"}
     assert len(faiss_kinds) == 2
     for r in rows:
-        assert r["bits_per_coord"] <= 4 and r["bits_per_coord"] == 8 * r["nbytes"] / (4000 * 32)
+        assert r["bits_per_coord"] <= BITS and r["bits_per_coord"] == 8 * r["nbytes"] / (N * DIM)
         assert 0 <= r["recall"] <= 1 and r["qps"] > 0 and r["latency_ms"] > 0
         assert r["build_s"] > 0 and r["build_peak_mib"] >= 0
     for r in ivf:
         assert 0 <= r["vs_exhaustive"] <= 1
-    assert "| method | nprobe |" in (tmp_path / "synthetic-4000x32-4bc.md").read_text()
-    assert (tmp_path / "synthetic-4000x32-4bc.png").read_bytes()[:4] == b"\x89PNG"
+    name = f"synthetic-{N}x{DIM}-{BITS}bc"
+    assert "| method | nprobe |" in (tmp_path / f"{name}.md").read_text()
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     # the ground truth is cached: a re-run reads it
     assert list((tmp_path / "cache").glob("gt-*.npy"))
+    if not _scann_imports():
+        assert not result["scann"]["enabled"] and any(s["method"] == "scann" for s in result["skipped"])
+
+
+def test_bench_ivf_scann_rows_within_the_bits(tiny_run):
+    pytest.importorskip("scann", exc_type=ImportError)  # a broken wheel is left out too
+    _, result = tiny_run
+    info = result["scann"]
+    assert info["enabled"] and info["reorder"] is None, info
+    scann = [r for r in result["rows"] if r["kind"] == "scann tree-ah"]
+    assert [r["nprobe"] for r in scann] == [1, 4]  # 32 > nlist skipped
+    for r in scann:
+        assert r["nlist"] == 16 and r["dims_per_block"] == info["dims_per_block"]
+        assert r["bits_per_coord"] <= BITS and r["nbytes"] == sum(info["stored_files"].values())
+        assert r["recall"] > 0.2 and r["build_s"] > 0 and r["resident_mib"] is not None
+    # the most blocks that fit: one block more would go over the target (estimate, or measured)
+    tried = info["tried"]
+    assert tried[-1]["bits_per_coord"] <= BITS and all(t["bits_per_coord"] > BITS for t in tried[:-1])
+    assert "serialized_partitioner.pb" in info["stored_files"] and "datapoint_to_token.npy" in info["stored_files"]
