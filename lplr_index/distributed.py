@@ -32,8 +32,6 @@ import copy
 import hashlib
 import json
 import os
-import threading
-import weakref
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
@@ -80,6 +78,7 @@ from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
 from .layout import IVF_LAYOUT_VERSION, check_padding_bits
+from .snapshot import DerivedCache
 from .packing import packed_nbytes
 from .quantize import Quantizer
 from .train import Encoder
@@ -613,8 +612,9 @@ class Shard:
 
     Searches with the index's own backends (:mod:`lplr_index.search`) and
     caches the fast-scan structure, the partitioned scorer and the row norms
-    it builds (on the worker), each built once under its own lock (searches
-    on the worker's threads may race for it). Saved as a shard file
+    it builds (on the worker) in a :class:`~lplr_index.snapshot.DerivedCache`
+    (each built once under its own lock: searches on the worker's threads may
+    race for it). Saved as a shard file
     (:meth:`save`, :meth:`load`): a checksummed container
     (:mod:`lplr_index.fileformat`) holding the codes, the encoder, the coarse
     lists of a partitioned index and its :func:`encoder_fingerprint`, checked
@@ -652,13 +652,7 @@ class Shard:
         self.ids = ids
         self.centroids, self.lists, self.nprobe = _checked_partition(
             centroids, lists, nprobe, encoder, self.view.ntotal)
-        self._new_locks()
-        _SHARDS.add(self)
-
-    def _new_locks(self) -> None:
-        """An empty cache and one lock per structure it builds (made again when unpickled)."""
-        self._cache: dict[str, Any] = {}
-        self._locks = {key: threading.Lock() for key in _SHARD_CACHED}
+        self._cache = DerivedCache()  # norms2, fastscan, ivf: made on first use (again when unpickled)
 
     @property
     def nlist(self) -> int | None:
@@ -670,7 +664,7 @@ class Shard:
         return encoder_fingerprint(self.view.encoder, self.view.metric, self.settings, self.centroids)
 
     def __getstate__(self):
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_cache", "_locks")}
+        state = {k: v for k, v in self.__dict__.items() if k != "_cache"}
         enc = _portable(self.view.encoder)
         if enc is not self.view.encoder:
             state["view"] = CodeView(enc, self.view.codes, self.view.metric)
@@ -681,8 +675,7 @@ class Shard:
         self.__dict__.setdefault("centroids", None)
         self.__dict__.setdefault("lists", None)
         self.__dict__.setdefault("nprobe", None)
-        self._new_locks()
-        _SHARDS.add(self)
+        self._cache = DerivedCache()
 
     def save(self, path) -> int:
         """Write the shard to ``path`` (atomically); returns the bytes written.
@@ -780,26 +773,14 @@ class Shard:
     def ntotal(self) -> int:
         return self.view.ntotal
 
-    def _derived(self, key: str, make: Callable[[], Any]) -> Any:
-        """The cached structure ``key``, ``make()`` at its first use: once, under the key's lock
-        (searches racing for it wait for the one build; once built, no lock is taken)."""
-        got = self._cache.get(key)
-        if got is None:
-            with self._locks[key]:
-                got = self._cache.get(key)
-                if got is None:
-                    got = make()
-                    self._cache[key] = got
-        return got
-
     def _norms2(self) -> np.ndarray:
         """:func:`blas.row_norms2` of every row, computed once."""
-        return self._derived("norms2", lambda: blas.row_norms2(self.view))
+        return self._cache.get("norms2", lambda: blas.row_norms2(self.view))
 
     def _ivf(self):
         """The partitioned fast-scan scorer of the shard's rows: the shared centroids, the rows'
         stored lists (no k-means, no assignment), made once."""
-        return self._derived("ivf", lambda: ivf_search.IVFScorer.from_assignment(
+        return self._cache.get("ivf", lambda: ivf_search.IVFScorer.from_assignment(
             self.view, ivf_search.padded_centroids(self.view.encoder, self.centroids), self.lists))
 
     def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None, nprobe: int | None = None):
@@ -826,7 +807,7 @@ class Shard:
                 D[short], I[short] = blas.scan(self.view, Q[short], kk,
                                                norms2=None if self.view.metric == "ip" else self._norms2())
         elif mode == "fastscan":
-            scorer = self._derived("fastscan", lambda: fastscan.FastScanScorer(self.view))
+            scorer = self._cache.get("fastscan", lambda: fastscan.FastScanScorer(self.view))
             kc = min(n, max(kk, rerank_factor * kk))
             D, I, _ = scorer.search(Q, kc, kk, norms2)
         else:
@@ -835,27 +816,6 @@ class Shard:
         rows = np.maximum(I, 0)
         I = np.where(ok, self.ids[rows] if self.ids is not None else rows + self.first_row, -1)
         return D, I
-
-
-#: the structures a shard builds on first use (:meth:`Shard._derived`)
-_SHARD_CACHED = ("norms2", "fastscan", "ivf")
-#: shards alive in this process, whose locks a forked child re-creates
-_SHARDS: "weakref.WeakSet[Shard]" = weakref.WeakSet()
-
-
-def _shards_after_fork() -> None:
-    """A lock another thread of the parent held stays held in a forked child: new ones (the
-    shards' and their scorers')."""
-    for shard in list(_SHARDS):
-        shard._locks = {key: threading.Lock() for key in _SHARD_CACHED}
-        for key in ("fastscan", "ivf"):
-            scorer = shard._cache.get(key)
-            if scorer is not None:
-                scorer.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_shards_after_fork)
 
 
 def _checked_partition(centroids, lists, nprobe, encoder, rows: int):

@@ -60,8 +60,53 @@ class UnknownIdError(KeyError, IndexError):
         return str(self.args[0]) if self.args else ""
 
 
-#: snapshots alive, whose locks a forked child re-creates
-_LOCKED: "weakref.WeakSet[Snapshot]" = weakref.WeakSet()
+class DerivedCache:
+    """Structures derived from a state that never changes, each made on first use, once, under
+    its own lock (readers racing for one wait for the one build; once built, no lock is taken)
+    and published whole (arrays read-only). A snapshot holds one; so does a
+    :class:`lplr_index.distributed.Shard`. A forked child gets new locks, and each structure
+    with an ``after_fork`` (the scorers' locks) is told (a lock another thread of the parent
+    held stays held in the child)."""
+
+    __slots__ = ("items", "_locks", "_locks_lock", "__weakref__")
+
+    def __init__(self):
+        self.items: dict[str, Any] = {}
+        self._new_locks()
+        _CACHES.add(self)
+
+    def _new_locks(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        """The structure ``key``, ``make()`` at its first use."""
+        got = self.items.get(key)
+        if got is None:
+            lock = self._locks.get(key)
+            if lock is None:
+                with self._locks_lock:
+                    lock = self._locks.setdefault(key, threading.Lock())
+            with lock:
+                got = self.items.get(key)
+                if got is None:
+                    got = make()
+                    if isinstance(got, np.ndarray):
+                        _frozen(got)
+                    self.items[key] = got
+        return got
+
+    def after_fork(self) -> None:
+        """New locks in a forked child, for this cache and the structures it holds."""
+        self._new_locks()
+        for value in list(self.items.values()):
+            renew = getattr(value, "after_fork", None)
+            if renew is not None:
+                renew()
+
+
+#: caches alive, whose locks a forked child re-creates
+_CACHES: "weakref.WeakSet[DerivedCache]" = weakref.WeakSet()
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,14 +132,9 @@ class Snapshot:
     nprobe: int | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "_built", {})
-        self._new_locks()
-        _LOCKED.add(self)
-
-    def _new_locks(self) -> None:
-        """One lock per derived structure (those of :data:`DERIVED` made now, others on first use)."""
-        object.__setattr__(self, "_locks", {key: threading.Lock() for key in DERIVED})
-        object.__setattr__(self, "_locks_lock", threading.Lock())
+        cache = DerivedCache()
+        object.__setattr__(self, "_cache", cache)
+        object.__setattr__(self, "_built", cache.items)
 
     # pickled without the derived structures (faiss's indexes) and the locks: rebuilt on use
     def __getstate__(self):
@@ -276,20 +316,7 @@ class Snapshot:
     def derived(self, key: str, make: Callable[[], Any]) -> Any:
         """The derived structure ``key`` of this snapshot, ``make()`` at its first use (once:
         readers racing for it wait for the one build; once built, no lock is taken)."""
-        got = self._built.get(key)
-        if got is None:
-            lock = self._locks.get(key)
-            if lock is None:
-                with self._locks_lock:
-                    lock = self._locks.setdefault(key, threading.Lock())
-            with lock:
-                got = self._built.get(key)
-                if got is None:
-                    got = make()
-                    if isinstance(got, np.ndarray):
-                        _frozen(got)
-                    self._built[key] = got
-        return got
+        return self._cache.get(key, make)
 
     def norms2(self) -> np.ndarray:
         """:func:`lplr_index.search.blas.row_norms2` of every stored row (read-only)."""
@@ -351,12 +378,8 @@ def _frozen(a: np.ndarray | None) -> np.ndarray | None:
 
 def _after_fork_in_child() -> None:
     """A lock another thread of the parent held stays held in a forked child: make new ones."""
-    for snap in list(_LOCKED):
-        snap._new_locks()
-        for key in ("fastscan", "ivf"):
-            scorer = snap._built.get(key)
-            if scorer is not None:
-                scorer.after_fork()
+    for cache in list(_CACHES):
+        cache.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
