@@ -44,8 +44,10 @@ __all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "MAX_RESULT_
 
 
 SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
-#: candidates per result re-ranked after fast-scan (k' = factor * k); measured in
-#: benchmarks/bench_rerank.py: 4 reaches exact-scan recall within 0.005 at every setting tried
+#: candidates per result re-ranked after fast-scan (k' = factor * k); 4 reached exact-scan recall
+#: within 0.005 at every setting tried (the script this comment named, bench_rerank.py, is not in
+#: the repository's history); ``benchmarks/bench_rerank_depth.py`` measures the top-10 agreement
+#: with the exact scan of the codes by depth (README, per-query cost by size)
 DEFAULT_RERANK_FACTOR = 4
 #: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
 MAX_RESULT_BYTES = 1 << 31
