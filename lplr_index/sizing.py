@@ -181,11 +181,8 @@ def plan(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, chosen: VQ
         search = fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
         # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the flat codes and
         # the projection (fastscan.projection_nbytes: R^T, dim x rank float32)
-        proj = projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0
-        if nlist is not None:  # the lists (ids, padding, centroids) instead of the flat blocks
-            fs_bytes = ivf_search.predicted_nbytes(n, nlist, rank, rank, (rank + 1) // 2 if orthonormal else 0, proj)
-        else:
-            fs_bytes = (-(-n // 32) * 32 + (n if orthonormal else 0)) * ((rank + 1) // 2) + proj
+        fs_bytes = _fastscan_nbytes(s, n, rank, rank, (rank + 1) // 2 if orthonormal else 0,
+                                    projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0)
     else:
         search = factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -229,13 +226,10 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         search = fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
         # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank the flat
         # codes (as many bytes again, or one byte per coarse code of two-level codes: a bound)
-        # and the projection (R^T, dim x rank float32; rank a bound)
-        flat = n * (n_codes if two else (n_codes + 1) // 2) + projection_nbytes(dim, rank, n_queries)
-        fs_bytes = -(-n // 32) * 32 * ((n_codes + 1) // 2) + flat
-        nlist = layout.nlist_for(s, n)
-        if nlist is not None:  # the lists instead of the flat blocks (centroids: 8 coordinates a code, a bound)
-            nlist = min(nlist, n)
-            fs_bytes = ivf_search.predicted_nbytes(n, nlist, n_codes, 8 * n_codes, 0, flat)
+        # and the projection (R^T, dim x rank float32; rank a bound); a partitioned index's
+        # centroids: 8 coordinates a code, a bound
+        fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, n_codes if two else (n_codes + 1) // 2,
+                                    projection_nbytes(dim, rank, n_queries))
     else:
         search = factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -263,13 +257,8 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
     if search_mode == "fastscan":
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
-        exact_row = M if two else (M + 1) // 2
-        proj = projection_nbytes(dim, rank, n_queries)
-        nlist = layout.nlist_for(s, n)
-        if nlist is not None:  # the lists (ids, padding, centroids) instead of the flat blocks
-            fs_bytes = ivf_search.predicted_nbytes(n, min(nlist, n), M, M * enc.lq.dsub, exact_row, proj)
-        else:
-            fs_bytes = -(-n // 32) * 32 * ((M + 1) // 2) + n * exact_row + proj
+        fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, M if two else (M + 1) // 2,
+                                    projection_nbytes(dim, rank, n_queries))
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -280,6 +269,18 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
         fastscan=True, fastscan_bytes=fs_bytes, codec="vq", exact=exact,
         design={"basis": enc.basis, "groups": groups.tolist()},
     )
+
+
+def _fastscan_nbytes(s: IndexSettings, n: int, M: int, d: int, exact_row: int, projection: int) -> int:
+    """:attr:`IndexPlan.fastscan_bytes` of ``n`` rows of ``M`` 4-bit fast-scan codes
+    (sub-vectors ``d`` wide in all), ``exact_row`` bytes a row of flat codes for faiss's
+    re-rank (0 without it) and ``projection`` bytes of query projection: fast-scan's blocks of
+    32 rows, or for a partitioned index (``nlist``) its lists
+    (:func:`lplr_index.search.ivf.predicted_nbytes`)."""
+    nlist = layout.nlist_for(s, n)
+    if nlist is not None:
+        return ivf_search.predicted_nbytes(n, min(nlist, n), M, d, exact_row, projection)
+    return -(-n // 32) * 32 * ((M + 1) // 2) + n * exact_row + projection
 
 
 # ----------------------------------------------------------- memory model
