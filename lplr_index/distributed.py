@@ -77,7 +77,7 @@ from .search import ivf as ivf_search
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
-from .layout import IVF_LAYOUT_VERSION, check_padding_bits
+from .layout import IVF_LAYOUT_VERSION, read_partition
 from .snapshot import DerivedCache
 from .packing import packed_nbytes
 from .quantize import Quantizer
@@ -846,20 +846,12 @@ def _checked_partition(centroids, lists, nprobe, encoder, rows: int):
 
 
 def _stored_partition(h: dict, a, rows: int):
-    """``(centroids, lists, nprobe)`` of a shard file (None each without a partition); the lists
-    unpacked from ``ceil(log2 nlist)`` bits a row, their padding bits checked."""
+    """``(centroids, lists, nprobe)`` of a shard file (None each without a partition), read as an
+    index file's (:func:`lplr_index.layout.read_partition`)."""
     if "nlist" not in h and "ivf_centroids" not in a and "ivf_lists" not in a:
         return None, None, None
     nlist = check_int(h["nlist"], "nlist", low=1, high=1 << 20)
-    centroids, packed = a["ivf_centroids"], a["ivf_lists"]
-    if centroids.ndim != 2 or len(centroids) != nlist:
-        raise ValueError(f"ivf_centroids of shape {centroids.shape}, the header says nlist={nlist}")
-    bits = ivf_search.list_bits(nlist)
-    if packed.dtype != np.uint8 or packed.shape != (packed_nbytes(rows, bits),):
-        raise ValueError(f"ivf_lists of shape {packed.shape} and dtype {packed.dtype}, expected uint8 "
-                         f"({packed_nbytes(rows, bits)},) for {rows} rows of {bits}-bit list numbers")
-    check_padding_bits(packed[None, :], 1, rows * bits, "ivf_lists")
-    return np.array(centroids), ivf_search.unpack_lists(packed, nlist, rows), h["nprobe"]
+    return (*read_partition(a["ivf_centroids"], a["ivf_lists"], nlist, rows), h["nprobe"])
 
 
 def _vq_encoder(h: dict, a) -> VQEncoder:

@@ -344,19 +344,34 @@ def from_container(header, arrays, version: int, mmap: bool) -> tuple[IndexSetti
         removed = np.unpackbits(np.array(arrays["removed"]), count=n, bitorder="little").astype(bool)
     centroids = lists = None
     if nlist is not None:
-        centroids = np.array(arrays["ivf_centroids"])
-        if not (np.isfinite(centroids).all() and np.abs(centroids).max(initial=0) <= _MAX_LEVEL):
-            raise ValueError(f"ivf_centroids must be finite with entries of magnitude <= {_MAX_LEVEL:g}")
-        b = ivf_search.list_bits(nlist)
-        check_padding_bits(arrays["ivf_lists"][None, :], 1, n * b, "ivf_lists")
-        lists = ivf_search.unpack_lists(arrays["ivf_lists"], nlist, n)
-        if lists.size and lists.max() >= nlist:
-            raise ValueError(f"ivf_lists holds list {lists.max()}, the index has {nlist} lists")
+        centroids, lists = read_partition(arrays["ivf_centroids"], arrays["ivf_lists"], nlist, n)
     codes = arrays["l_codes"] if mmap else np.array(arrays["l_codes"])
     st = Snapshot(encoder, CodeStore(codes), n_build, n_clipped, fit_error, s.metric, version,
                   ids=_frozen(ids), removed=_frozen(removed), ivf_centroids=_frozen(centroids),
                   ivf_lists=_frozen(lists), nprobe=nprobe)
     return s, st
+
+
+def read_partition(centroids, packed, nlist: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A file's coarse lists, checked: its ``ivf_centroids`` (a copy; ``nlist`` rows, finite, of
+    magnitude at most the levels' bound) and every one of its ``n`` rows' list, unpacked from
+    ``ivf_lists`` (``ceil(log2 nlist)`` bits a row, padding bits zero, each below ``nlist``).
+    Index files (:func:`snapshot_of`) and shard files (:mod:`lplr_index.distributed`) both
+    store them so."""
+    centroids = np.array(centroids)
+    if centroids.ndim != 2 or len(centroids) != nlist:
+        raise ValueError(f"ivf_centroids of shape {centroids.shape}, the header says nlist={nlist}")
+    if not (np.isfinite(centroids).all() and np.abs(centroids).max(initial=0) <= _MAX_LEVEL):
+        raise ValueError(f"ivf_centroids must be finite with entries of magnitude <= {_MAX_LEVEL:g}")
+    b = ivf_search.list_bits(nlist)
+    if packed.dtype != np.uint8 or packed.shape != (packed_nbytes(n, b),):
+        raise ValueError(f"ivf_lists of shape {packed.shape} and dtype {packed.dtype}, expected uint8 "
+                         f"({packed_nbytes(n, b)},) for {n} rows of {b}-bit list numbers")
+    check_padding_bits(packed[None, :], 1, n * b, "ivf_lists")
+    lists = ivf_search.unpack_lists(packed, nlist, n)
+    if lists.size and lists.max() >= nlist:
+        raise ValueError(f"ivf_lists holds list {lists.max()}, the index has {nlist} lists")
+    return centroids, lists
 
 
 def _level_bound(q: Quantizer) -> float:

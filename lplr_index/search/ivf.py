@@ -58,7 +58,8 @@ import math
 import numpy as np
 
 from .._validation import check_int
-from .fastscan import Projection, RefiningScorer, exact_codes, exact_index, flat_codes, pad_positions, pq_table
+from .fastscan import (Projection, RefiningScorer, exact_codes, exact_index, flat_codes, in_query_chunks, pad_positions,
+                       pq_table)
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -629,8 +630,6 @@ class IVFScorer(RefiningScorer):
         4,096 lists, 1 b/c, nprobe 1, 1 thread): sending the queries whose one list held fewer
         than 40 rows straight to the exact scan took the batch from 15,653 to 3,182 q/s once the
         lists were trained in two levels (:func:`train_centroids`: more small lists)."""
-        from .fastscan import in_query_chunks
-
         def probe(q, p):
             return in_query_chunks(lambda c: self.search(c, kc, keep, nprobe=p, norms2=norms2, allowed=allowed),
                                    q, kc)
