@@ -152,8 +152,9 @@ def encode_rows(encoder, source: ArraySource, progress, desc: str) -> tuple[np.n
 def partitioned(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[int, float] | None]:
     """``st`` with its coarse lists (``nlist`` set, and the rows enough for ``"auto"``): faiss
     k-means on a seeded sample of the codes' latent rows, every row assigned to its nearest
-    centroid, and the default ``nprobe`` measured (:func:`measure_nprobe`); with the
-    ``{nprobe: recall}`` of that measurement (None without lists)."""
+    centroid (:meth:`lplr_index.search.ivf.IVFScorer.assign`), and the default ``nprobe``
+    measured (:func:`measure_nprobe`); with the ``{nprobe: recall}`` of that measurement (None
+    without lists)."""
     nlist = layout.nlist_for(s, st.n)
     if nlist is None:
         return st, None

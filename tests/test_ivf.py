@@ -272,3 +272,56 @@ def test_two_level_training_is_seeded_and_close_to_one_kmeans(monkeypatch):
     np.testing.assert_array_equal(two, ivf.train_centroids(L, 256, seed=0, niter=10))
     assert not np.array_equal(two, ivf.train_centroids(L, 256, seed=1, niter=10))
     assert error(two) <= 1.1 * error(flat), (error(two), error(flat))
+
+
+def test_grouped_assignment_finds_nearly_every_nearest_centroid(monkeypatch):
+    # many lists: a row's list is the nearest member of the three groups of centroids nearest it,
+    # the nearest centroid for nearly every row, and exactly it when every group is probed
+    from lplr_index.search import ivf
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 16)).astype(np.float32) * 4
+    L = (centres[rng.integers(0, 40, 20000)] + rng.standard_normal((20000, 16))).astype(np.float32)
+    C = ivf.train_centroids(L, 256, seed=0, niter=10)
+    groups = ivf.CentroidGroups(C)
+    assert len(groups.centres) == 32 and sorted(groups.order) == list(range(256))
+    exact = ivf.nearest_centroids(L, C, "l2")
+    got = groups.nearest(L)
+    assert got.dtype == np.int64 and np.mean(got == exact) >= 0.97, np.mean(got == exact)
+    dist = lambda a: np.sum((L - C[a]) ** 2, axis=1)  # noqa: E731
+    missed = got != exact
+    assert (dist(got)[missed] >= dist(exact)[missed]).all()
+    # each row's list is the nearest member of its probed groups
+    near = ivf.nearest_k(L, groups.centres, ivf.GROUPS_PROBED)
+    member = np.empty(256, np.int64)
+    for g in range(32):
+        member[groups.order[groups.bounds[g] : groups.bounds[g + 1]]] = g
+    for i in np.flatnonzero(missed)[:50]:
+        allowed = np.flatnonzero(np.isin(member, near[i]))
+        assert got[i] == allowed[np.argmin(np.sum((C[allowed] - L[i]) ** 2, axis=1))]
+    np.testing.assert_array_equal(groups.nearest(L, probe=32), exact)
+    np.testing.assert_array_equal(ivf.CentroidGroups(C).nearest(L), got)  # the centroids decide
+    monkeypatch.setattr(ivf, "_GROUPED_ROWS", 777)  # several blocks of rows
+    np.testing.assert_array_equal(groups.nearest(L), got)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_scorer_assigns_by_groups_from_many_lists(data, metric, monkeypatch):
+    from lplr_index.search import ivf
+
+    X, _, _ = data
+    view = _view(LPLRIndex(DIM, bits_per_coordinate=1, metric=metric).build(X))
+    few = IVFScorer(view, NLIST, seed=3)
+    assert few._centroid_groups() is None
+    monkeypatch.setattr(ivf, "TWO_LEVEL_MIN_NLIST", NLIST)
+    scorer = IVFScorer(view, NLIST, centroids=few.centroids)
+    exact = ivf.nearest_centroids(scorer._latent(np.asarray(view.codes)), scorer.centroids, metric)
+    if metric == "ip":  # inner products: every centroid scored
+        assert scorer._centroid_groups() is None
+        np.testing.assert_array_equal(scorer.assignment(), exact)
+    else:
+        assert scorer._centroid_groups() is scorer._centroid_groups()  # made once
+        np.testing.assert_array_equal(scorer.assignment(), scorer._groups.nearest(
+            scorer._latent(np.asarray(view.codes))))
+        assert np.mean(scorer.assignment() == exact) >= 0.95
+    assert scorer.codes_match()
