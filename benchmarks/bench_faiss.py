@@ -135,7 +135,8 @@ class Dataset:
 
 
 def make_synthetic(n: int, n_queries: int, dim: int, *, decay: float = 0.5, n_clusters: int = 100,
-                   cluster_std: float = 1.0, seed: int = 0, chunk: int = 100_000) -> Dataset:
+                   cluster_std: float = 1.0, seed: int = 0, chunk: int = 100_000,
+                   out: np.ndarray | None = None) -> Dataset:
     """Seeded Gaussian-mixture vectors with a power-law (decaying) spectrum.
 
     Each vector is ``x = ((c_y + cluster_std * g) * s) B^T`` with ``y`` a uniform cluster
@@ -162,6 +163,9 @@ def make_synthetic(n: int, n_queries: int, dim: int, *, decay: float = 0.5, n_cl
     seed : int, default=0
     chunk : int, default=100000
         Rows generated at a time (bounds the float64 temporaries).
+    out : ndarray of shape (n, dim), float32, default=None
+        Where the database is written (a memory-mapped ``.npy``: data larger than memory);
+        None: a new array.
 
     Returns
     -------
@@ -173,9 +177,9 @@ def make_synthetic(n: int, n_queries: int, dim: int, *, decay: float = 0.5, n_cl
     basis, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
     centres = rng.standard_normal((n_clusters, dim))
 
-    def draw(m: int, ss: np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+    def draw(m: int, ss: np.random.SeedSequence, x=None) -> tuple[np.ndarray, np.ndarray]:
         r = np.random.default_rng(ss)
-        x = np.empty((m, dim), np.float32)
+        x = np.empty((m, dim), np.float32) if x is None else x
         y = r.integers(n_clusters, size=m)
         for s in range(0, m, chunk):
             yy = y[s:s + chunk]
@@ -183,7 +187,9 @@ def make_synthetic(n: int, n_queries: int, dim: int, *, decay: float = 0.5, n_cl
             x[s:s + chunk] = z @ basis.T
         return x, y.astype(np.int64)
 
-    xb, yb = draw(n, ss_base)
+    if out is not None and (out.shape != (n, dim) or out.dtype != np.float32):
+        raise ValueError(f"out must be a float32 array of shape ({n}, {dim}), got {out.shape} {out.dtype}")
+    xb, yb = draw(n, ss_base, out)
     xq, yq = draw(n_queries, ss_query)
     info = {"source": "synthetic", "n": n, "n_queries": n_queries, "dim": dim, "decay": decay,
             "n_clusters": n_clusters, "cluster_std": cluster_std, "seed": seed,

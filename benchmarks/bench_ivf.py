@@ -61,6 +61,9 @@ Usage (clustered synthetic data; 2 * 10^5 x 384 at 1 b/c takes ~10 minutes on on
     python benchmarks/bench_ivf.py --n 20000 --nlist 128 --nprobe 1 4 16 --repeats 1 \\
         --latency-queries 10 --n-queries 200 --out /tmp/bench_ivf_smoke        # smoke run
     python benchmarks/bench_ivf.py --no-scann ...                              # without ScaNN
+    python benchmarks/bench_ivf.py --n 10000000 --bits 1 --no-scann --data-dir data \
+        --faiss-factory "PCAR{M},IVF{nlist},PQ{M}x4fs" --faiss-train 655360 \
+        --out results/reference/bench_ivf                                       # 10^7, out of core
 
 Writes ``{out}/synthetic-{n}x{dim}-{bits}bc.{json,md,png}`` (``powerlaw-...`` with
 ``--data powerlaw``): the rows, the Markdown table, and recall against q/s (log scale), one
@@ -96,15 +99,39 @@ from lplr_index import LPLRIndex, recall_at_k  # noqa: E402
 from lplr_index.search.ivf import default_nlist  # noqa: E402
 
 DEFAULT_NPROBE = [1, 2, 4, 8, 16, 32, 64, 128]
+#: rows handed to faiss's ``add`` at a time
+FAISS_ADD_ROWS = 1 << 20
 MIB = 2.0**20
 
 
-def make_clustered(n: int, n_queries: int, dim: int, *, decay: float, n_clusters: int, seed: int):
-    """bench_faiss.py's seeded Gaussian mixture with a power-law spectrum (database, queries)."""
+def make_clustered(n: int, n_queries: int, dim: int, *, decay: float, n_clusters: int, seed: int,
+                   data_dir: Path | None = None, log=None):
+    """bench_faiss.py's seeded Gaussian mixture with a power-law spectrum (database, queries).
+
+    ``data_dir``: the database is written there once, chunk by chunk, as
+    ``clustered-{n}x{dim}-seed{seed}-c{n_clusters}-decay{decay}.npy`` and memory-mapped read-only
+    (10^7 x 384 is 15 GB: the builds then read it out of core); a later run reuses the file."""
     from bench_faiss import make_synthetic
 
-    ds = make_synthetic(n, n_queries, dim, decay=decay, n_clusters=n_clusters, seed=seed)
-    return ds.xb, ds.xq
+    kw = {"decay": decay, "n_clusters": n_clusters, "seed": seed}
+    if data_dir is None:
+        ds = make_synthetic(n, n_queries, dim, **kw)
+        return ds.xb, ds.xq
+    path = Path(data_dir) / f"clustered-{n}x{dim}-seed{seed}-c{n_clusters}-decay{decay:g}.npy"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.stem + ".partial.npy")
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, dim))
+        make_synthetic(n, 0, dim, out=out, **kw)
+        out.flush()
+        del out
+        os.replace(partial, path)  # only a whole file gets the name
+        if log is not None:
+            log(f"wrote {path}")
+    X = np.load(path, mmap_mode="r")
+    if X.shape != (n, dim) or X.dtype != np.float32:
+        raise SystemExit(f"bench_ivf: {path} holds {X.shape} {X.dtype}, expected ({n}, {dim}) float32: remove it")
+    return X, make_synthetic(0, n_queries, dim, **kw).xq  # the queries do not depend on n
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -211,16 +238,15 @@ def timed(search, Q: np.ndarray, repeats: int, latency_queries: int):
 
 
 def ground_truth(X: np.ndarray, Q: np.ndarray, k: int, path: Path, log) -> np.ndarray:
-    """Exact neighbours (faiss IndexFlatL2), read from ``path`` when a run already saved them."""
+    """Exact neighbours (faiss's brute-force ``knn``, as ``IndexFlatL2`` finds them, without copying
+    ``X``), read from ``path`` when a run already saved them."""
     if path.exists():
         gt = np.load(path)
         if gt.shape == (len(Q), k):
             log(f"ground truth from {path}")
             return gt
     t0 = time.perf_counter()
-    flat = faiss.IndexFlatL2(X.shape[1])
-    flat.add(X)
-    gt = flat.search(Q, k)[1]
+    gt = faiss.knn(np.ascontiguousarray(Q, np.float32), X, k)[1]  # X read in place, never copied
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, gt)
     log(f"ground truth {time.perf_counter() - t0:.1f}s -> {path}")
@@ -314,6 +340,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-clusters", type=int, default=100)
     p.add_argument("--decay", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="write the clustered database there once as .npy and memory-map it (10^7 rows: 15 GB)")
     p.add_argument("--bits", type=float, default=1.0, help="target bits per coordinate (every index's file)")
     p.add_argument("--nlist", type=int, default=None, help="coarse lists; default: default_nlist(n)")
     p.add_argument("--nprobe", type=int, nargs="+", default=DEFAULT_NPROBE, help="values above nlist are skipped")
@@ -364,7 +392,8 @@ def run(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     if args.data == "clustered":
-        X, Q = make_clustered(n, args.n_queries, d, decay=args.decay, n_clusters=args.n_clusters, seed=args.seed)
+        X, Q = make_clustered(n, args.n_queries, d, decay=args.decay, n_clusters=args.n_clusters, seed=args.seed,
+                              data_dir=args.data_dir, log=log)
         key = f"clustered-{n}x{d}-q{args.n_queries}-seed{args.seed}-c{args.n_clusters}-decay{args.decay:g}-k{k}"
     else:
         X, Q = make_embeddings(n, d, decay=args.decay, n_queries=args.n_queries, seed=args.seed)
@@ -458,7 +487,8 @@ def run(args: argparse.Namespace) -> dict:
             def make(fname=fname, xt=xt):
                 ix = faiss.index_factory(d, fname)
                 ix.train(xt)
-                ix.add(X)
+                for s in range(0, n, FAISS_ADD_ROWS):  # bounded temporaries (the PCA of what is added)
+                    ix.add(np.ascontiguousarray(X[s : s + FAISS_ADD_ROWS]))
                 return ix
 
             fx, built = build(make, lambda ix: ix.search(Q[:10], k))
