@@ -293,7 +293,8 @@ class IterableSource:
     It is read once per pass, so every iteration must yield the same rows: the
     first pass counts them and each later pass is checked against that count.
     Knowing the count costs one pass and the seeded sample another (no random
-    access), before the fit's own passes.
+    access), before the fit's own passes. The rows last taken are kept: rows among
+    them (the build's measurements on part of its sample) are taken without a pass.
     """
 
     def __init__(self, iterable: Iterable[Any], name: str = "X", dim: int | None = None):
@@ -301,6 +302,7 @@ class IterableSource:
         self.name = name
         self._dim = dim
         self._n: int | None = None
+        self._taken: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -336,11 +338,18 @@ class IterableSource:
             )
 
     def take(self, rows: np.ndarray) -> np.ndarray:
-        """Rows at sorted indices ``rows``, float32: one pass over the input."""
+        """Rows at sorted indices ``rows``, float32: one pass over the input, or none when all of
+        them were among the rows taken last."""
+        if self._taken is not None:
+            kept, values = self._taken
+            at = np.searchsorted(kept, rows)
+            if len(kept) and (at < len(kept)).all() and np.array_equal(kept[np.minimum(at, len(kept) - 1)], rows):
+                return values[at]
         out = np.empty((len(rows), self.dim), np.float32)
         for s, block in self.blocks():
             a, b = np.searchsorted(rows, [s, s + len(block)])
             out[a:b] = block[rows[a:b] - s]
+        self._taken = (np.array(rows), out)
         return out
 
 

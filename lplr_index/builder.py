@@ -21,16 +21,17 @@ from ._blocks import ArraySource, LocalExecutor
 from ._common import _normalize_rows
 from ._progress import progress_bar
 from .ids import ids_layout
-from .search import fastscan
+from .search import blas, fastscan
 from .search import ivf as ivf_search
-from .search.router import default_rerank_factor
+from .search.metrics import prepare_queries
+from .search.router import RERANK_FACTORS_TRIED, default_rerank_factor, exact_scan, fastscan_ready
 from .settings import IndexSettings
 from .snapshot import Snapshot, _frozen
-from .train import fit
+from .train import fit, sample_rows
 from .vq import NoRoom, fit_vq
 
 __all__ = ["SCALAR_RIVAL_MIN_BITS", "NPROBE_QUERIES", "NPROBE_TOLERANCE", "fit_design", "fit_scalar",
-           "encode_rows", "partitioned"]
+           "encode_rows", "measured", "partitioned", "measure_rerank_factor"]
 
 
 #: ``codec="auto"`` fits the scalar 8-bit codes on the sample beside the grouped designs from
@@ -41,7 +42,8 @@ __all__ = ["SCALAR_RIVAL_MIN_BITS", "NPROBE_QUERIES", "NPROBE_TOLERANCE", "fit_d
 #: 0.987, 0.985 / 0.990, 0.990 / 0.995). Below this budget their fit only costs time (7 s of
 #: a 31 s Fashion-MNIST build at 4 bits)
 SCALAR_RIVAL_MIN_BITS = 6.0
-#: the build measures the default ``nprobe`` on this many of its rows as queries (seeded)
+#: the build measures the default ``nprobe`` and re-rank depth on this many of its rows as queries
+#: (seeded)
 NPROBE_QUERIES = 100
 #: the default ``nprobe``: the smallest power of two whose recall 10@10 on those queries is within
 #: this of the exhaustive first stage's (``nprobe = nlist``)
@@ -149,15 +151,32 @@ def encode_rows(encoder, source: ArraySource, progress, desc: str) -> tuple[np.n
     return np.concatenate(blocks), clipped
 
 
-def partitioned(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[int, float] | None]:
-    """``st`` with its coarse lists (``nlist`` set, and the rows enough for ``"auto"``): faiss
-    k-means on a seeded sample of the codes' latent rows, every row assigned to its nearest
-    centroid (:meth:`lplr_index.search.ivf.IVFScorer.assign`), and the default ``nprobe``
-    measured (:func:`measure_nprobe`); with the ``{nprobe: recall}`` of that measurement (None
-    without lists)."""
+def measured(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[str, dict]]:
+    """``st`` as a build leaves it: its coarse lists (:func:`partitioned`) and the re-rank depth
+    its searches use by default (:func:`measure_rerank_factor`), both measured on the same
+    seeded rows of the build data as queries; with the reports ``{"rerank_factor": {factor:
+    agreement}, "nprobe": {nprobe: recall}}`` (each empty when not measured)."""
+    sample = sample_rows(st.n, s.seed)  # rows of the fit's sample: a re-iterable input takes them without a pass
+    rows = np.sort(np.random.default_rng(s.seed).choice(sample, min(NPROBE_QUERIES, len(sample)), replace=False))
+    Q = np.asarray(source.take(rows), np.float32)
+    return partitioned(s, st, source, rows, Q)
+
+
+def partitioned(s: IndexSettings, st: Snapshot, source, rows: np.ndarray, Q: np.ndarray
+                ) -> tuple[Snapshot, dict[str, dict]]:
+    """:func:`measured` for the queries ``Q`` (the build's rows ``rows``): the coarse lists
+    (``nlist`` set, and the rows enough for ``"auto"``): faiss k-means on a seeded sample of the
+    codes' latent rows, every row assigned to its nearest centroid
+    (:meth:`lplr_index.search.ivf.IVFScorer.assign`); then the re-rank depth, with every list
+    scanned; then the default ``nprobe`` (:func:`measure_nprobe`) at that depth."""
     nlist = layout.nlist_for(s, st.n)
     if nlist is None:
-        return st, None
+        if not fastscan_ready(st, s):
+            return st.replaced(keep=DERIVED_KEPT, rerank_factor=default_rerank_factor(st.encoder)), {
+                "rerank_factor": {}, "nprobe": {}}
+        kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
+        factor, depth = measure_rerank_factor(st, Q, st.fastscan().candidates(prepare_queries(st.view, Q), kc))
+        return st.replaced(keep=DERIVED_KEPT, rerank_factor=factor), {"rerank_factor": depth, "nprobe": {}}
     if st.encoder.lq.bits != 4:
         raise ValueError(f"nlist={s.nlist!r} (partitioned search) needs 4-bit codes, the build "
                          f"chose {st.encoder.lq.bits}-bit codes (codec={s.codec!r}): use "
@@ -166,28 +185,64 @@ def partitioned(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[
         raise ValueError(f"nlist={nlist} lists need at least {nlist} vectors to train the coarse quantizer, "
                          f"got {st.n} (use a smaller nlist or nlist='auto')")
     scorer = ivf_search.IVFScorer(st.view, nlist, seed=s.seed)
-    nprobe, report = measure_nprobe(s, st, scorer, source)
+    kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
+    factor, depth = measure_rerank_factor(st, Q, scorer.candidates(Q, kc, nprobe=nlist))  # every list
+    nprobe, report = measure_nprobe(s, st, scorer, source, rows, Q, factor)
     centroids = ivf_search.latent_centroids(st.encoder, scorer.centroids)
-    st = st.replaced(keep=("fastscan", "norms2"), derived={"ivf": scorer},
-                     ivf_centroids=_frozen(centroids), ivf_lists=_frozen(scorer.assignment()), nprobe=nprobe)
-    return st, report
+    st = st.replaced(keep=DERIVED_KEPT, derived={"ivf": scorer}, ivf_centroids=_frozen(centroids),
+                     ivf_lists=_frozen(scorer.assignment()), nprobe=nprobe, rerank_factor=factor)
+    return st, {"rerank_factor": depth, "nprobe": report}
 
 
-def measure_nprobe(s: IndexSettings, st: Snapshot, scorer, source) -> tuple[int, dict[int, float]]:
-    """The default ``nprobe``: on :data:`NPROBE_QUERIES` seeded rows of the build data as queries
-    (each one's own row left out of its neighbours), the smallest power of two whose recall
-    10@10 against the exact neighbours (one pass over the data) is within
-    :data:`NPROBE_TOLERANCE` of the exhaustive first stage's (``nprobe = nlist``), re-ranked
-    as a search does. Returns it and ``{nprobe: recall}`` of every nprobe tried."""
+#: what a snapshot's derived structures :func:`partitioned` keeps (the codes do not change)
+DERIVED_KEPT = ("fastscan", "norms2")
+
+
+def measure_rerank_factor(st: Snapshot, Q: np.ndarray, cand: np.ndarray) -> tuple[int, dict[int, float]]:
+    """The fast-scan candidates per result (``rerank_factor``) a search of ``st`` re-ranks when it
+    names none: of :data:`~lplr_index.search.router.RERANK_FACTORS_TRIED` (up to the encoder's
+    default), the smallest whose top 10 of the queries ``Q`` keeps as many of the exact scan of
+    the codes' top 10 (:func:`~lplr_index.search.router.exact_scan`) as the default does.
+    ``cand``: the fast-scan candidates of ``Q`` (row ids, best first, -1: none), as many as the
+    default re-ranks; the first ``f * 10`` of them are re-ranked exactly for each factor ``f``.
+    Returns the factor and ``{factor: agreement}`` (the fraction of the exact top 10 found,
+    averaged over the queries).
+
+    Measured (``benchmarks/bench_rerank_depth.py``, 1,000 held-out queries): one-level designs
+    keep every neighbour at 2 candidates a result on synthetic 10^4 and 10^5 and on BBC, while
+    Fashion-MNIST at 0.5 b/c finds 0.9932 / 0.9965 / 0.9980 at 2 / 3 / 4; two-level designs
+    need 6-8 (synthetic, BBC), Fashion-MNIST's at 4 b/c 16 (0.9953; 0.9888 at 8). Fewer
+    candidates are a smaller, cheaper fast-scan (20 results a query use faiss's heap kernel, 40
+    its reservoir) and re-rank."""
+    k = min(10, st.n)
+    tried = RERANK_FACTORS_TRIED[default_rerank_factor(st.encoder)]
+    _, ref = exact_scan(st, Q, k, None, st.n)
+    S = blas.exact_scores(st.view, prepare_queries(st.view, Q), cand)  # -inf where no candidate
+
+    def agreement(f):
+        part = S[:, : f * k]
+        best = np.argsort(-part, axis=1, kind="stable")[:, :k]
+        top = np.where(np.take_along_axis(part, best, 1) > -np.inf, np.take_along_axis(cand, best, 1), -1)
+        return float(np.mean([np.isin(r[r >= 0], t).mean() if (r >= 0).any() else 1.0 for t, r in zip(top, ref)]))
+
+    found = {f: agreement(f) for f in tried}
+    return min(f for f in tried if found[f] >= found[tried[-1]]), found
+
+
+def measure_nprobe(s: IndexSettings, st: Snapshot, scorer, source, rows: np.ndarray, Q: np.ndarray,
+                   factor: int) -> tuple[int, dict[int, float]]:
+    """The default ``nprobe``: on the queries ``Q``, the build's rows ``rows`` (each one's own row
+    left out of its neighbours), the smallest power of two whose recall 10@10 against the exact
+    neighbours (one pass over the data) is within :data:`NPROBE_TOLERANCE` of the exhaustive
+    first stage's (``nprobe = nlist``), re-ranked as a search does (``factor`` candidates a
+    result). Returns it and ``{nprobe: recall}`` of every nprobe tried."""
     n, nlist = st.n, scorer.nlist
     k = min(10, n - 1)
     if k < 1 or nlist == 1:
         return nlist, {}
-    rows = np.sort(np.random.default_rng(s.seed).choice(n, min(NPROBE_QUERIES, n), replace=False))
-    Q = np.asarray(source.take(rows), np.float32)
     truth = _exact_neighbours(source, Q, rows, k, s.metric)
     norms2 = st.norms2() if s.metric == "cosine" else None
-    kc = min(n, default_rerank_factor(st.encoder) * (k + 1))
+    kc = min(n, factor * (k + 1))
 
     def recall(nprobe):
         _, I, _ = scorer.search(Q, kc, k + 1, nprobe=nprobe, norms2=norms2)

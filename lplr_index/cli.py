@@ -351,6 +351,7 @@ def _index_info(index: LPLRIndex, path: str | None = None) -> dict:
         "fit_error": index.fit_error,
         "n_clipped": index.n_clipped,
         "storage_bytes": index.storage_breakdown(),
+        "rerank_factor": index.rerank_factor,  # fast-scan candidates per result, measured at build
     })
     if index.settings.nlist is not None:  # partitioned search: the lists built and the default nprobe
         info.update(nlist_setting=index.settings.nlist, nlist=index.nlist, nprobe=index.nprobe)

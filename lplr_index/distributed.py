@@ -77,7 +77,7 @@ from .search import ivf as ivf_search
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
-from .layout import IVF_LAYOUT_VERSION, read_partition
+from .layout import IVF_LAYOUT_VERSION, MAX_RERANK_FACTOR, read_partition
 from .snapshot import DerivedCache
 from .packing import packed_nbytes
 from .quantize import Quantizer
@@ -479,7 +479,7 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
     per LPLR/refinement round and one to encode) run on the workers over
     canonical row blocks, their partial sums reduced on the client in block
     order. A partitioned index (``nlist=``) gets its coarse lists as a local
-    build makes them (:func:`lplr_index.builder.partitioned`): the client,
+    build makes them (:func:`lplr_index.builder.measured`): the client,
     which holds the codes, trains the centroids on the seeded sample of the
     codes' latent rows and assigns every row to its list; the default
     ``nprobe`` is measured on 100 seeded rows gathered from the workers, whose
@@ -588,8 +588,9 @@ def encoder_fingerprint(encoder: Encoder | VQEncoder, metric: str, settings: dic
 
 
 def _index_parts(index: LPLRIndex):
-    """(encoder, codes, metric, ids or None, partition or None) of a built index; the partition of
-    a partitioned index: ``(centroids (nlist, rank) float32, every row's list (n,) int64, nprobe)``.
+    """(encoder, codes, metric, ids or None, partition or None, rerank factor) of a built index; the
+    partition of a partitioned index: ``(centroids (nlist, rank) float32, every row's list (n,)
+    int64, nprobe)``; the factor: :attr:`LPLRIndex.rerank_factor`.
 
     Reads the index's state: the index has no public accessor for its encoder
     and code store yet (see the report of issue 11).
@@ -604,7 +605,7 @@ def _index_parts(index: LPLRIndex):
     st = index._state
     ids = np.array(index.ids) if getattr(index, "has_user_ids", False) else None
     part = None if st.nlist is None else (st.ivf_centroids, st.ivf_lists, st.nprobe)
-    return st.encoder, st.store.codes, st.metric, ids, part
+    return st.encoder, st.store.codes, st.metric, ids, part, index.rerank_factor
 
 
 class Shard:
@@ -641,17 +642,22 @@ class Shard:
     nprobe : int, default=None
         The lists a search scans by default (the index's measured ``nprobe``),
         1 to ``nlist``; None: ``nlist``.
+    rerank_factor : int, default=None
+        Fast-scan candidates per result a search re-ranks when it names none (the
+        index's measured :attr:`~LPLRIndex.rerank_factor`); None: the encoder's default.
     """
 
     def __init__(self, encoder: Encoder | VQEncoder, codes: np.ndarray, metric: str, first_row: int, settings: dict,
                  ids: np.ndarray | None = None, *, centroids: np.ndarray | None = None,
-                 lists: np.ndarray | None = None, nprobe: int | None = None):
+                 lists: np.ndarray | None = None, nprobe: int | None = None, rerank_factor: int | None = None):
         self.view = CodeView(encoder, codes, metric)
         self.first_row = int(first_row)
         self.settings = settings
         self.ids = ids
         self.centroids, self.lists, self.nprobe = _checked_partition(
             centroids, lists, nprobe, encoder, self.view.ntotal)
+        self.rerank_factor = None if rerank_factor is None else check_int(
+            rerank_factor, "rerank_factor", low=1, high=MAX_RERANK_FACTOR)
         self._cache = DerivedCache()  # norms2, fastscan, ivf: made on first use (again when unpickled)
 
     @property
@@ -675,6 +681,7 @@ class Shard:
         self.__dict__.setdefault("centroids", None)
         self.__dict__.setdefault("lists", None)
         self.__dict__.setdefault("nprobe", None)
+        self.__dict__.setdefault("rerank_factor", None)
         self._cache = DerivedCache()
 
     def save(self, path) -> int:
@@ -711,6 +718,8 @@ class Shard:
         header.update(first_row=self.first_row, settings=self.settings, fingerprint=self.fingerprint)
         if self.ids is not None:
             arrays["ids"] = np.asarray(self.ids, np.int64)
+        if self.rerank_factor is not None:  # older readers ignore it (and use the encoder's default)
+            header["rerank_factor"] = self.rerank_factor
         # shards keep the container version of their layout (scalar 2, one-level grouped 3, two-level
         # 4): older readers still open what they can read; a partition: 5
         version = 2 if enc.codec != "vq" else 4 if enc.lq.two_level else 3
@@ -758,7 +767,7 @@ class Shard:
                 raise ValueError(f"ids of shape {ids.shape} for {codes.shape[0]} rows")
             centroids, lists, nprobe = _stored_partition(h, a, codes.shape[0])
             shard = cls(enc, codes if mmap else np.array(codes), h["metric"], int(h["first_row"]), h["settings"], ids,
-                        centroids=centroids, lists=lists, nprobe=nprobe)
+                        centroids=centroids, lists=lists, nprobe=nprobe, rerank_factor=h.get("rerank_factor"))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise IndexFileError(f"{name}: damaged or inconsistent shard content ({exc})") from None
         if shard.fingerprint != h["fingerprint"]:
@@ -786,7 +795,8 @@ class Shard:
     def search(self, Q: np.ndarray, k: int, mode: str, rerank_factor: int | None, nprobe: int | None = None):
         """Top ``min(k, ntotal)`` of this shard: ``(D, I)`` with global ids (-1 for none).
 
-        ``rerank_factor`` None is the encoder's default (:func:`default_rerank_factor`).
+        ``rerank_factor`` None is the index's measured one (:attr:`rerank_factor`), or without one
+        the encoder's default (:func:`default_rerank_factor`).
         ``mode="fastscan"`` on a partitioned shard scans its rows of the ``nprobe``
         lists nearest each query (None: :attr:`nprobe`) and re-ranks them exactly;
         queries whose probed lists hold fewer candidates than they need get the
@@ -796,7 +806,7 @@ class Shard:
         n = self.ntotal
         kk = min(k, n)
         if rerank_factor is None:
-            rerank_factor = default_rerank_factor(self.view.encoder)
+            rerank_factor = self.rerank_factor or default_rerank_factor(self.view.encoder)
         norms2 = self._norms2() if self.view.metric == "cosine" else None
         if mode == "fastscan" and self.nlist is not None:
             scorer = self._ivf()
@@ -1016,7 +1026,7 @@ class ShardedIndex:
         first = indexes[0]
         prints = [encoder_fingerprint(enc, metric, ix.settings.to_header(rank=ix.rank),
                                       None if part is None else part[0])
-                  for ix, (enc, _, metric, _, part) in zip(indexes, parts)]
+                  for ix, (enc, _, metric, _, part, _) in zip(indexes, parts)]
         for j, (ix, fp) in enumerate(zip(indexes, prints)):
             if fp != prints[0]:
                 raise ValueError(_mismatch(first, ix, j))
@@ -1025,10 +1035,11 @@ class ShardedIndex:
         self.fastscan_ready = bool(first.fastscan_ready)
         self._bits_l = first.bits_l
         part = parts[0][4]
+        factor = max(p[5] for p in parts)  # merged indexes: the deepest any of their builds measured
         self.nlist, self.nprobe = (None, None) if part is None else (len(part[0]), int(part[2]))
         workers = _workers(self.client)
         if len(indexes) == 1:
-            enc, codes, metric, ids, _ = parts[0]
+            enc, codes, metric, ids, _, _ = parts[0]
             n = len(codes)
             n_shards = len(workers) if n_shards is None else check_int(n_shards, "n_shards", low=1, high=n)
             cuts = _shard_bounds(n, min(n_shards, n))
@@ -1048,7 +1059,8 @@ class ShardedIndex:
         centroids = None if part is None else np.array(part[0])
         for j, (enc, codes, metric, start, ids, lists) in enumerate(pieces):
             shard = Shard(enc, np.array(codes), metric, start, settings, ids, centroids=centroids,
-                          lists=None if lists is None else np.array(lists), nprobe=self.nprobe)
+                          lists=None if lists is None else np.array(lists), nprobe=self.nprobe,
+                          rerank_factor=factor)
             w = workers[j % len(workers)]
             self._futures.append(self.client.scatter(shard, workers=[w], hash=False))
 

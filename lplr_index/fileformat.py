@@ -17,12 +17,13 @@ The header holds every setting plus an ``"arrays"`` table: for each array its
 exactly where the last array ends. Nothing is pickled; a reader needs only
 ``json`` and ``zlib``.
 
-The container layout is the same in every format version (1 to 5); the version
+The container layout is the same in every format version (1 to 6); the version
 tells the index which settings and arrays its header and table hold (2 added the
 mean; 3 the codec setting, the grouped codes' arrays and int32 arrays; 4 a third
 column of ``vq_groups``, the code levels of a class, and two-level codebooks; 5 the
 ``nlist`` setting, the header's default ``nprobe``, and a partitioned index's coarse
-centroids and packed list numbers, ``ivf_centroids`` and ``ivf_lists``). A reader
+centroids and packed list numbers, ``ivf_centroids`` and ``ivf_lists``; 6 the header's
+``rerank_factor``, the fast-scan candidates per result its build measured). A reader
 accepts :data:`SUPPORTED_VERSIONS`; a writer writes the version its caller asks
 for (:data:`FORMAT_VERSION` by default).
 
@@ -87,9 +88,9 @@ __all__ = [
 
 MAGIC = b"LPLRIDX\x00"
 #: version written by default
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: versions this library reads
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 #: a temporary file of a killed save is removed by the next save to the same path
 #: once it is not locked by a live writer and either its writer process is gone
 #: (same machine) or it is older than this many seconds (15 minutes)
@@ -289,7 +290,7 @@ def container_to_bytes(
     >>> data = container_to_bytes({"a": 1}, {"x": np.arange(3, dtype=np.float32)})
     >>> c = read_container(data)
     >>> c.header, c.arrays["x"].tolist(), c.version
-    ({'a': 1}, [0.0, 1.0, 2.0], 5)
+    ({'a': 1}, [0.0, 1.0, 2.0], 6)
     """
     lead, pieces, total = _prepare(header, arrays, version)
     out = b"".join(_pieces(lead, pieces))

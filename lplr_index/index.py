@@ -345,6 +345,18 @@ class LPLRIndex:
         return None if self._state is None else self._state.nprobe
 
     @property
+    def rerank_factor(self) -> int | None:
+        """Fast-scan candidates per result a search re-ranks when it names none: measured at build
+        time (the smallest depth that keeps the default's agreement with the exact scan of the
+        codes, :func:`lplr_index.builder.measure_rerank_factor`; ``rerank_report`` holds what was
+        measured), or for files written before format version 6 the encoder's default (4, or 16
+        for two-level codes); None before a build."""
+        st = self._state
+        if st is None:
+            return None
+        return st.rerank_factor if st.rerank_factor is not None else default_rerank_factor(st.encoder)
+
+    @property
     def is_built(self) -> bool:
         return self._state is not None
 
@@ -604,7 +616,7 @@ class LPLRIndex:
                 # the full-scale check of a two-level design built fast-scan's copy of the codes: kept
                 st = Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
                               layout.fresh_version(s), ids=_frozen(ids)).seeded(fastscan=result.scorer)
-                self._commit(self._partitioned(st, source))
+                self._commit(self._measured(st, source))
                 return self
             # codec="auto" at 6+ bits per coordinate: the scalar 8-bit codes won on the sample
             bits_l = dataclasses.replace(s, codec="scalar").bits_l_used
@@ -615,14 +627,16 @@ class LPLRIndex:
         result = builder.fit_scalar(s, source, rank, bits_l, progress)
         st = Snapshot(result.encoder, CodeStore(result.codes), n, 0, result.error, s.metric,
                       layout.fresh_version(s), ids=_frozen(ids))
-        self._commit(self._partitioned(st, source))
+        self._commit(self._measured(st, source))
         return self
 
-    def _partitioned(self, st: Snapshot, source) -> Snapshot:
-        """``st`` with its coarse lists when the settings ask for them (:func:`lplr_index.builder.partitioned`)."""
-        st, report = builder.partitioned(self._settings, st, source)
-        if report is not None:
-            self.nprobe_report = report
+    def _measured(self, st: Snapshot, source) -> Snapshot:
+        """``st`` with its coarse lists when the settings ask for them and its measured re-rank
+        depth (:func:`lplr_index.builder.measured`)."""
+        st, report = builder.measured(self._settings, st, source)
+        if st.nlist is not None:
+            self.nprobe_report = report["nprobe"]
+        self.rerank_report = report["rerank_factor"]
         return st
 
     @_mutating("add")
@@ -815,9 +829,10 @@ class LPLRIndex:
             index. ``"auto"`` is ``"fastscan"`` when :attr:`fastscan_ready`, else
             ``"factored"``.
         rerank_factor : int, default=None
-            Fast-scan candidates per result; None: :data:`DEFAULT_RERANK_FACTOR`,
-            or :data:`TWO_LEVEL_RERANK_FACTOR` when groups have coarse and fine
-            codes (fast-scan scores the coarse ones).
+            Fast-scan candidates per result; None: :attr:`rerank_factor`, the depth
+            the build measured (at most :data:`DEFAULT_RERANK_FACTOR`, or
+            :data:`TWO_LEVEL_RERANK_FACTOR` when groups have coarse and fine codes:
+            fast-scan scores the coarse ones); with ``rescore_with``, those defaults.
         rescore_with : array-like of shape (ntotal, dim), or a path to a ``.npy`` file, default=None
             The original float vectors, one row per stored row in row order
             (memory-mapped is fine): with default ids and no :meth:`compact`,

@@ -12,7 +12,8 @@ fit a budget.
 
 Format versions: 1 (uncentred scalar codes), 2 (a mean), 3 (grouped codes, the ``codec``
 setting), 4 (code levels per group class), 5 (:data:`IVF_LAYOUT_VERSION`: partitioned
-search, the ``nlist`` setting with the coarse centroids and every row's list).
+search, the ``nlist`` setting with the coarse centroids and every row's list), 6
+(:data:`RERANK_LAYOUT_VERSION`: the header's ``rerank_factor``, measured by the build).
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ from .search import ivf as ivf_search
 from .settings import MAX_NLIST, IndexSettings
 from .snapshot import LAYOUT_VERSION, Snapshot, _frozen
 from .train import Encoder
-from .vq import GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, groups_from_file
+from .search.router import DEFAULT_RERANK_FACTOR
+from .vq import TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, groups_from_file
 
-__all__ = ["IVF_LAYOUT_VERSION", "AUTO_NLIST_MIN_ROWS", "fresh_version", "nlist_for", "header", "arrays_meta",
+__all__ = ["IVF_LAYOUT_VERSION", "RERANK_LAYOUT_VERSION", "AUTO_NLIST_MIN_ROWS", "fresh_version", "nlist_for",
+           "widest_rerank_factor", "header", "arrays_meta",
            "file_nbytes", "nbytes_of", "storage_breakdown", "container", "from_container"]
 
-#: the version of a file whose index has the ``nlist`` setting (partitioned search)
+#: the first version whose files may have the ``nlist`` setting (partitioned search)
 IVF_LAYOUT_VERSION = 5
+#: the version every build writes: the header holds the ``rerank_factor`` the build measured
+RERANK_LAYOUT_VERSION = 6
+#: the largest ``rerank_factor`` a file may hold (a search's own bound)
+MAX_RERANK_FACTOR = 1 << 20
 #: ``nlist="auto"``: no partition below this many rows, :func:`lplr_index.search.ivf.default_nlist`
 #: from it on (measured in the README's "Partitioned search")
 AUTO_NLIST_MIN_ROWS = 20_000
@@ -53,8 +60,8 @@ _MAX_LEVEL = 1e17
 
 
 def fresh_version(s: IndexSettings) -> int:
-    """The format version of an index built with the settings ``s``."""
-    return IVF_LAYOUT_VERSION if s.nlist is not None else LAYOUT_VERSION
+    """The format version of an index built with the settings ``s`` (all of them: the latest)."""
+    return RERANK_LAYOUT_VERSION
 
 
 def nlist_for(s: IndexSettings, n: int) -> int | None:
@@ -65,14 +72,24 @@ def nlist_for(s: IndexSettings, n: int) -> int | None:
     return nlist
 
 
+def widest_rerank_factor(vq: tuple[str, np.ndarray] | None = None) -> int:
+    """The widest ``rerank_factor`` a build may write, for the size of a file not yet built: the
+    deepest it tries (:data:`~lplr_index.search.router.RERANK_FACTORS_TRIED`), one digit unless the
+    grouped codes ``vq = (basis, groups)`` are two-level."""
+    two = vq is not None and bool((_as_groups(vq[1])[:, 2] > 1).any())
+    return TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
+
+
 def header(s: IndexSettings, n, rank, bits_l, n_build, n_clipped, kind, fit_error, version: int = LAYOUT_VERSION,
-           nprobe: int | None = None) -> dict:
+           nprobe: int | None = None, rerank_factor: int | None = None) -> dict:
     """The JSON header of a file: the settings (those its ``version`` has) and the build's facts."""
     settings = s.to_header(rank=rank)
     if version < 3:  # written before the codec setting: always the scalar codes
         settings.pop("codec")
     if version < IVF_LAYOUT_VERSION:  # written before partitioned search
         settings.pop("nlist", None)
+    elif version >= RERANK_LAYOUT_VERSION:  # every index: null when exhaustive
+        settings.setdefault("nlist", None)
     out = {
         "format": "lplr-index",
         "library_version": __version__,
@@ -87,6 +104,8 @@ def header(s: IndexSettings, n, rank, bits_l, n_build, n_clipped, kind, fit_erro
     }
     if version >= IVF_LAYOUT_VERSION:  # the lists a search scans by default (null: exhaustive)
         out["nprobe"] = nprobe
+    if version >= RERANK_LAYOUT_VERSION:  # fast-scan candidates per result (null: the encoder's default)
+        out["rerank_factor"] = rerank_factor
     return out
 
 
@@ -148,16 +167,18 @@ def file_nbytes(s: IndexSettings, n: int, rank: int, bits_l: int, *, state: Snap
     :func:`arrays_meta`): of ``state``, or of a fresh build (with user ids
     saved as ``ids``, see :func:`~lplr_index.ids.ids_layout`) with the widest header values it can have."""
     if state is None:
-        kind = "sketch" if vq is None else vq[0]
+        # the orthonormal factor always ends with the pinv encoder; otherwise the longer name
+        kind = ("pinv" if s.factor == "orthonormal" else "sketch") if vq is None else vq[0]
         rank = rank if vq is None else max(1, int((vq[1][:, 0] * vq[1][:, 1]).sum()))
         version, nlist = fresh_version(s), nlist_for(s, n)
         nlist = None if nlist is None else min(nlist, n)
-        head = header(s, n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist)
+        head = header(s, n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist,
+                      rerank_factor=widest_rerank_factor(vq))
         meta = arrays_meta(s, n, rank, bits_l, version, ids=ids, vq=vq, ivf=nlist)
     else:
         enc = state.encoder
         head = header(s, n, rank, bits_l, state.n_build, state.n_clipped, enc.kind, state.fit_error,
-                      version=state.version, nprobe=state.nprobe)
+                      version=state.version, nprobe=state.nprobe, rerank_factor=state.rerank_factor)
         meta = arrays_meta(s, n, rank, bits_l, state.version, ids=state.ids_layout,
                            removed=state.removed is not None, vq=vq_layout(enc), ivf=state.nlist)
     return container_nbytes(head, meta)
@@ -187,10 +208,9 @@ def storage_breakdown(s: IndexSettings, st: Snapshot) -> dict[str, int]:
         "ids": 0 if st.ids is None else (8 * st.n if st.ids_layout[0] == "ids" else st.ids_layout[1]),
         "removed": 0 if st.removed is None else packed_nbytes(st.n, 1),
     }
-    if st.version >= IVF_LAYOUT_VERSION:  # partitioned search: coarse centroids, list numbers
-        nlist = st.nlist
-        parts["coarse_centroids"] = 0 if nlist is None else int(st.ivf_centroids.nbytes)
-        parts["list_numbers"] = 0 if nlist is None else packed_nbytes(st.n, ivf_search.list_bits(nlist))
+    if st.nlist is not None:  # partitioned search: coarse centroids, list numbers
+        parts["coarse_centroids"] = int(st.ivf_centroids.nbytes)
+        parts["list_numbers"] = packed_nbytes(st.n, ivf_search.list_bits(st.nlist))
     parts["header_and_padding"] = nbytes_of(s, st) - sum(parts.values())
     return parts
 
@@ -225,7 +245,7 @@ def container(s: IndexSettings, st: Snapshot) -> tuple[dict, dict[str, np.ndarra
         arrays["ivf_centroids"] = st.ivf_centroids
         arrays["ivf_lists"] = ivf_search.pack_lists(st.ivf_lists, st.nlist)
     head = header(s, st.store.n, enc.rank, enc.lq.bits, st.n_build, st.n_clipped, enc.kind, st.fit_error,
-                  version=st.version, nprobe=st.nprobe)
+                  version=st.version, nprobe=st.nprobe, rerank_factor=st.rerank_factor)
     return head, arrays, st.version
 
 
@@ -282,8 +302,12 @@ def from_container(header, arrays, version: int, mmap: bool) -> tuple[IndexSetti
             if isinstance(s.nlist, int) and nlist != s.nlist:
                 raise ValueError(f"ivf_centroids holds {nlist} lists, the settings say nlist={s.nlist}")
             nprobe = check_int(nprobe, "nprobe", low=1, high=nlist)
-        elif s.nlist is None or isinstance(s.nlist, int) or nprobe is not None:
+        elif isinstance(s.nlist, int) or nprobe is not None or (s.nlist is None and version < RERANK_LAYOUT_VERSION):
+            # (version 5 wrote lists-less files only for nlist="auto"; 6 writes null for every exhaustive index)
             raise ValueError(f"nlist={s.nlist!r} and nprobe={nprobe!r} without ivf_centroids")
+    rerank_factor = None
+    if version >= RERANK_LAYOUT_VERSION and header["rerank_factor"] is not None:
+        rerank_factor = check_int(header["rerank_factor"], "rerank_factor", low=1, high=MAX_RERANK_FACTOR)
     expected = arrays_meta(s, n, rank, bits_l, version, ids=stored_ids, removed="removed" in arrays,
                            vq=grouped, ivf=nlist)
     if set(arrays) != set(expected):
@@ -348,7 +372,7 @@ def from_container(header, arrays, version: int, mmap: bool) -> tuple[IndexSetti
     codes = arrays["l_codes"] if mmap else np.array(arrays["l_codes"])
     st = Snapshot(encoder, CodeStore(codes), n_build, n_clipped, fit_error, s.metric, version,
                   ids=_frozen(ids), removed=_frozen(removed), ivf_centroids=_frozen(centroids),
-                  ivf_lists=_frozen(lists), nprobe=nprobe)
+                  ivf_lists=_frozen(lists), nprobe=nprobe, rerank_factor=rerank_factor)
     return s, st
 
 

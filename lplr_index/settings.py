@@ -60,14 +60,16 @@ MAX_BITS_PER_COORDINATE = 1e6
 _V1_KEYS = ("bits_l", "bits_per_coordinate", "bits_r", "dim", "metric", "quantizer", "rank", "refine_iters", "seed")
 #: Keys of the ``"settings"`` header object that every writer of a format version wrote:
 #: version 1 (0.1.0) nine, version 2 (0.2.0) added ``factor``, version 3 (0.3.0) ``codec``;
-#: version 4 (0.4.0) has the same keys as 3; version 5 (partitioned search) added ``nlist``. A file
-#: of that version lacking one is damaged.
+#: version 4 (0.4.0) has the same keys as 3; version 5 (partitioned search) added ``nlist``; version 6
+#: (the measured re-rank depth, a key of the header itself) has the same keys as 5. A file of that
+#: version lacking one is damaged.
 HEADER_KEYS: dict[int, tuple[str, ...]] = {
     1: _V1_KEYS,
     2: _V1_KEYS + ("factor",),
     3: _V1_KEYS + ("factor", "codec"),
     4: _V1_KEYS + ("factor", "codec"),
     5: _V1_KEYS + ("factor", "codec", "nlist"),
+    6: _V1_KEYS + ("factor", "codec", "nlist"),
 }
 #: Keys a version's file may hold without every writer writing them: since 0.2.0 a
 #: re-saved version-1 index (which keeps its layout) carries ``factor``.
@@ -268,7 +270,7 @@ class IndexSettings:
             One entry per field, in field order.
         """
         header = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if header["nlist"] is None:  # written by format version 5 only (a partitioned index)
+        if header["nlist"] is None:  # format version 5 wrote it for partitioned indexes only (6: always)
             header.pop("nlist")
         if rank is not None:
             header["rank"] = check_int(rank, "rank", low=1, high=self.dim)

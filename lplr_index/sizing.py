@@ -168,7 +168,8 @@ def plan(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, chosen: VQ
     kind = "pinv" if s.factor == "orthonormal" else "sketch"
     version, nlist = layout.fresh_version(s), layout.nlist_for(s, n)
     nlist = None if nlist is None else min(nlist, n)
-    header = layout.header(s, n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist)
+    header = layout.header(s, n, rank, bits_l, n, 0, kind, 0.0, version=version, nprobe=nlist,
+                           rerank_factor=layout.widest_rerank_factor())
     file_bytes = container_nbytes(header, layout.arrays_meta(s, n, rank, bits_l, version, ivf=nlist))
     fast = bits_l == 4 and s.factor == "orthonormal"
     if mode == "fastscan" and bits_l != 4:

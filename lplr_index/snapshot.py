@@ -130,6 +130,10 @@ class Snapshot:
     ivf_centroids: np.ndarray | None = None
     ivf_lists: np.ndarray | None = None
     nprobe: int | None = None
+    #: fast-scan candidates per result a search re-ranks when it names none (format version 6: its
+    #: build measured it, :func:`lplr_index.builder.measure_rerank_factor`); None: the encoder's
+    #: default (:func:`lplr_index.search.router.default_rerank_factor`)
+    rerank_factor: int | None = None
 
     def __post_init__(self):
         cache = DerivedCache()

@@ -72,14 +72,16 @@ def test_fit_design_names_a_budget_too_small(X):
         builder.fit_design(s, source(X), None, False)
 
 
-def test_partitioned_adds_lists_only_when_asked(X, scalar):
+def test_measured_adds_lists_only_when_asked(X, scalar):
     s, st = scalar
-    same, report = builder.partitioned(s, st, source(X))
-    assert same is st and report is None
+    same, report = builder.measured(s, st, source(X))
+    assert same.nlist is None and report["nprobe"] == {} and same.store is st.store
+    assert same.rerank_factor == min(report["rerank_factor"])  # this data: the shallowest keeps them all
     lists = IndexSettings(DIM, bits_per_coordinate=2, codec="scalar", nlist=8)
-    part, report = builder.partitioned(lists, st, source(X))
-    assert part is not st and st.nlist is None  # a new snapshot; the old one unchanged
+    part, report = builder.measured(lists, st, source(X))
+    assert part is not st and st.nlist is None and st.rerank_factor is None  # new snapshots; the old one unchanged
     assert part.nlist == 8 and part.ivf_lists.shape == (N,) and part.ivf_lists.max() < 8
+    report = report["nprobe"]
     assert 1 <= part.nprobe <= 8 and part.nprobe in report and all(0 <= r <= 1 for r in report.values())
     np.testing.assert_array_equal(part.lists_of(st.store.codes[:50]), part.ivf_lists[:50])  # nearest lists
 
@@ -90,7 +92,7 @@ def test_partitioned_needs_4_bit_codes(X):
     st = Snapshot(fit.encoder, CodeStore(fit.codes), 500, 0, fit.error, s.metric, 5)
     lists = IndexSettings(DIM, bits_per_coordinate=1, nlist=2)  # (settings alone never give 8-bit codes lists)
     with pytest.raises(ValueError, match="nlist=2 .* needs 4-bit codes, the build chose 8-bit codes"):
-        builder.partitioned(lists, st, source(X[:500]))
+        builder.measured(lists, st, source(X[:500]))
 
 
 def test_without_self_drops_the_querys_own_row():

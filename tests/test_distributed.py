@@ -525,6 +525,8 @@ def test_shards_of_each_codec_save_and_load(variant, mmap, ld, client, indexes, 
     if fast is not None:
         assert np.isin(fast.indices, I0).mean() > 0.9
     shard = ld.Shard.load(tmp_path / "sharded" / "shard-00000.lplrs", mmap=mmap)
+    # the index's measured re-rank depth travels with its shards
+    assert shard.rerank_factor == index.rerank_factor == c.header["rerank_factor"]
     for key in ("mean", "rcodes", "dirs"):
         a, b = getattr(shard.view.encoder, key, None), getattr(enc, key, None)
         assert (a is None and b is None) or np.array_equal(a, b)

@@ -639,9 +639,9 @@ def test_each_supported_version_is_written_and_read(container, version):
     assert read_container(data).version == version
 
 
-@pytest.mark.parametrize("version", [0, 6, 1.0, True, "2"], ids=repr)
+@pytest.mark.parametrize("version", [0, 7, 1.0, True, "2"], ids=repr)
 def test_unsupported_version_is_refused_on_write(container, tmp_path, version):
-    with pytest.raises(ValueError, match=r"version must be one of \(1, 2, 3, 4, 5\), got"):
+    with pytest.raises(ValueError, match=r"version must be one of \(1, 2, 3, 4, 5, 6\), got"):
         write_container(tmp_path / "x.lplr", container.header, container.arrays, version=version)
     assert list(tmp_path.iterdir()) == []
 

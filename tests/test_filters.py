@@ -178,7 +178,7 @@ def test_filtered_fastscan_takes_large_batches_in_query_chunks(indexes, data, mo
     allowed = live[live % 2 == 0]
     want = index.search(Q, K, mode="fastscan", allowed=allowed)
     sizes = record_batches(monkeypatch, fastscan.FastScanScorer, "candidates", 1)
-    kf = int(np.ceil(router.FILTER_OVERFETCH * 4 * K / (len(allowed) / index.ntotal)))
+    kf = int(np.ceil(router.FILTER_OVERFETCH * index.rerank_factor * K / (len(allowed) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kf * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan", allowed=allowed)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)  # products round by batch size
@@ -348,7 +348,7 @@ def test_mostly_allowed_filters_take_large_batches_in_query_chunks(indexes, data
     _, Q = data
     want = index.search(Q, K, mode="fastscan")  # removed vectors only: the faiss re-rank path
     sizes = record_batches(monkeypatch, router, "refined_filtered", 1)  # (snapshot, queries, ...)
-    kd = int(np.ceil(4 * K / (len(index) / index.ntotal)))
+    kd = int(np.ceil(index.rerank_factor * K / (len(index) / index.ntotal)))
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * kd * 9)  # 9 queries per chunk
     got = index.search(Q, K, mode="fastscan")
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)

@@ -288,10 +288,62 @@ def test_version_5_index_resaved_keeps_its_layout(name, tmp_path):
     assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
 
 
+def test_files_before_version_6_search_at_the_default_depth():
+    # no measured depth: 4 candidates a result, 16 for two-level codes
+    for path, factor in ((V5 / "ivf_vq_l2_b1.lplr", 4), (V4 / "vq2_l2_b4.lplr", 16), (V4 / "vq_cosine_b1.lplr", 4)):
+        assert LPLRIndex.load(path).rerank_factor == factor, path
+
+
+# ------------------------------------------------------------------ version 6
+V6 = Path(__file__).parent / "data" / "format_v6"
+CASES_V6 = sorted(p.stem for p in V6.glob("*.lplr"))
+#: (nlist, default nprobe, rerank_factor) of each version-6 file (see its README.md)
+FACTS_V6 = {"ivf_vq_l2_b1": (16, 4, 2), "scalar8_ip": (None, None, 4), "vq2_cosine_b4_ids": (None, None, 6),
+            "vq_l2_b1": (None, None, 2)}
+
+
+def test_the_frozen_version_6_files_are_there():
+    assert CASES_V6 == sorted(FACTS_V6)
+
+
+@pytest.mark.parametrize("name", CASES_V6)
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_version_6_files_load_and_search_as_written(name, mmap):
+    container, index = load_frozen(V6, name, 6, mmap)
+    assert (index.nlist, index.nprobe, index.rerank_factor) == FACTS_V6[name]
+    assert container.header["rerank_factor"] == index.rerank_factor
+    assert_searches_as_written(index, V6, name)
+    expected = np.load(V6 / f"{name}.expected.npz")
+    Q = np.load(V6 / "queries.npy")
+    D, I = index.search(Q, 5, nprobe=2) if index.nlist else index.search(Q, 5)
+    assert_answers_as_written(D, I, expected["nprobe2_distances"], expected["nprobe2_indices"], "nprobe=2", index, Q)
+
+
+@pytest.mark.parametrize("name", CASES_V6)
+def test_version_6_index_resaved_keeps_its_layout(name, tmp_path):
+    old, new = resaved(V6 / f"{name}.lplr", tmp_path)
+    assert new.version == 6
+    assert {**new.header, "library_version": None} == {**old.header, "library_version": None}
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "4", True, 1 << 21])
+def test_a_bad_rerank_factor_is_refused(value):
+    c = read_container(V6 / "vq_l2_b1.lplr")
+    with pytest.raises(IndexFileError, match="rerank_factor"):
+        LPLRIndex.load(container_to_bytes(dict(c.header, rerank_factor=value), c.arrays, version=6))
+    header = dict(c.header)
+    del header["rerank_factor"]
+    with pytest.raises(IndexFileError, match="rerank_factor"):
+        LPLRIndex.load(container_to_bytes(header, c.arrays, version=6))
+    # null: the encoder's default
+    again = LPLRIndex.load(container_to_bytes(dict(c.header, rerank_factor=None), c.arrays, version=6))
+    assert again.rerank_factor == 4
+
+
 # ------------------------------------------- settings checked against the version
 #: one frozen file of each version (the settings keys do not depend on the file)
 FROZEN = {1: V1 / "cosine_b4.lplr", 2: V2 / "cosine_b4.lplr", 3: V3 / "vq_cosine_b4.lplr",
-          4: V4 / "vq_cosine_b1.lplr", 5: V5 / "ivf_vq_l2_b1.lplr"}
+          4: V4 / "vq_cosine_b1.lplr", 5: V5 / "ivf_vq_l2_b1.lplr", 6: V6 / "vq_l2_b1.lplr"}
 #: a value of the wrong JSON type for each settings key
 WRONG_TYPE = {"dim": "24", "bits_per_coordinate": "2.0", "rank": 10.0, "bits_l": True, "bits_r": [8],
               "metric": 1, "quantizer": None, "refine_iters": 2.5, "seed": "0", "factor": {}, "codec": False,
@@ -310,7 +362,7 @@ def edited_settings(version: int, edit) -> bytes:
 def test_every_frozen_version_has_the_keys_its_writer_always_wrote():
     for version, path in FROZEN.items():
         assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version])
-    for folder, version in ((V1, 1), (V2, 2), (V3, 3), (V4, 4), (V5, 5)):
+    for folder, version in ((V1, 1), (V2, 2), (V3, 3), (V4, 4), (V5, 5), (V6, 6)):
         for path in folder.glob("*.lplr"):
             assert sorted(read_container(path).header["settings"]) == sorted(HEADER_KEYS[version]), path
     assert set(HEADER_KEYS[FORMAT_VERSION]) == {f.name for f in dataclasses.fields(IndexSettings)}

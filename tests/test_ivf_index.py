@@ -139,7 +139,7 @@ def test_settings_and_errors(data):
     with pytest.raises(ValueError, match="nprobe=2: this index has no partition"):
         plain.search(Q, 3, nprobe=2)
     auto = LPLRIndex(DIM, bits_per_coordinate=1, nlist="auto").build(X[:500])  # below the crossover
-    assert auto.nlist is None and auto.nprobe is None and auto._state.version == 5
+    assert auto.nlist is None and auto.nprobe is None and auto._state.version == 6
     np.testing.assert_array_equal(auto.search(Q, 5, nprobe=3)[1], plain.search(Q, 5)[1])
     again = LPLRIndex.from_bytes(auto.to_bytes())
     assert again.settings.nlist == "auto" and again.nlist is None
@@ -197,7 +197,7 @@ def test_short_queries_probe_more_lists_before_the_exact_scan(data, monkeypatch)
 
     X, Q = data
     index = LPLRIndex(DIM, bits_per_coordinate=1, nlist=128, seed=0).build(X)
-    kc = 4 * 10
+    kc = index.rerank_factor * 10  # the depth the build measured
     _, _, short = index._state.ivf().search(Q, kc, 10, nprobe=1)
     _, _, still = index._state.ivf().search(Q, kc, 10, nprobe=ivf.SHORT_NPROBE_GROWTH)
     assert short.any() and not still.any()

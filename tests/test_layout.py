@@ -91,7 +91,7 @@ def test_fresh_build_sizes_equal_the_built_files(files):
     assert layout.file_nbytes(s, N, st.encoder.rank, 4) == len(files["scalar"])
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_header_holds_the_settings_its_version_has(version):
     s = IndexSettings(DIM, bits_per_coordinate=1, nlist="auto")
     h = layout.header(s, 10, 4, 4, 10, 0, "pinv", 0.125, version=version, nprobe=None)
@@ -99,6 +99,7 @@ def test_header_holds_the_settings_its_version_has(version):
     assert ("codec" in h["settings"]) == (version >= 3)
     assert ("nlist" in h["settings"]) == (version >= 5)
     assert ("nprobe" in h) == (version >= 5)
+    assert ("rerank_factor" in h) == (version >= 6)
 
 
 @pytest.mark.parametrize("quantizer, per_column", [("mse-col", True), ("minmax", False)])
@@ -132,8 +133,8 @@ def test_nlist_for_and_fresh_version():
     assert layout.nlist_for(auto, layout.AUTO_NLIST_MIN_ROWS - 1) is None
     assert layout.nlist_for(auto, 10**5) == ivf.default_nlist(10**5)
     assert layout.nlist_for(IndexSettings(DIM, bits_per_coordinate=1, nlist=7), 10) == 7
-    assert layout.fresh_version(auto) == layout.IVF_LAYOUT_VERSION == 5
-    assert layout.fresh_version(IndexSettings(DIM, bits_per_coordinate=1)) == 4
+    assert layout.fresh_version(auto) == layout.RERANK_LAYOUT_VERSION == 6  # every build: the latest
+    assert layout.fresh_version(IndexSettings(DIM, bits_per_coordinate=1)) == 6
 
 
 def edited(data: bytes, **arrays):

@@ -40,9 +40,12 @@ def test_fastscan_with_default_rerank_equals_the_exact_scan_of_the_codes(built, 
     else:
         # the target: recall against exact scoring of the same codes within 0.005
         assert recall_at_k(If, Ie, 10) >= 0.995  # observed 1.000 at every setting here
-    # distances are the exact ones of the returned ids
+    # distances are the exact ones of the returned ids (queries whose top 10 is the exact scan's: a
+    # depth the build measured may miss one of a thousand neighbours)
+    full = np.array([set(a) == set(b) for a, b in zip(If.tolist(), Ie.tolist())])
+    assert full.mean() >= 0.98
     Xr = index.reconstruct()
-    knn_checker(Xr, queries, Df, If, metric, tol=1e-3 * (1 + np.abs(De).max()))
+    knn_checker(Xr, queries[full], Df[full], If[full], metric, tol=1e-3 * (1 + np.abs(De).max()))
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -214,7 +217,7 @@ def test_large_batches_are_searched_in_chunks_with_the_same_results(embeddings, 
     # queries with a deep re-rank would otherwise hold n_queries x rerank_factor x k of them)
     index = LPLRIndex(64, bits_per_coordinate=1, metric=metric).build(embeddings[:2000])
     want = index.search(queries, 10)
-    monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * 40 * 7)  # 7 queries per chunk
+    monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * 10 * index.rerank_factor * 7)  # 7 queries per chunk
     calls = []
     real = faiss.IndexRefine.search
 

@@ -251,13 +251,13 @@ def test_added_vectors_get_the_codes_of_the_build():
     assert (I[:, 0] % 3000 == np.arange(5)).all()
 
 
-def test_saved_grouped_index_round_trips_and_keeps_version_4(tmp_path):
+def test_saved_grouped_index_round_trips_and_keeps_its_version(tmp_path):
     X = flat_data(2000, 32)
     index = LPLRIndex(32, bits_per_coordinate=1, metric="ip").build(X, ids=np.arange(2000) * 5)
     index.remove([0, 5])
     index.save(tmp_path / "a.lplr")
     c = read_container(tmp_path / "a.lplr")
-    assert c.version == 4 and c.header["settings"]["codec"] == "auto" and c.header["encoder"] in ("pca", "rotation")
+    assert c.version == 6 and c.header["settings"]["codec"] == "auto" and c.header["encoder"] in ("pca", "rotation")
     assert {"vq_groups", "vq_codebooks", "l_codes", "mean"} <= set(c.arrays)
     again = LPLRIndex.load(tmp_path / "a.lplr", mmap=True)
     assert again.to_bytes() == index.to_bytes() and again.nbytes == index.nbytes == (tmp_path / "a.lplr").stat().st_size
@@ -407,7 +407,7 @@ def test_two_level_codes_search_round_trip_and_rescore_exactly(metric, two_level
     # saved and loaded (version 4), then added to with the same codes
     index.save(tmp_path / "a.lplr")
     again = LPLRIndex.load(tmp_path / "a.lplr")
-    assert read_container(tmp_path / "a.lplr").version == 4
+    assert read_container(tmp_path / "a.lplr").version == 6
     assert again.to_bytes() == index.to_bytes()
     codes = np.array(again._state.store.codes[:50])
     again.add(X[:50])

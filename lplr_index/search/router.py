@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from ..settings import IndexSettings
     from ..snapshot import Snapshot
 
-__all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "MAX_RESULT_BYTES", "default_rerank_factor",
-           "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
+__all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "RERANK_FACTORS_TRIED", "MAX_RESULT_BYTES",
+           "default_rerank_factor", "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
            "filtered_fastscan", "search_flat", "check_full", "rescore"]
 
 
@@ -49,6 +49,10 @@ SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
 #: the repository's history); ``benchmarks/bench_rerank_depth.py`` measures the top-10 agreement
 #: with the exact scan of the codes by depth (README, per-query cost by size)
 DEFAULT_RERANK_FACTOR = 4
+#: the factors a build tries (:func:`lplr_index.builder.measure_rerank_factor`), by the encoder's
+#: default (:func:`default_rerank_factor`): up to it
+RERANK_FACTORS_TRIED = {DEFAULT_RERANK_FACTOR: (2, 3, DEFAULT_RERANK_FACTOR),
+                        TWO_LEVEL_RERANK_FACTOR: (4, 6, 8, 12, TWO_LEVEL_RERANK_FACTOR)}
 #: cap on the (distances, ids) one search may return: n_queries * k * 12 bytes
 MAX_RESULT_BYTES = 1 << 31
 #: filtered fast-scan search: when fewer than this fraction of the stored rows
@@ -79,8 +83,9 @@ class SearchResult(NamedTuple):
 
 
 def default_rerank_factor(encoder) -> int:
-    """Fast-scan candidates per result when the caller gives none: more when fast-scan
-    scores the coarse half of two-level codes."""
+    """Fast-scan candidates per result when neither the caller nor the index's build
+    (:attr:`Snapshot.rerank_factor <lplr_index.snapshot.Snapshot.rerank_factor>`) gives one, and
+    the deepest a build tries: more when fast-scan scores the coarse half of two-level codes."""
     return TWO_LEVEL_RERANK_FACTOR if encoder.codec == "vq" and encoder.lq.two_level else DEFAULT_RERANK_FACTOR
 
 
@@ -95,8 +100,7 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
     with the settings ``s`` (the arguments as documented there, checked here)."""
     k = check_int(k, "k", low=1)
     mode = check_choice(mode, "mode", SEARCH_MODES)
-    factor = default_rerank_factor(st.encoder) if rerank_factor is None else check_int(
-        rerank_factor, "rerank_factor", low=1, high=1 << 20)
+    factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=1 << 20)
     if n_threads is not None:
         n_threads = check_int(n_threads, "n_threads", low=1, high=4096)
     if nprobe is not None:
@@ -114,6 +118,9 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
             f"{st.n_live} vectors: use k <= {st.n_live}, or fewer queries per call)"
         )
     full = None if rescore_with is None else check_full(st, rescore_with, s.dim)
+    if factor is None:  # the build's measured depth; rescoring with the vectors: the encoder's default
+        factor = st.rerank_factor if st.rerank_factor is not None and full is None else default_rerank_factor(
+            st.encoder)
     if mode == "auto":
         mode = "fastscan" if fastscan_ready(st, s) or st.nlist is not None else "factored"
     if mode == "fastscan" and st.encoder.lq.bits != 4:
