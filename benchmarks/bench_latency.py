@@ -14,7 +14,8 @@ come from medians over interleaved rounds, and each round's ratio range is repor
 
 The profile splits LPLRIndex's search into its stages, each timed alone on the same
 queries in the same rounds: the projection (centring and ``R^T``, numpy or faiss), faiss's
-fast-scan of the codes for ``rerank_factor * k`` candidates, the exact re-rank of those
+fast-scan of the codes for ``rerank_factor * k`` candidates (the depth the index's build
+measured, ``index.rerank_factor``), the exact re-rank of those
 candidates in faiss (``IndexRefine`` minus the fast-scan), the scorer's Python and numpy
 work around them (results from faiss's distances), and the index's own (argument checks,
 snapshot, filters, ids, padding). It reads the index's private scorer (a profiler, not an
@@ -46,7 +47,6 @@ from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 from faiss_baselines import serialized_nbytes  # noqa: E402
 
 from lplr_index import LPLRIndex  # noqa: E402
-from lplr_index.index import DEFAULT_RERANK_FACTOR, TWO_LEVEL_RERANK_FACTOR  # noqa: E402
 
 #: the profile's stages, in the order they run
 STAGES = ("project", "fastscan", "rerank", "scorer_glue", "index_glue")
@@ -98,8 +98,7 @@ def lplr_stages(index: LPLRIndex, k: int):
     scorer = index._fastscan()
     if not scorer.refines:
         return None
-    two = any(int(g[2]) == 2 for g in index.layout.get("groups", []))
-    kc = min(index.ntotal, (TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR) * k)
+    kc = min(index.ntotal, index.rerank_factor * k)  # the depth the build measured
     mean = scorer.view.encoder.mean if index.metric != "ip" else 0
 
     def project(Q):
@@ -126,7 +125,7 @@ def measure(budget: float, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, ar
     xtrain = xb[: args.max_train]
     t0 = time.perf_counter()
     lplr = LPLRIndex(d, bits_per_coordinate=budget, seed=args.seed).build(xb)
-    row = {"budget": budget, "lplr_layout": str(lplr.layout.get("groups", lplr.codec)),
+    row = {"budget": budget, "lplr_layout": str(lplr.layout.get("groups", lplr.codec)), "lplr_rerank_factor": lplr.rerank_factor,
            "lplr_bits": lplr.bits_per_coordinate, "lplr_build_s": time.perf_counter() - t0}
     searches = {"lplr": lambda Q: lplr.search(Q, args.k)}
     pq, row["pq_name"] = build_pq(budget, xb, xtrain)

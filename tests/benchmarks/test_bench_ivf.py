@@ -52,7 +52,9 @@ def test_bench_ivf_runs_on_a_tiny_set(tiny_run):
     for r in rows:
         assert r["bits_per_coord"] <= BITS and r["bits_per_coord"] == 8 * r["nbytes"] / (N * DIM)
         assert 0 <= r["recall"] <= 1 and r["qps"] > 0 and r["latency_ms"] > 0
-        assert r["build_s"] > 0 and r["build_peak_mib"] >= 0
+        assert r["build_s"] > 0 and r["build_peak_mib"] >= 0 and r["build_anon_peak_mib"] is not None
+    # the partitioned index's memory-mapped load and first query are timed
+    assert result["lplr"]["load_s"] > 0 and result["lplr"]["first_query_after_load_s"] > 0
     for r in ivf:
         assert 0 <= r["vs_exhaustive"] <= 1
     name = f"synthetic-{N}x{DIM}-{BITS}bc"
