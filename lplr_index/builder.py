@@ -156,27 +156,27 @@ def measured(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[str
     its searches use by default (:func:`measure_rerank_factor`), both measured on the same
     seeded rows of the build data as queries; with the reports ``{"rerank_factor": {factor:
     agreement}, "nprobe": {nprobe: recall}}`` (each empty when not measured)."""
+    nlist = layout.nlist_for(s, st.n)
+    if nlist is None and not fastscan_ready(st, s):  # no fast-scan: nothing to measure
+        return st.replaced(keep=DERIVED_KEPT, rerank_factor=default_rerank_factor(st.encoder)), {
+            "rerank_factor": {}, "nprobe": {}}
     sample = sample_rows(st.n, s.seed)  # rows of the fit's sample: a re-iterable input takes them without a pass
     rows = np.sort(np.random.default_rng(s.seed).choice(sample, min(NPROBE_QUERIES, len(sample)), replace=False))
     Q = np.asarray(source.take(rows), np.float32)
-    return partitioned(s, st, source, rows, Q)
+    if nlist is not None:
+        return partitioned(s, st, source, nlist, rows, Q)
+    kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
+    factor, depth = measure_rerank_factor(st, Q, st.fastscan().candidates(prepare_queries(st.view, Q), kc))
+    return st.replaced(keep=DERIVED_KEPT, rerank_factor=factor), {"rerank_factor": depth, "nprobe": {}}
 
 
-def partitioned(s: IndexSettings, st: Snapshot, source, rows: np.ndarray, Q: np.ndarray
+def partitioned(s: IndexSettings, st: Snapshot, source, nlist: int, rows: np.ndarray, Q: np.ndarray
                 ) -> tuple[Snapshot, dict[str, dict]]:
-    """:func:`measured` for the queries ``Q`` (the build's rows ``rows``): the coarse lists
-    (``nlist`` set, and the rows enough for ``"auto"``): faiss k-means on a seeded sample of the
-    codes' latent rows, every row assigned to its nearest centroid
-    (:meth:`lplr_index.search.ivf.IVFScorer.assign`); then the re-rank depth, with every list
-    scanned; then the default ``nprobe`` (:func:`measure_nprobe`) at that depth."""
-    nlist = layout.nlist_for(s, st.n)
-    if nlist is None:
-        if not fastscan_ready(st, s):
-            return st.replaced(keep=DERIVED_KEPT, rerank_factor=default_rerank_factor(st.encoder)), {
-                "rerank_factor": {}, "nprobe": {}}
-        kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
-        factor, depth = measure_rerank_factor(st, Q, st.fastscan().candidates(prepare_queries(st.view, Q), kc))
-        return st.replaced(keep=DERIVED_KEPT, rerank_factor=factor), {"rerank_factor": depth, "nprobe": {}}
+    """:func:`measured` of a partitioned index (``nlist`` lists), on the queries ``Q`` (the
+    build's rows ``rows``): faiss k-means on a seeded sample of the codes' latent rows, every
+    row assigned to its nearest centroid (:meth:`lplr_index.search.ivf.IVFScorer.assign`); then
+    the re-rank depth, with every list scanned; then the default ``nprobe``
+    (:func:`measure_nprobe`) at that depth."""
     if st.encoder.lq.bits != 4:
         raise ValueError(f"nlist={s.nlist!r} (partitioned search) needs 4-bit codes, the build "
                          f"chose {st.encoder.lq.bits}-bit codes (codec={s.codec!r}): use "
