@@ -325,3 +325,17 @@ def test_scorer_assigns_by_groups_from_many_lists(data, metric, monkeypatch):
             scorer._latent(np.asarray(view.codes))))
         assert np.mean(scorer.assignment() == exact) >= 0.95
     assert scorer.codes_match()
+
+
+def test_rows_go_in_list_order_stably(built):
+    # the list numbers are sorted as 16-bit integers where they fit (radix sort), else as int32
+    import copy
+
+    _, _, scorer = built
+    rng = np.random.default_rng(5)
+    lists = rng.integers(0, NLIST, 5000)
+    np.testing.assert_array_equal(scorer._by_list(lists), np.argsort(lists, kind="stable"))
+    wide = copy.copy(scorer)
+    wide.nlist = 1 << 20
+    lists = rng.integers(0, 1 << 20, 5000)
+    np.testing.assert_array_equal(wide._by_list(lists), np.argsort(lists, kind="stable"))

@@ -408,7 +408,7 @@ class IVFScorer(RefiningScorer):
         import faiss
 
         flat = self._flat(packed)
-        order = np.argsort(lists, kind="stable")
+        order = self._by_list(lists)
         ls = lists[order]
         cuts = np.flatnonzero(np.diff(ls)) + 1
         bil = self._lists()
@@ -437,6 +437,12 @@ class IVFScorer(RefiningScorer):
             faiss.rev_swig_ptr(bil.get_ids(lst), total)[o:] = ids[part]
         self.index.ntotal = int(self.index.ntotal) + len(ids)
 
+    def _by_list(self, lists: np.ndarray) -> np.ndarray:
+        """The rows in list order, each list's rows ascending: a stable argsort of the list numbers
+        as 16-bit integers where they fit (numpy's radix sort; measured on the first search after
+        loading 10^6 rows in 4,096 lists, 1 thread: the sorts took 0.23 of its 1.08 s as int64)."""
+        return np.argsort(lists.astype(np.uint16 if self.nlist <= 1 << 16 else np.int32), kind="stable")
+
     def extend(self, view: CodeView, lists: np.ndarray | None = None) -> None:
         """Add the rows of ``view`` past those held, in place (only while this scorer is not
         shared; a shared one is extended by :meth:`extended`); ``lists``: the new rows' lists
@@ -461,7 +467,7 @@ class IVFScorer(RefiningScorer):
                 got = self.assign(np.asarray(view.codes[s : s + _ADD_ROWS]))
                 lists[s - start : s - start + len(got)] = got
         lists = np.asarray(lists, np.int64)
-        order = np.argsort(lists, kind="stable")  # list after list, rows ascending within each
+        order = self._by_list(lists)  # list after list, rows ascending within each
         for s in range(0, len(order), _ADD_ROWS):
             part = np.sort(order[s : s + _ADD_ROWS])  # read in file order (memory-mapped codes)
             self._add(lists[part], np.asarray(view.codes[start + part]), start + part)
