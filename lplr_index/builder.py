@@ -165,8 +165,7 @@ def measured(s: IndexSettings, st: Snapshot, source) -> tuple[Snapshot, dict[str
     Q = np.asarray(source.take(rows), np.float32)
     if nlist is not None:
         return partitioned(s, st, source, nlist, rows, Q)
-    kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
-    factor, depth = measure_rerank_factor(st, Q, st.fastscan().candidates(prepare_queries(st.view, Q), kc))
+    factor, depth = measure_rerank_factor(st, Q, lambda kc: st.fastscan().candidates(prepare_queries(st.view, Q), kc))
     return st.replaced(keep=DERIVED_KEPT, rerank_factor=factor), {"rerank_factor": depth, "nprobe": {}}
 
 
@@ -185,8 +184,7 @@ def partitioned(s: IndexSettings, st: Snapshot, source, nlist: int, rows: np.nda
         raise ValueError(f"nlist={nlist} lists need at least {nlist} vectors to train the coarse quantizer, "
                          f"got {st.n} (use a smaller nlist or nlist='auto')")
     scorer = ivf_search.IVFScorer(st.view, nlist, seed=s.seed)
-    kc = min(st.n, default_rerank_factor(st.encoder) * min(10, st.n))
-    factor, depth = measure_rerank_factor(st, Q, scorer.candidates(Q, kc, nprobe=nlist))  # every list
+    factor, depth = measure_rerank_factor(st, Q, lambda kc: scorer.candidates(Q, kc, nprobe=nlist))  # every list
     nprobe, report = measure_nprobe(s, st, scorer, source, rows, Q, factor)
     centroids = ivf_search.latent_centroids(st.encoder, scorer.centroids)
     st = st.replaced(keep=DERIVED_KEPT, derived={"ivf": scorer}, ivf_centroids=_frozen(centroids),
@@ -198,12 +196,13 @@ def partitioned(s: IndexSettings, st: Snapshot, source, nlist: int, rows: np.nda
 DERIVED_KEPT = ("fastscan", "norms2")
 
 
-def measure_rerank_factor(st: Snapshot, Q: np.ndarray, cand: np.ndarray) -> tuple[int, dict[int, float]]:
+def measure_rerank_factor(st: Snapshot, Q: np.ndarray, candidates) -> tuple[int, dict[int, float]]:
     """The fast-scan candidates per result (``rerank_factor``) a search of ``st`` re-ranks when it
     names none: of :data:`~lplr_index.search.router.RERANK_FACTORS_TRIED` (up to the encoder's
     default), the smallest whose top 10 of every query of ``Q`` is the default depth's.
-    ``cand``: the fast-scan candidates of ``Q`` (row ids, best first, -1: none), as many as the
-    default re-ranks; the first ``f * 10`` of them are re-ranked exactly for each factor ``f``.
+    ``candidates(kc)``: the ``kc`` fast-scan candidates of each query of ``Q`` (row ids, best
+    first, -1: none), asked for as many as the default re-ranks; the first ``f * 10`` of them are
+    re-ranked exactly for each factor ``f``.
     Returns the factor and ``{factor: agreement}`` (the fraction of the default depth's top 10
     found, averaged over the queries). A shallower depth's top 10 is the default's exactly when
     the default's 10 are among its candidates, so nothing the default finds is lost on these
@@ -218,6 +217,7 @@ def measure_rerank_factor(st: Snapshot, Q: np.ndarray, cand: np.ndarray) -> tupl
     its reservoir) and re-rank."""
     k = min(10, st.n)
     tried = RERANK_FACTORS_TRIED[default_rerank_factor(st.encoder)]
+    cand = candidates(min(st.n, tried[-1] * k))
     S = blas.exact_scores(st.view, prepare_queries(st.view, Q), cand)  # -inf where no candidate
 
     def top(f):

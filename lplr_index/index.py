@@ -354,7 +354,7 @@ class LPLRIndex:
         st = self._state
         if st is None:
             return None
-        return st.rerank_factor if st.rerank_factor is not None else default_rerank_factor(st.encoder)
+        return router.index_rerank_factor(st)
 
     @property
     def is_built(self) -> bool:

@@ -31,22 +31,22 @@ def test_the_smallest_factor_keeping_the_default_agreement_is_chosen(data):
     others = np.array([rng.choice(np.setdiff1d(np.arange(len(X)), e), 30, replace=False) for e in exact])
     # the exact top 10 first: every factor finds them all, the smallest is chosen
     cand = np.concatenate([exact, others], axis=1)
-    factor, report = measure_rerank_factor(st, Q, cand)
+    factor, report = measure_rerank_factor(st, Q, lambda kc: cand[:, :kc])
     assert factor == 2 and report == {2: 1.0, 3: 1.0, 4: 1.0}
     # one neighbour of one query ranked 25th by fast-scan: 3 candidates a result needed
     late = cand.copy()
     late[0, [9, 24]] = late[0, [24, 9]]
-    factor, report = measure_rerank_factor(st, Q, late)
+    factor, report = measure_rerank_factor(st, Q, lambda kc: late[:, :kc])
     assert factor == 3 and report == {2: pytest.approx(1 - 0.1 / len(Q)), 3: 1.0, 4: 1.0}
     # ranked 35th: the default itself; missing candidates (-1) never count
     late[0, [24, 34]] = late[0, [34, 24]]
     late[1, 30:] = -1
-    factor, report = measure_rerank_factor(st, Q, late)
+    factor, report = measure_rerank_factor(st, Q, lambda kc: late[:, :kc])
     assert factor == DEFAULT_RERANK_FACTOR and report[DEFAULT_RERANK_FACTOR] == 1.0 > report[3]
     # agreement is with the default depth's results, not the exact scan: a neighbour no depth finds
     # costs nothing
     late[0, 34] = -1
-    factor, report = measure_rerank_factor(st, Q, late)
+    factor, report = measure_rerank_factor(st, Q, lambda kc: late[:, :kc])
     assert factor == 3 and report[3] == report[4] == 1.0
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..snapshot import Snapshot
 
 __all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "RERANK_FACTORS_TRIED", "MAX_RESULT_BYTES",
-           "default_rerank_factor", "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
+           "default_rerank_factor", "index_rerank_factor", "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
            "filtered_fastscan", "search_flat", "check_full", "rescore"]
 
 
@@ -94,6 +94,12 @@ def fastscan_ready(st: Snapshot | None, s: IndexSettings) -> bool:
     return st is not None and st.encoder.lq.bits == 4 and s.factor == "orthonormal"
 
 
+def index_rerank_factor(st: Snapshot) -> int:
+    """The depth a search of ``st`` re-ranks when it names none: its build's measured one, or for
+    files written before format version 6 the encoder's default."""
+    return st.rerank_factor if st.rerank_factor is not None else default_rerank_factor(st.encoder)
+
+
 def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rerank_factor: int | None = None,
            rescore_with=None, allowed=None, n_threads: int | None = None, nprobe: int | None = None) -> SearchResult:
     """:meth:`LPLRIndex.search <lplr_index.LPLRIndex.search>` over the snapshot ``st`` of an index
@@ -119,8 +125,7 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
         )
     full = None if rescore_with is None else check_full(st, rescore_with, s.dim)
     if factor is None:  # the build's measured depth; rescoring with the vectors: the encoder's default
-        factor = st.rerank_factor if st.rerank_factor is not None and full is None else default_rerank_factor(
-            st.encoder)
+        factor = index_rerank_factor(st) if full is None else default_rerank_factor(st.encoder)
     if mode == "auto":
         mode = "fastscan" if fastscan_ready(st, s) or st.nlist is not None else "factored"
     if mode == "fastscan" and st.encoder.lq.bits != 4:
