@@ -339,3 +339,139 @@ def test_rows_go_in_list_order_stably(built):
     wide.nlist = 1 << 20
     lists = rng.integers(0, 1 << 20, 5000)
     np.testing.assert_array_equal(wide._by_list(lists), np.argsort(lists, kind="stable"))
+
+
+def _packer(M: int):
+    import faiss
+
+    quantizer = faiss.IndexFlatL2(M)
+    index = faiss.IndexIVFPQFastScan(quantizer, M, 4, M, 4, faiss.METRIC_L2, 32)
+    return (quantizer, index), faiss.downcast_InvertedLists(index.invlists).packer
+
+
+def _faiss_blocks(packer, flat: np.ndarray) -> np.ndarray:
+    import faiss
+
+    out = np.empty((len(flat) // 32, int(packer.block_size)), np.uint8)
+    for b in range(len(out)):
+        packer.pack_all(faiss.swig_ptr(flat[b * 32 :]), faiss.swig_ptr(out[b]))
+    return out
+
+
+@pytest.mark.parametrize("M", [1, 3, 24, 95, 613])
+def test_block_layout_is_faiss_packers(M, monkeypatch):
+    """numpy's packing equals faiss's pack_all block by block, and unpacking gives the codes back,
+    across chunk boundaries; the path through the packer (another faiss's layout) agrees too."""
+    from lplr_index.search import ivf
+
+    keep, packer = _packer(M)
+    cs = (M + 1) // 2
+    monkeypatch.setattr(ivf.BlockLayout, "CHUNK_BLOCKS", 2)  # several chunks of blocks
+    flat = np.random.default_rng(M).integers(0, 256, (32 * 5, cs), dtype=np.uint8)
+    if M % 2:
+        flat[:, -1] &= 15  # the padded sub-quantizer's nibble is zero (fastscan.flat_codes)
+    want = _faiss_blocks(packer, flat)
+    layout = ivf.BlockLayout.from_packer(packer)
+    assert layout.packer is None and layout.block_size == int(packer.block_size)
+    np.testing.assert_array_equal(layout.pack(flat), want)
+    np.testing.assert_array_equal(layout.unpack(want), flat)
+    through = ivf.BlockLayout(cs, packer)
+    np.testing.assert_array_equal(through.pack(flat), want)
+    np.testing.assert_array_equal(through.unpack(want), flat)
+    assert layout.pack(flat[:0]).shape == (0, layout.block_size)
+
+
+def test_block_layout_falls_back_to_the_packer_when_faiss_differs(monkeypatch, data):
+    """A layout that does not reproduce the packer's (here: a wrong code order) is not used: every
+    block goes through faiss's packer, and the lists still hold the right codes."""
+    from lplr_index.search import ivf
+
+    monkeypatch.setattr(ivf.BlockLayout, "PERM0", np.arange(16))
+    monkeypatch.setattr(ivf, "_LAYOUTS", {})
+    keep, packer = _packer(24)
+    assert ivf.BlockLayout.from_packer(packer).packer is not None
+    index = LPLRIndex(DIM, bits_per_coordinate=1).build(data[0])
+    scorer = IVFScorer(_view(index), NLIST, seed=3)
+    assert scorer.codes_match()
+    assert ivf.BlockLayout.from_packer(scorer._lists().packer).packer is not None
+
+
+def _loaded(ivf: IVFScorer, view: CodeView) -> IVFScorer:
+    """A scorer made as a loaded index makes it: the stored centroids and list numbers."""
+    return IVFScorer.from_assignment(view, ivf.centroids, ivf.assignment())
+
+
+def test_loaded_lists_fill_when_first_probed(built, data, monkeypatch):
+    """A loaded scorer fills only the lists a search probes (all of them once few rows wait), and
+    answers every search as the scorer filled at once does: first stage and both stages."""
+    from lplr_index.search import ivf as ivf_module
+
+    index, view, ivf = built
+    Q = data[2]
+    monkeypatch.setattr(ivf_module, "_FILL_REST_FRACTION", 0.0)
+    lazy = _loaded(ivf, view)
+    assert lazy._pending is not None and lazy._pending.unfilled.all() == (np.bincount(
+        ivf.assignment(), minlength=NLIST) > 0).all()
+    if lazy.exact is not None:
+        assert int(lazy.exact.ntotal) == N
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    D0, I0, s0 = ivf.search(Q[:1], 40, 10, nprobe=2, norms2=n2)
+    D1, I1, s1 = lazy.search(Q[:1], 40, 10, nprobe=2, norms2=n2)
+    np.testing.assert_array_equal(I0, I1)
+    np.testing.assert_array_equal(D0, D1)
+    probed = ivf._quantizer.search(ivf._queries(Q[:1] if view.metric != "cosine" else
+                                                Q[:1] / np.linalg.norm(Q[:1])), 2)[1].ravel()
+    assert set(np.flatnonzero(~lazy._pending.unfilled)) == set(probed.tolist())
+    for nprobe in (1, 3, 8):
+        np.testing.assert_array_equal(ivf.first_stage(Q, 25, nprobe=nprobe)[1],
+                                      lazy.first_stage(Q, 25, nprobe=nprobe)[1])
+        a, b = ivf.search(Q, 40, 10, nprobe=nprobe, norms2=n2), lazy.search(Q, 40, 10, nprobe=nprobe, norms2=n2)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    lazy.search(Q[:1], 40, 10, nprobe=NLIST, norms2=n2)  # every list probed: all filled
+    assert lazy._pending is None and lazy.codes_match()
+
+
+def test_loaded_lists_fill_the_rest_when_few_rows_wait(built, data):
+    index, view, ivf = built
+    lazy = _loaded(ivf, view)
+    sizes = np.bincount(ivf.assignment(), minlength=NLIST)
+    small = np.argsort(sizes)
+    # everything but the smallest lists holding at most 1/16 of the rows: the rest follows
+    waiting = small[np.cumsum(sizes[small]) <= N / 16]
+    lazy._fill_lists(np.setdiff1d(np.arange(NLIST), waiting[:-1]))
+    assert lazy._pending is None
+    lazy = _loaded(ivf, view)
+    lazy._fill_lists(small[-2:])
+    assert lazy._pending is not None and lazy._pending.unfilled.sum() == NLIST - 2
+
+
+def test_loaded_scorer_reads_and_grows_like_a_filled_one(built, data):
+    index, view, ivf = built
+    lazy = _loaded(ivf, view)
+    for a, b in zip(lazy.list_order(), ivf.list_order()):  # read before any list is filled
+        np.testing.assert_array_equal(a, b)
+    assert lazy.storage() == ivf.storage() and lazy.nbytes() == ivf.nbytes()
+    assert lazy._pending is not None
+    lazy.first_stage(data[2][:2], 10, nprobe=1)
+    grown_view = CodeView(view.encoder, np.concatenate([np.asarray(view.codes)] * 2), view.metric)
+    grown = lazy.extended(grown_view)  # copies of filled lists: the scorer fills them all first
+    assert lazy._pending is None and grown._pending is None
+    assert grown.codes_match() and grown.ntotal == 2 * N
+    want = ivf.extended(grown_view)
+    for a, b in zip(grown.list_order(), want.list_order()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_loaded_scorer_searched_from_many_threads(built, data):
+    """Concurrent searches of a loaded scorer, each filling the lists it probes, answer as one
+    thread does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    index, view, ivf = built
+    Q = data[2]
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    lazy = _loaded(ivf, view)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: lazy.search(Q[i : i + 1], 40, 10, nprobe=2, norms2=n2)[1], range(len(Q))))
+    np.testing.assert_array_equal(np.vstack(got), ivf.search(Q, 40, 10, nprobe=2, norms2=n2)[1])

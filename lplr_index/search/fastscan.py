@@ -312,10 +312,12 @@ class RefiningScorer:
                     self._refine = got
         return got
 
-    def _search_refined(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None, params=None):
+    def _search_refined(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None, params=None,
+                        before=None):
         """Both stages in faiss for prepared queries ``Q`` (:func:`finish_refined`'s ``(D, I,
         short)``); ``params``: faiss's ``IndexRefineSearchParameters`` (the partitioned search's
-        lists and filter)."""
+        lists and filter); ``before``: called with the projected queries faiss gets, before it
+        searches (the partitioned search fills the lists they probe)."""
         view = self.view
         # (q - mean) R^T (l2, cosine) or q R^T (ip), centred in float32 as the re-ranker does,
         # in faiss's padded sub-vectors
@@ -323,6 +325,8 @@ class RefiningScorer:
         P = self.project(Qc)
         off = query_offsets(view, Q, Qc, P)
         del Qc
+        if before is not None:
+            before(P)
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
         Dr, cand = self._refined().search(P, int(kc), params=params)
         return finish_refined(view, Q, off, Dr, cand, keep, norms2)
