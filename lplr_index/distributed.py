@@ -482,9 +482,9 @@ def build(X: Any, client=None, *, column: str | None = None, id_column: str | No
     build makes them (:func:`lplr_index.builder.measured`): the client,
     which holds the codes, trains the centroids on the seeded sample of the
     codes' latent rows and assigns every row to its list; the default
-    ``nprobe`` is measured on 100 seeded rows gathered from the workers, whose
-    exact neighbours one more pass finds on the workers (each block's best
-    rows, merged on the client in block order). The result is byte for byte
+    ``nprobe`` is measured on 100 seeded rows gathered from the workers, by
+    the client's searches of the codes (no more passes over the data). The
+    result is byte for byte
     the index a local build of the same rows gives (with one BLAS thread in
     the client and the workers), whatever X's chunking and the number of
     workers. Nothing is returned (or saved) unless every pass completed.

@@ -216,3 +216,38 @@ def test_short_queries_probe_more_lists_before_the_exact_scan(data, monkeypatch)
     allowed[: N // 4 + 1] = True
     D, I = index.search(Q, 10, nprobe=1, allowed=allowed)
     assert allowed[I[I >= 0]].all()
+
+
+def test_default_nprobe_bounds_the_recall_lost(built, data):
+    """The build's nprobe report is each tried nprobe's agreement with every list's top 10 on its
+    100 build rows; the chosen nprobe is the smallest power of two within 1 %, and on those rows
+    its recall 10@10 (exact neighbours found here by brute force) is within 0.01 of every list's."""
+    from lplr_index import builder
+    from lplr_index.train import sample_rows
+
+    X, _ = data
+    report = built.nprobe_report
+    assert report[NLIST] == 1.0 and all(0.0 <= a <= 1.0 for a in report.values())
+    chosen = built.nprobe
+    assert report[chosen] >= 1 - builder.NPROBE_TOLERANCE
+    assert all(report[p] < 1 - builder.NPROBE_TOLERANCE for p in report if p < chosen)
+    assert chosen == NLIST or chosen & (chosen - 1) == 0
+    s = built.settings
+    rows = np.sort(np.random.default_rng(s.seed).choice(sample_rows(N, s.seed), 100, replace=False))
+    Q = X[rows]
+    if s.metric == "cosine":
+        Xn, Qn = (A / np.linalg.norm(A, axis=1, keepdims=True) for A in (X, Q))
+        score = Qn @ Xn.T
+    elif s.metric == "ip":
+        score = Q @ X.T
+    else:
+        score = -((Q ** 2).sum(1)[:, None] - 2 * Q @ X.T + (X ** 2).sum(1)[None, :])
+    score[np.arange(100), rows] = -np.inf  # each row's own row is not its neighbour
+    truth = np.argsort(-score, axis=1, kind="stable")[:, :10]
+
+    def recall(nprobe):
+        _, I = built.search(Q, 11, nprobe=nprobe)
+        got = builder._without_self(I, rows, 10)
+        return np.mean([len(np.intersect1d(g, t)) for g, t in zip(got, truth)]) / 10
+
+    assert recall(chosen) >= recall(NLIST) - builder.NPROBE_TOLERANCE - 1e-9
