@@ -475,3 +475,31 @@ def test_loaded_scorer_searched_from_many_threads(built, data):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: lazy.search(Q[i : i + 1], 40, 10, nprobe=2, norms2=n2)[1], range(len(Q))))
     np.testing.assert_array_equal(np.vstack(got), ivf.search(Q, 40, 10, nprobe=2, norms2=n2)[1])
+
+
+def test_search_parameters_are_made_once_per_nprobe(built, data, monkeypatch):
+    """Unfiltered searches share faiss's parameters per (nprobe, re-rank) and answer as before;
+    filtered ones get their own; the cache stays bounded."""
+    from lplr_index.search import ivf as ivf_module
+
+    index, view, ivf = built
+    Q = data[2]
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    fresh = IVFScorer(view, NLIST, centroids=ivf.centroids)
+    first = fresh.search(Q, 40, 10, nprobe=3, norms2=n2)
+    cached = dict(fresh._param_cache)
+    assert len(cached) == 1 and next(iter(cached))[0] == 3
+    again = fresh.search(Q, 40, 10, nprobe=3, norms2=n2)
+    assert dict(fresh._param_cache) == cached  # the same objects
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    allowed = np.zeros(N, bool)
+    allowed[::3] = True
+    _, I, _ = fresh.search(Q, 40, 10, nprobe=3, norms2=n2, allowed=allowed)
+    assert allowed[I[I >= 0]].all() and len(fresh._param_cache) == 1
+    _, I, _ = fresh.search(Q, 40, 10, nprobe=3, norms2=n2)
+    np.testing.assert_array_equal(I, first[1])  # the filter did not stick to the shared parameters
+    monkeypatch.setattr(ivf_module, "_PARAMS_CACHED", 4)
+    for p in range(1, 10):
+        fresh.first_stage(Q[:2], 5, nprobe=p)
+    assert len(fresh._param_cache) <= 4
