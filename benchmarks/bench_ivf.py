@@ -38,7 +38,7 @@ every index built on the same data and measured in the same run:
   scanning more leaves can lower its recall. ScaNN's training threads are set to ``--threads``.
 
 ``nlist`` defaults to :func:`lplr_index.search.ivf.default_nlist` (the power of two nearest
-``4 sqrt(n)``); nprobe values above it are skipped.
+``sqrt(n)``); nprobe values above it are skipped.
 
 Measured for each index: build seconds, and the build's peak memory: the process's peak
 resident set during the build above its resident set just before (the kernel's high-water mark

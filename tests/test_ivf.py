@@ -213,7 +213,8 @@ def test_bad_arguments_are_named(built, data):
     eight = LPLRIndex(DIM, rank=8, bits_l=8, codec="scalar").build(data[0][:500])
     with pytest.raises(ValueError, match="4-bit"):
         IVFScorer(_view(eight), 4)
-    assert default_nlist(1_000_000) == 4096 and default_nlist(200_000) == 2048 and default_nlist(50) == 1
+    assert default_nlist(1_000_000) == 1024 and default_nlist(10**7) == 4096 and default_nlist(200_000) == 512
+    assert default_nlist(50) == 1 and default_nlist(65_536) == 256 and default_nlist(10**4) == 128
 
 
 def test_lists_apportioned_to_coarse_cells():
