@@ -8,10 +8,10 @@ agreement of each ``nprobe`` tried), its re-rank depth, and recall 10@10 and bat
 ``nprobe`` against ``bench_ivf.py``'s cached ground truth when there is one (computed and cached
 otherwise, as ``bench_ivf.py`` does).
 
-    python benchmarks/bench_ivf_build.py --n 1000000 --nlist 4096
-    python benchmarks/bench_ivf_build.py --n 10000000 --nlist 16384 --data-dir data   # 10 min
+    python benchmarks/bench_ivf_build.py --n 1000000 --nlist 1024
+    python benchmarks/bench_ivf_build.py --n 10000000 --nlist 4096 --data-dir data --nprobe 1 2 4 8 16 32 64   # 10 min
 
-Results: ``results/reference/bench_ivf_build/synthetic-<n>x<d>-<bits>bc.{json,md}``.
+Results: ``results/reference/bench_ivf_build/synthetic-<n>x<d>-<bits>bc-nlist<nlist>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
             f"{ivf['nprobe_report']}):\n\n{sweep}")
     payload = {"machine": machine(), "args": {a: str(v) for a, v in vars(args).items()}, "rows": rows,
                "ratio": ratio}
-    write_results(args.out, f"synthetic-{n}x{d}-{args.bits:g}bc", payload, text)
+    write_results(args.out, f"synthetic-{n}x{d}-{args.bits:g}bc-nlist{args.nlist}", payload, text)
     print(text)
     return payload
 

@@ -314,7 +314,13 @@ def test_scorer_assigns_by_groups_from_many_lists(data, metric, monkeypatch):
     view = _view(LPLRIndex(DIM, bits_per_coordinate=1, metric=metric).build(X))
     few = IVFScorer(view, NLIST, seed=3)
     assert few._centroid_groups() is None
+    # trained in two levels, still assigned to every centroid (the two thresholds are apart)
     monkeypatch.setattr(ivf, "TWO_LEVEL_MIN_NLIST", NLIST)
+    two = IVFScorer(view, NLIST, seed=3)
+    assert not np.array_equal(two.centroids, few.centroids) and two._centroid_groups() is None
+    np.testing.assert_array_equal(two.assignment(), ivf.nearest_centroids(
+        two._latent(np.asarray(view.codes)), two.centroids, metric))
+    monkeypatch.setattr(ivf, "GROUPED_MIN_NLIST", NLIST)
     scorer = IVFScorer(view, NLIST, centroids=few.centroids)
     exact = ivf.nearest_centroids(scorer._latent(np.asarray(view.codes)), scorer.centroids, metric)
     if metric == "ip":  # inner products: every centroid scored

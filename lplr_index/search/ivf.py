@@ -10,7 +10,7 @@ already stores, without re-encoding anything:
   sub-vectors (grouped codes zero-padded to the widest group, as fast-scan pads them);
 - each stored row goes to the list of its nearest centroid (largest inner product for
   ``metric="ip"``, as faiss's IVF with an inner-product quantizer does); from
-  :data:`TWO_LEVEL_MIN_NLIST` lists (l2, cosine) the nearest among the centroids of the three
+  :data:`GROUPED_MIN_NLIST` lists (l2, cosine) the nearest among the centroids of the three
   groups nearest it (:class:`CentroidGroups`: nearly always the nearest one, at a sixth of the
   cost);
 - a faiss ``IndexIVFPQFastScan`` (``by_residual=False``: a list holds the codes themselves, not
@@ -70,7 +70,7 @@ from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "BlockLayout", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
            "pack_lists", "unpack_lists", "latent_centroids", "padded_centroids", "choose_nprobe", "predicted_nbytes",
-           "train_centroids", "nearest_centroids", "CentroidGroups", "TWO_LEVEL_MIN_NLIST", "SHORT_NPROBE_GROWTH",
+           "train_centroids", "nearest_centroids", "CentroidGroups", "TWO_LEVEL_MIN_NLIST", "GROUPED_MIN_NLIST", "SHORT_NPROBE_GROWTH",
            "GROUPS_PROBED"]
 
 #: codes per fast-scan block (faiss's ``bbs``)
@@ -84,9 +84,16 @@ _ADD_ROWS = 1 << 16
 #: queries whose probed lists held too few candidates search again with this many times more
 #: lists (:meth:`IVFScorer.search_widening`)
 SHORT_NPROBE_GROWTH = 4
-#: from this many lists the coarse quantizer is trained in two levels (:func:`train_centroids`) and
-#: rows are assigned in two steps (:class:`CentroidGroups`; l2 and cosine)
-TWO_LEVEL_MIN_NLIST = 2048
+#: from this many lists the coarse quantizer is trained in two levels (:func:`train_centroids`).
+#: Measured at 10^6 x 384, 1 b/c, 1,024 lists, 1 thread (``benchmarks/bench_ivf_build.py``): one
+#: k-means took 6.2 s of an 18.8 s build (the exhaustive build: 9.8 and 7.9 s), two levels took
+#: the build to 12.7 s (8.5-9.2 s), recall 10@10 at nprobe 1 / 2 / 4 / 8 (the default) from
+#: 0.4441 / 0.5396 / 0.5866 / 0.5974 to 0.4355 / 0.5387 / 0.5845 / 0.5962
+TWO_LEVEL_MIN_NLIST = 1024
+#: from this many lists rows are assigned in two steps (:class:`CentroidGroups`; l2 and cosine).
+#: Not from 1,024: in the same measurement the grouped assignment (64 groups, 3 probed) took 3 s
+#: off the build but recall at nprobe 1 / 8 to 0.4366 / 0.5935
+GROUPED_MIN_NLIST = 2048
 #: groups of centroids a row's list is looked for in (:class:`CentroidGroups`)
 GROUPS_PROBED = 3
 #: rows per centroid faiss's k-means subsamples to at the first of two levels (its default)
@@ -112,8 +119,8 @@ def default_nlist(n: int) -> int:
     at 10^6, 4,096 at 10^7), at least 1 and at most ``n / 39``.
 
     Measured (``benchmarks/bench_ivf.py``, clustered 384-d synthetic data, 1 b/c, 1 thread):
-    at 10^6 rows, 1,024 lists reached recall 10@10 0.444 / 0.540 / 0.587 at nprobe 1 / 2 / 4 and
-    34,865 / 32,925 / 24,210 q/s, where 4,096 lists (``4 sqrt(n)``, the default before) reached
+    at 10^6 rows, 1,024 lists (one k-means) reached recall 10@10 0.444 / 0.540 / 0.587 at nprobe
+    1 / 2 / 4 and 34,865 / 32,925 / 24,210 q/s, where 4,096 lists (``4 sqrt(n)``, the default before) reached
     0.304 / 0.515 / 0.568 at nprobe 1 / 4 / 8 and 15,819 / 16,642 / 15,023 q/s, and 2,048 lay
     between; at 10^7, 4,096 lists 0.439 / 0.4715 / 0.481 at nprobe 4 / 8 / 16 and 7,401 / 6,149 /
     4,840 q/s, 16,384 lists 0.4715 at nprobe 32 and 3,189 q/s. Fewer lists cost less coarse
@@ -300,9 +307,9 @@ class BlockLayout:
 
     def __init__(self, code_size: int, packer=None):
         self.code_size = int(code_size)
-        self.block_size = BBS * self.code_size
         #: faiss's packer where this layout is not its own (every block a ``pack_all`` call)
         self.packer = packer
+        self.block_size = BBS * self.code_size if packer is None else int(packer.block_size)
 
     @classmethod
     def from_packer(cls, packer) -> "BlockLayout":
@@ -497,7 +504,7 @@ class IVFScorer(RefiningScorer):
 
     def assign(self, packed: np.ndarray) -> np.ndarray:
         """The list (int64) of each packed code row: its nearest centroid (largest inner product
-        for ``ip``), from :data:`TWO_LEVEL_MIN_NLIST` lists (l2, cosine) the nearest among three
+        for ``ip``), from :data:`GROUPED_MIN_NLIST` lists (l2, cosine) the nearest among three
         groups of centroids (:class:`CentroidGroups`)."""
         packed = np.asarray(packed)
         out = np.empty(len(packed), np.int64)
@@ -510,9 +517,9 @@ class IVFScorer(RefiningScorer):
 
     def _centroid_groups(self) -> CentroidGroups | None:
         """The centroids' groups that :meth:`assign` looks in (l2 and cosine, from
-        :data:`TWO_LEVEL_MIN_NLIST` lists; None: every centroid is scored), made at the first
+        :data:`GROUPED_MIN_NLIST` lists; None: every centroid is scored), made at the first
         assignment. Only a scorer not yet shared assigns (:meth:`extend`), so no lock."""
-        if self.metric == "ip" or self.nlist < TWO_LEVEL_MIN_NLIST:
+        if self.metric == "ip" or self.nlist < GROUPED_MIN_NLIST:
             return None
         if self._groups is None:
             self._groups = CentroidGroups(self.centroids)

@@ -16,13 +16,13 @@ def test_builds_are_timed(tmp_path):
             "--n-queries", "30", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    got = json.loads((tmp_path / "synthetic-3000x32-1bc.json").read_text())
+    got = json.loads((tmp_path / "synthetic-3000x32-1bc-nlist32.json").read_text())
     assert [r["build"] for r in got["rows"]] == ["exhaustive", "partitioned", "exhaustive, again"]
     ivf = got["rows"][1]
     assert ivf["nlist"] == 32 and str(ivf["nprobe"]) in ivf["sweep"] and "64" not in ivf["sweep"]
     assert ivf["nprobe_report"]["32"] == 1.0
     assert all(0 <= v["recall"] <= 1 and v["qps"] > 0 for v in ivf["sweep"].values())
     assert got["ratio"] > 0 and all(r["build_s"] > 0 for r in got["rows"])
-    assert "the partitioned build (32 lists)" in (tmp_path / "synthetic-3000x32-1bc.md").read_text()
+    assert "the partitioned build (32 lists)" in (tmp_path / "synthetic-3000x32-1bc-nlist32.md").read_text()
     bad = subprocess.run(args[:2] + ["--n", "10", "--nlist", "20"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--nlist must be" in bad.stderr
