@@ -82,6 +82,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before faiss loads libgom
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -283,6 +284,13 @@ def faiss_bits_estimate(template: str, m: int, n: int, d: int, nlist: int) -> fl
     if template.startswith("PCA"):
         fixed += 4 * (d * d + m * d + 3 * d + m)
     return 8 * (per_row + fixed / n) / d
+
+
+def factory_nlist(template: str, nlist: int) -> int:
+    """The list count of a faiss factory template: its own (``IVF1024``), else the run's ``nlist``
+    (``IVF{nlist}``)."""
+    own = re.search(r"IVF(\d+)", template)
+    return int(own.group(1)) if own else nlist
 
 
 def faiss_candidates(template: str, n: int, d: int, nlist: int, bits: float) -> list[int]:
@@ -512,7 +520,8 @@ def run(args: argparse.Namespace) -> dict:
     xt = np.ascontiguousarray(X[sample])
     for template in args.faiss_factory:
         fx = None
-        for m in faiss_candidates(template, n, d, nlist, args.bits):
+        lists = factory_nlist(template, nlist)  # the template's own list count sizes its M
+        for m in faiss_candidates(template, n, d, lists, args.bits):
             fname = template.format(M=m, nlist=nlist)
 
             def make(fname=fname, xt=xt):
@@ -538,7 +547,7 @@ def run(args: argparse.Namespace) -> dict:
             ivf.nprobe = nprobe  # (a pre-transform rejects IVF search parameters)
             I, b, lat = timed(lambda q, ix=fx: ix.search(q, k), Q, args.repeats, args.latency_queries)
             row(f"faiss {fname}", f"faiss {template}", nprobe, 8 * nbytes / (n * d), I, b, lat, built,
-                nbytes=nbytes, nlist=nlist, nprobe_label=str(nprobe))
+                nbytes=nbytes, nlist=lists, nprobe_label=str(nprobe))
         del fx, ivf
         _trim()
     del xt

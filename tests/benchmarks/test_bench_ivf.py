@@ -81,3 +81,15 @@ def test_bench_ivf_scann_rows_within_the_bits(tiny_run):
     tried = info["tried"]
     assert tried[-1]["bits_per_coord"] <= BITS and all(t["bits_per_coord"] > BITS for t in tried[:-1])
     assert "serialized_partitioner.pb" in info["stored_files"] and "datapoint_to_token.npy" in info["stored_files"]
+
+
+def test_faiss_templates_are_sized_for_their_own_list_count():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_ivf
+
+    assert bench_ivf.factory_nlist("PCAR{M},IVF{nlist},PQ{M}x4fs", 4096) == 4096
+    assert bench_ivf.factory_nlist("PCAR{M},IVF1024,PQ{M}x4fs", 4096) == 1024
+    # fewer lists leave room for more sub-quantizers within the same bits
+    few = bench_ivf.faiss_candidates("PCAR{M},IVF1024,PQ{M}x4fs", 10**6, 384, 1024, 1.0)[0]
+    many = bench_ivf.faiss_candidates("PCAR{M},IVF1024,PQ{M}x4fs", 10**6, 384, 4096, 1.0)[0]
+    assert few > many
