@@ -43,6 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, markdown_table, run_case_in_subprocess, write_results  # noqa: E402
 
 
+def single_queries(index, Q: np.ndarray, k: int) -> list[float]:
+    """The wall time of each query of ``Q`` searched alone, in order, seconds."""
+    times = []
+    for q in Q:
+        t = time.perf_counter()
+        index.search(q[None], k)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def measure(case: dict) -> dict:
     """One fresh interpreter's load, first query, warm-up and steady state."""
     import faiss
@@ -59,11 +69,7 @@ def measure(case: dict) -> dict:
     t = time.perf_counter()
     index.search(Q[:1], k)
     out["first_query_s"] = time.perf_counter() - t
-    lat = []
-    for q in Q[1 : 1 + warm]:
-        t = time.perf_counter()
-        index.search(q[None], k)
-        lat.append(time.perf_counter() - t)
+    lat = single_queries(index, Q[1 : 1 + warm], k)
     out["warm_median_ms"] = 1e3 * statistics.median(lat)
     out["warm_p90_ms"] = 1e3 * float(np.percentile(lat, 90))
     state = index._state
@@ -73,12 +79,7 @@ def measure(case: dict) -> dict:
     t = time.perf_counter()
     scorer._fill_all()
     out["fill_rest_s"] = time.perf_counter() - t
-    steady = []
-    for q in Q[1 : 1 + warm]:
-        t = time.perf_counter()
-        index.search(q[None], k)
-        steady.append(time.perf_counter() - t)
-    out["steady_median_ms"] = 1e3 * statistics.median(steady)
+    out["steady_median_ms"] = 1e3 * statistics.median(single_queries(index, Q[1 : 1 + warm], k))
     t = time.perf_counter()
     index.search(Q, k)
     out["steady_batch_qps"] = len(Q) / (time.perf_counter() - t)
