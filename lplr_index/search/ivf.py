@@ -637,7 +637,7 @@ class IVFScorer(RefiningScorer):
 
         pending = self._pending
         if pending is not None:
-            return pending.rows.copy(), np.diff(pending.offsets)
+            return pending.rows.copy(), pending.sizes.copy()
         bil = self._lists()
         sizes = np.array([bil.list_size(i) for i in range(self.nlist)], np.int64)
         order = np.empty(int(sizes.sum()), np.int64)
@@ -695,9 +695,7 @@ class IVFScorer(RefiningScorer):
             self.exact.ntotal = n
         self.index.ntotal = n
         self.ntotal = n
-        self._pending = _Pending(rows, offsets)
-        if n == 0:
-            self._pending = None
+        self._pending = _Pending(rows, offsets) if n else None
 
     def _probe(self, P: np.ndarray, nprobe: int) -> None:
         """Fill the lists faiss will probe for the projected queries ``P`` (its coarse search,
@@ -730,14 +728,11 @@ class IVFScorer(RefiningScorer):
             todo = wanted[pending.unfilled[wanted]]
             if not len(todo):
                 return
-            off = pending.offsets
-            left = pending.unfilled.copy()
-            left[todo] = False
-            if (off[1:] - off[:-1])[left].sum() <= self.ntotal * _FILL_REST_FRACTION:
+            off, sizes = pending.offsets, pending.sizes
+            if sizes[pending.unfilled].sum() - sizes[todo].sum() <= self.ntotal * _FILL_REST_FRACTION:
                 todo = np.flatnonzero(pending.unfilled)  # the last few: no more coarse searches twice
-            sizes = off[todo + 1] - off[todo]
             rows = np.concatenate([pending.rows[off[lst] : off[lst + 1]] for lst in todo.tolist()])
-            lists = np.repeat(todo, sizes)
+            lists = np.repeat(todo, sizes[todo])
             exact = None
             if self.exact is not None:
                 cs = int(self.exact.code_size)
@@ -975,12 +970,14 @@ class IVFScorer(RefiningScorer):
 
 class _Pending:
     """The lists of a loaded scorer not filled yet (:meth:`IVFScorer._fill`): every row in list
-    order (``rows[offsets[l]:offsets[l + 1]]``, ascending: list ``l``'s rows) and which lists wait."""
+    order (``rows[offsets[l]:offsets[l + 1]]``, ascending: list ``l``'s rows), the list sizes and
+    which lists wait."""
 
     def __init__(self, rows: np.ndarray, offsets: np.ndarray):
         self.rows = rows
         self.offsets = offsets
-        self.unfilled = np.diff(offsets) > 0
+        self.sizes = np.diff(offsets)
+        self.unfilled = self.sizes > 0
 
 
 # ------------------------------------------------------------ what an index file stores
