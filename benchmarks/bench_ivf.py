@@ -5,7 +5,8 @@ One process, ``--threads`` threads (default 1: faiss's OpenMP and the BLAS, buil
 every index built on the same data and measured in the same run:
 
 - ``lplr exhaustive``: ``LPLRIndex(dim, bits_per_coordinate=b)`` (no lists), the reference:
-  ``vs exhaustive`` is the recall of each partitioned LPLR row against its results;
+  ``vs exhaustive`` is the recall of each partitioned LPLR row against its results (left out
+  with ``--no-exhaustive``: at 10^7 its build and its scans of every row take ~5 minutes);
 - ``lplr ivf{nlist}``: ``LPLRIndex(dim, bits_per_coordinate=b, nlist=nlist)`` searched with
   ``index.search(Q, k, nprobe=P)`` for each ``--nprobe``, the default nprobe its build
   measured (marked ``*``) and ``nlist`` (every list: the same codes scanned exhaustively;
@@ -67,9 +68,11 @@ Usage (clustered synthetic data; 2 * 10^5 x 384 at 1 b/c takes ~10 minutes on on
     python benchmarks/bench_ivf.py --n 10000000 --bits 1 --no-scann --data-dir data \
         --faiss-factory "PCAR{M},IVF{nlist},PQ{M}x4fs" --faiss-train 655360 \
         --out results/reference/bench_ivf                                       # 10^7, out of core
+    python benchmarks/bench_ivf.py --data npy --npy data/cache/langchain/minilm-36892-*.npy --bits 1 \
+        --out results/reference/bench_ivf/minilm                               # a real set: its last rows query
 
 Writes ``{out}/synthetic-{n}x{dim}-{bits}bc.{json,md,png}`` (``powerlaw-...`` with
-``--data powerlaw``): the rows, the Markdown table, and recall against q/s (log scale), one
+``--data powerlaw``, ``<file name>-...`` with ``--data npy``): the rows, the Markdown table, and recall against q/s (log scale), one
 line per index, nprobe annotated. Progress lines go to stderr.
 """
 
@@ -257,6 +260,16 @@ def timed(search, Q: np.ndarray, repeats: int, latency_queries: int):
     return I, statistics.median(times), 1e3 * statistics.median(lat)
 
 
+def npy_split(path: Path, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """A real set from a ``.npy`` file (read memory-mapped): its last ``n_queries`` rows query the
+    others (database, queries), float32."""
+    V = np.load(path, mmap_mode="r")
+    if V.ndim != 2 or len(V) <= 2 * n_queries:
+        raise SystemExit(f"{path}: --npy needs a 2-D array of more than {2 * n_queries} rows (--n-queries "
+                         f"{n_queries}), got shape {V.shape}")
+    return np.asarray(V[:-n_queries], np.float32), np.ascontiguousarray(V[-n_queries:], np.float32)
+
+
 def ground_truth(X: np.ndarray, Q: np.ndarray, k: int, path: Path, log) -> np.ndarray:
     """Exact neighbours (faiss's brute-force ``knn``, as ``IndexFlatL2`` finds them, without copying
     ``X``), read from ``path`` when a run already saved them."""
@@ -362,8 +375,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--n-queries", type=int, default=1000)
-    p.add_argument("--data", choices=("clustered", "powerlaw"), default="clustered",
-                   help="bench_faiss.py's Gaussian mixture, or common.make_embeddings")
+    p.add_argument("--data", choices=("clustered", "powerlaw", "npy"), default="clustered",
+                   help="bench_faiss.py's Gaussian mixture, common.make_embeddings, or a real set (--npy)")
+    p.add_argument("--npy", type=Path, default=None,
+                   help="--data npy: a .npy of vectors whose last --n-queries rows query the others")
     p.add_argument("--n-clusters", type=int, default=100)
     p.add_argument("--decay", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -380,6 +395,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--faiss-factory", nargs="*", default=["IVF{nlist},PQ{M}x4fs", "PCAR{M},IVF{nlist},PQ{M}x4fs"],
                    help="faiss index_factory templates ({M} chosen to fit --bits, {nlist})")
     p.add_argument("--no-scann", action="store_true", help="leave out ScaNN (tree + AH)")
+    p.add_argument("--no-exhaustive", action="store_true",
+                   help="leave out the exhaustive LPLRIndex (no 'vs exhaustive' column)")
     p.add_argument("--scann-threshold", type=float, default=0.2,
                    help="ScaNN's anisotropic_quantization_threshold (nan: plain k-means codebooks)")
     p.add_argument("--scann-train", type=int, default=None,
@@ -394,8 +411,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.bits <= 0:
         p.error(f"--bits must be positive, got {args.bits}")
-    if args.nlist is not None and not 1 <= args.nlist <= args.n:
+    if args.nlist is not None and not 1 <= args.nlist <= args.n and args.data != "npy":
         p.error(f"--nlist must be 1 to --n, got {args.nlist}")
+    if (args.data == "npy") != (args.npy is not None):
+        p.error("--npy goes with --data npy, and --data npy needs --npy")
     if args.scann_train is not None and args.scann_train < 1:
         p.error(f"--scann-train must be >= 1, got {args.scann_train}")
     if min(args.nprobe) < 1:
@@ -413,12 +432,12 @@ def run(args: argparse.Namespace) -> dict:
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     faiss.omp_set_num_threads(args.threads)
     n, d, k = args.n, args.dim, args.k
-    nlist = args.nlist or default_nlist(n)
-    nprobes = sorted({p for p in args.nprobe if p <= nlist})
-    name = f"{'synthetic' if args.data == 'clustered' else args.data}-{n}x{d}-{args.bits:g}bc"
-
     t0 = time.perf_counter()
-    if args.data == "clustered":
+    if args.data == "npy":
+        X, Q = npy_split(args.npy, args.n_queries)
+        n, d = X.shape
+        key = f"{args.npy.stem}-q{args.n_queries}-k{k}"
+    elif args.data == "clustered":
         X, Q = make_clustered(n, args.n_queries, d, decay=args.decay, n_clusters=args.n_clusters, seed=args.seed,
                               data_dir=args.data_dir, log=log)
         key = f"clustered-{n}x{d}-q{args.n_queries}-seed{args.seed}-c{args.n_clusters}-decay{args.decay:g}-k{k}"
@@ -426,6 +445,13 @@ def run(args: argparse.Namespace) -> dict:
         X, Q = make_embeddings(n, d, decay=args.decay, n_queries=args.n_queries, seed=args.seed)
         key = f"powerlaw-{n}x{d}-q{args.n_queries}-seed{args.seed}-decay{args.decay:g}-k{k}"
     log(f"data {time.perf_counter() - t0:.1f}s")
+    nlist = args.nlist or default_nlist(n)
+    if not 1 <= nlist <= n:
+        raise SystemExit(f"bench_ivf: --nlist must be 1 to the {n} rows, got {nlist}")
+    nprobes = sorted({p for p in args.nprobe if p <= nlist})
+    label = {"clustered": "synthetic", "powerlaw": "powerlaw", "npy": args.npy and args.npy.stem}[args.data]
+    name = f"{label}-{n}x{d}-{args.bits:g}bc"
+    shown = label if args.data == "npy" else args.data  # the data's name in the table and the plot
     gt = ground_truth(X, Q, k, args.cache / f"gt-{key}.npy", log)
     rows: list[dict] = []
     search_kw = {} if args.rerank_factor is None else {"rerank_factor": args.rerank_factor}
@@ -477,19 +503,22 @@ def run(args: argparse.Namespace) -> dict:
 
     # ---- LPLR, exhaustive: the reference
     lplr = lambda nl: LPLRIndex(d, bits_per_coordinate=args.bits, nlist=nl, seed=args.seed).build(X)  # noqa: E731
-    index, built = build(lambda: lplr(None), lambda ix: ix.search(Q[:10], k, **search_kw))
-    I, b, lat = timed(lambda q, ix=index: ix.search(q, k, **search_kw), Q, args.repeats, args.latency_queries)
-    ref = I
-    row("lplr exhaustive", "lplr exhaustive", None, index.bits_per_coordinate, I, b, lat, built,
-        nbytes=index.nbytes, nlist=None, nprobe_label="all")
-    lplr_info = {"rank": index.rank, "codec": index.codec, "exhaustive_bits": index.bits_per_coordinate}
-    del index
-    _trim()
+    ref, lplr_info = None, {"rank": None, "exhaustive_bits": None}
+    if not args.no_exhaustive:
+        index, built = build(lambda: lplr(None), lambda ix: ix.search(Q[:10], k, **search_kw))
+        I, b, lat = timed(lambda q, ix=index: ix.search(q, k, **search_kw), Q, args.repeats, args.latency_queries)
+        ref = I
+        row("lplr exhaustive", "lplr exhaustive", None, index.bits_per_coordinate, I, b, lat, built,
+            nbytes=index.nbytes, nlist=None, nprobe_label="all")
+        lplr_info = {"rank": index.rank, "exhaustive_bits": index.bits_per_coordinate}
+        del index
+        _trim()
 
     # ---- LPLR, partitioned
     index, built = build(lambda: lplr(nlist), lambda ix: ix.search(Q[:10], k, **search_kw))
     parts = index.storage_breakdown()
     lplr_info.update(nlist=index.nlist, default_nprobe=index.nprobe, storage_breakdown=parts, ivf_rank=index.rank,
+                     codec=index.codec,
                      nprobe_report=getattr(index, "nprobe_report", None))
     log(f"lplr nlist={index.nlist}, default nprobe {index.nprobe}; partition per row: centroids "
         f"{8 * parts.get('coarse_centroids', 0) / n:.2f} bits, list numbers {8 * parts.get('list_numbers', 0) / n:.2f}")
@@ -604,8 +633,9 @@ def run(args: argparse.Namespace) -> dict:
             ("build_peak_mib", "build peak MiB", ",.0f"), ("build_anon_peak_mib", "build anonymous peak MiB", ",.0f"),
             ("resident_mib", "resident MiB", ",.0f")]
     info = machine()
-    head = (f"{n:,} x {d} {args.data} (seed {args.seed}), {len(Q)} queries, k={k}, target {args.bits:g} b/c, "
-            f"nlist={nlist}, {args.threads} thread(s). LPLR: rank {lplr_info['rank']} (exhaustive), "
+    head = (f"{n:,} x {d} {shown} (seed {args.seed}), {len(Q)} queries, k={k}, target {args.bits:g} b/c, "
+            f"nlist={nlist}, {args.threads} thread(s). LPLR: rank "
+            f"{'not built' if lplr_info['rank'] is None else lplr_info['rank']} (exhaustive), "
             f"{lplr_info['ivf_rank']} (partitioned), codec {lplr_info['codec']}, "
             f"default nprobe {lplr_info['default_nprobe']} (marked *); partition per row: coarse centroids "
             f"{8 * parts.get('coarse_centroids', 0) / n:.2f} bits, list numbers "
@@ -628,7 +658,7 @@ def run(args: argparse.Namespace) -> dict:
                "skipped": skipped,
                "rows": rows}
     write_results(args.out, name, payload, table)
-    plot(rows, args.out / f"{name}.png", f"{n:,} x {d} {args.data}, {args.bits:g} b/c, nlist={nlist}, "
+    plot(rows, args.out / f"{name}.png", f"{n:,} x {d} {shown}, {args.bits:g} b/c, nlist={nlist}, "
                                          f"{args.threads} thread(s)", k)
     log(f"wrote {args.out / name}.{{json,md,png}}")
     return payload

@@ -93,3 +93,38 @@ def test_faiss_templates_are_sized_for_their_own_list_count():
     few = bench_ivf.faiss_candidates("PCAR{M},IVF1024,PQ{M}x4fs", 10**6, 384, 1024, 1.0)[0]
     many = bench_ivf.faiss_candidates("PCAR{M},IVF1024,PQ{M}x4fs", 10**6, 384, 4096, 1.0)[0]
     assert few > many
+
+
+def test_bench_ivf_without_the_exhaustive_index(tmp_path):
+    """``--no-exhaustive``: no exhaustive row and no 'vs exhaustive' column, the rest as usual."""
+    argv = [sys.executable, str(SCRIPT), "--n", "3000", "--dim", "16", "--bits", "2", "--nlist", "8",
+            "--nprobe", "1", "2", "--n-queries", "20", "--repeats", "1", "--latency-queries", "3",
+            "--faiss-train", "3000", "--faiss-factory", "PCAR{M},IVF{nlist},PQ{M}x4fs", "--no-scann",
+            "--no-exhaustive", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "synthetic-3000x16-2bc.json").read_text())
+    kinds = [r["kind"] for r in result["rows"]]
+    assert "lplr exhaustive" not in kinds and "lplr ivf" in kinds
+    assert all("vs_exhaustive" not in r for r in result["rows"])
+    assert result["lplr"]["rank"] is None and result["lplr"]["ivf_rank"] > 0
+    assert "rank not built (exhaustive)" in (tmp_path / "synthetic-3000x16-2bc.md").read_text()
+
+
+def test_bench_ivf_on_a_npy_file(tmp_path):
+    """``--data npy``: a real set's file, its last rows the queries, the results named after it."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "emb.npy", rng.standard_normal((2500, 16)).astype(np.float32))
+    argv = [sys.executable, str(SCRIPT), "--data", "npy", "--npy", str(tmp_path / "emb.npy"), "--bits", "2",
+            "--nlist", "8", "--nprobe", "1", "--n-queries", "20", "--repeats", "1", "--latency-queries", "2",
+            "--faiss-train", "2480", "--faiss-factory", "IVF{nlist},PQ{M}x4fs", "--no-scann", "--out",
+            str(tmp_path), "--cache", str(tmp_path / "cache")]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "emb-2480x16-2bc.json").read_text())
+    assert result["n"] == 2480 and result["dim"] == 16
+    assert list((tmp_path / "cache").glob("gt-emb-q20-k10.npy"))
+    bad = subprocess.run(argv[:2] + ["--data", "npy"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--npy" in bad.stderr
