@@ -510,3 +510,76 @@ def test_search_parameters_are_made_once_per_nprobe(built, data, monkeypatch):
     for p in range(1, 10):
         fresh.first_stage(Q[:2], 5, nprobe=p)
     assert len(fresh._param_cache) <= 4
+
+
+@pytest.fixture
+def preassigning(monkeypatch):
+    """Every batch of 2+ queries takes the batched coarse search (:meth:`IVFScorer._coarse`)."""
+    from lplr_index.search import ivf as ivf_module
+
+    monkeypatch.setattr(ivf_module, "PREASSIGN_MIN_NLIST", 1)
+    monkeypatch.setattr(ivf_module, "PREASSIGN_MIN_QUERIES", 2)
+    return monkeypatch
+
+
+def test_batched_coarse_search_is_faiss_coarse_search(built, data, preassigning):
+    """The product-and-heap coarse search finds faiss's nearest lists, in faiss's order, in
+    chunks of any size."""
+    from lplr_index.search import ivf as ivf_module
+
+    index, view, ivf = built
+    P = ivf._queries(data[2] if view.metric != "cosine" else data[2] / np.linalg.norm(data[2], axis=1,
+                                                                                         keepdims=True))
+    for nprobe in (1, 3, NLIST):
+        want = ivf._quantizer.search(P, nprobe)[1]
+        for chunk in (1 << 26, 4 * NLIST * 7):  # one chunk; chunks of 7 queries
+            preassigning.setattr(ivf_module, "_COARSE_CHUNK_BYTES", chunk)
+            got = ivf._coarse(P, nprobe)[1]
+            assert (got == want).mean() > 0.99 and (np.sort(got, 1) == np.sort(want, 1)).mean() > 0.99
+
+
+def test_batched_search_answers_as_faiss_coarse_search_does(built, data, preassigning):
+    """A batch searched with the batched coarse search and the re-score from decoded codes gets
+    the results of faiss's coarse search and IndexRefine: both stages, with a filter, and on a
+    loaded scorer whose lists fill as they are probed."""
+    from lplr_index.search import ivf as ivf_module
+
+    index, view, ivf = built
+    Q = data[2]
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    allowed = np.random.default_rng(0).random(N) < 0.7
+    lazy = _loaded(ivf, view)
+    got = {}
+    for name, on in (("faiss", False), ("batched", True)):
+        preassigning.setattr(ivf_module, "PREASSIGN_MIN_QUERIES", 2 if on else 1 << 30)
+        got[name] = [ivf.search(Q, 40, 10, nprobe=p, norms2=n2, allowed=a) for p in (1, 3) for a in (None, allowed)]
+        got[name].append(ivf.first_stage(Q, 25, nprobe=2))
+        if on:
+            got["lazy"] = [lazy.search(Q, 40, 10, nprobe=p, norms2=n2, allowed=a) for p in (1, 3)
+                           for a in (None, allowed)] + [lazy.first_stage(Q, 25, nprobe=2)]
+            assert ivf._scores is not None
+    for other in ("batched", "lazy"):
+        for want, have in zip(got["faiss"], got[other]):
+            assert (want[1] == have[1]).mean() > 0.99  # ids: ties between exact scores may swap
+            np.testing.assert_allclose(want[0], have[0], rtol=1e-4, atol=1e-4)
+            if len(want) == 3:
+                np.testing.assert_array_equal(want[2], have[2])  # the same queries short
+    np.testing.assert_array_equal(got["lazy"][0][1], got["batched"][0][1])  # the very same path
+
+
+def test_centroid_transform_is_counted(built, data, preassigning):
+    index, view, ivf = built
+    fresh = IVFScorer(view, NLIST, seed=3)
+    before = fresh.nbytes()
+    fresh.search(data[2], 40, 10, nprobe=2, norms2=index._state.norms2() if view.metric == "cosine" else None)
+    assert fresh.nbytes() - before == 4 * NLIST * (fresh.d + 1)
+
+
+def test_plan_counts_the_centroid_transform_of_large_batches():
+    from lplr_index.search.ivf import PREASSIGN_MIN_NLIST, PREASSIGN_MIN_QUERIES, predicted_nbytes
+
+    args = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 46, 0)
+    assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*args) == 4 * PREASSIGN_MIN_NLIST * 93
+    assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES - 1) == predicted_nbytes(*args)
+    small = (10**6, PREASSIGN_MIN_NLIST // 2, 92, 92, 46, 0)
+    assert predicted_nbytes(*small, 10**4) == predicted_nbytes(*small)

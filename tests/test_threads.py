@@ -10,7 +10,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lplr_index import LPLRIndex
-from lplr_index._threads import limit_threads, one_blas_thread
+from lplr_index._threads import limit_threads, one_blas_thread, shared_one_blas_thread
 from lplr_index.cli import DEFAULT_THREADS, build_parser
 
 
@@ -102,6 +102,51 @@ def test_blocks_in_several_threads_leave_the_setting_as_it_was():
         for _ in range(20):
             with one_blas_thread():
                 np.linalg.qr(np.eye(8))
+        for t in threads:
+            t.join(10)
+        assert blas_threads(True) == {2}
+
+
+def test_shared_one_blas_thread_nests_and_overlaps_across_threads():
+    """The search's one-thread block: one thread inside, the setting back once the last block
+    (of any thread) ends, however the blocks of several threads overlap."""
+    import threading
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with shared_one_blas_thread():
+            assert blas_threads(True) == {1}
+            with shared_one_blas_thread():
+                assert blas_threads(True) == {1}
+            assert blas_threads(True) == {1}  # the outer block still holds it
+        assert blas_threads(True) == {2}
+        inside, release = threading.Event(), threading.Event()
+
+        def holder():
+            with shared_one_blas_thread():
+                inside.set()
+                release.wait(5)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        inside.wait(5)
+        with shared_one_blas_thread():  # enters while the other thread's block runs
+            pass
+        # the other thread's block still holds the setting (which OpenBLAS may ignore when set
+        # from a thread other than the main one): this block's end did not restore it
+        assert shared_one_blas_thread._inside == 1 and shared_one_blas_thread._limiter is not None
+        release.set()
+        t.join(5)
+        assert blas_threads(True) == {2}
+
+        def worker():
+            for _ in range(50):
+                with shared_one_blas_thread():
+                    np.ones((4, 4)) @ np.ones((4, 4))
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        worker()
         for t in threads:
             t.join(10)
         assert blas_threads(True) == {2}

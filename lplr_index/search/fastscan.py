@@ -312,12 +312,11 @@ class RefiningScorer:
                     self._refine = got
         return got
 
-    def _search_refined(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None, params=None,
-                        before=None):
-        """Both stages in faiss for prepared queries ``Q`` (:func:`finish_refined`'s ``(D, I,
-        short)``); ``params``: faiss's ``IndexRefineSearchParameters`` (the partitioned search's
-        lists and filter); ``before``: called with the projected queries faiss gets, before it
-        searches (the partitioned search fills the lists they probe)."""
+    def _search_refined(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None, scan=None):
+        """Both stages for prepared queries ``Q`` (:func:`finish_refined`'s ``(D, I, short)``):
+        ``scan(P, kc)`` gives the ``kc`` candidates of the projected queries ``P`` re-scored
+        exactly and sorted, as faiss's ``IndexRefine`` does (the default; the partitioned
+        search passes its own, with its lists and filter)."""
         view = self.view
         # (q - mean) R^T (l2, cosine) or q R^T (ip), centred in float32 as the re-ranker does,
         # in faiss's padded sub-vectors
@@ -325,10 +324,8 @@ class RefiningScorer:
         P = self.project(Qc)
         off = query_offsets(view, Q, Qc, P)
         del Qc
-        if before is not None:
-            before(P)
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
-        Dr, cand = self._refined().search(P, int(kc), params=params)
+        Dr, cand = self._refined().search(P, int(kc)) if scan is None else scan(P, int(kc))
         return finish_refined(view, Q, off, Dr, cand, keep, norms2)
 
 

@@ -63,6 +63,7 @@ import math
 
 import numpy as np
 
+from .._threads import shared_one_blas_thread
 from .._validation import check_int
 from .fastscan import (Projection, RefiningScorer, exact_codes, exact_index, flat_codes, in_query_chunks, pad_positions,
                        pq_table)
@@ -104,6 +105,18 @@ _ASSIGN_SCORES = 1 << 24
 _GROUPED_ROWS = 1 << 14
 #: search parameters kept per scorer (:meth:`IVFScorer._params`: one per ``nprobe`` searched)
 _PARAMS_CACHED = 64
+#: a batch of at least PREASSIGN_MIN_QUERIES queries over at least PREASSIGN_MIN_NLIST lists gets
+#: its coarse search from one product and a heap (:meth:`IVFScorer._coarse`), faiss scans the lists
+#: it is given, and the candidates are re-scored from their decoded codes (:meth:`IVFScorer._rescore`).
+#: Measured at 10^6 x 384, 1 b/c, both paths alternating in one process (median of 7), recall equal
+#: (one tie apart): 4,096 lists, batches of 1,000 / 64 queries, 1.49-1.61x / 1.52-1.61x the q/s at
+#: nprobe 1-16 (1 faiss thread), 1.21-1.32x (2), 1.54-1.85x (1, another process keeping a core
+#: busy); 1,024 lists 1.08-1.15x. Batches of 8 lost in a first version (58.8 against 73.3 us a query)
+PREASSIGN_MIN_NLIST = 1024
+PREASSIGN_MIN_QUERIES = 64
+#: working memory of one chunk of queries' centroid scores (:meth:`IVFScorer._coarse`) or decoded
+#: candidates (:meth:`IVFScorer._rescore`)
+_COARSE_CHUNK_BYTES = 1 << 26
 #: a loaded scorer fills all of its lists once those still waiting hold at most this share of
 #: the rows (:meth:`IVFScorer._fill_lists`)
 _FILL_REST_FRACTION = 1 / 16
@@ -132,16 +145,20 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(p, n // 39)))
 
 
-def predicted_nbytes(n: int, nlist: int, M: int, d: int, exact_row_bytes: int, projection: int) -> int:
+def predicted_nbytes(n: int, nlist: int, M: int, d: int, exact_row_bytes: int, projection: int,
+                     n_queries: int = 0) -> int:
     """:meth:`IVFScorer.nbytes` of ``n`` rows in ``nlist`` lists before the lists exist (for
     :meth:`lplr_index.LPLRIndex.plan`): ``M`` 4-bit fast-scan codes a row in blocks of
     :data:`BBS`, a 64-bit id a row, ``nlist x d`` float32 centroids (``d``: the padded
     sub-vector width), ``exact_row_bytes`` a row of flat codes for faiss's re-rank (0 without
-    it) and ``projection`` bytes of query projection. The padding of each list to whole blocks
-    depends on the list sizes: counted as half a block a list (at most ``n`` rows' worth)."""
+    it), ``projection`` bytes of query projection, and after a first search of ``n_queries``
+    that scores the centroids itself (:meth:`IVFScorer._preassigns`), their transform (``nlist
+    x (d + 1)`` float32). The padding of each list to whole blocks depends on the list sizes:
+    counted as half a block a list (at most ``n`` rows' worth)."""
     code = (M + 1) // 2
     padding = min(n, nlist * (BBS // 2)) * code
-    return int(n * (code + 8 + exact_row_bytes) + padding + 4 * nlist * d + projection)
+    scores = 4 * nlist * (d + 1) if nlist >= PREASSIGN_MIN_NLIST and n_queries >= PREASSIGN_MIN_QUERIES else 0
+    return int(n * (code + 8 + exact_row_bytes) + padding + 4 * nlist * d + projection + scores)
 
 
 def train_centroids(L: np.ndarray, nlist: int, *, seed: int, niter: int) -> np.ndarray:
@@ -464,6 +481,7 @@ class IVFScorer(RefiningScorer):
         self.index = index
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
         self._groups = None  # :meth:`_centroid_groups`
+        self._scores = None  # :meth:`_centroid_scores`, made by the first batch that needs it
         #: lists not filled yet (a loaded index: :meth:`_fill`), or None
         self._pending = None
         self._param_cache = {}  # :meth:`_params` without a filter, by (nprobe, refine)
@@ -822,8 +840,9 @@ class IVFScorer(RefiningScorer):
         return out
 
     def nbytes(self) -> int:
-        """Bytes faiss holds for the search: the lists' blocks and ids, the centroids, and where it
-        re-ranks, the flat copy of the codes and the projection."""
+        """Bytes faiss holds for the search: the lists' blocks and ids, the centroids, where it
+        re-ranks the flat copy of the codes and the projection, and :meth:`_centroid_scores`
+        once made."""
         s = self.storage()
         held = s["ids_bytes"] + s["centroid_memory_bytes"] + (self.ntotal * int(self._lists().packer.code_size)
                                                        + s["block_padding_bytes"])
@@ -831,6 +850,8 @@ class IVFScorer(RefiningScorer):
             held += int(self.exact.codes.size())
         if self.refines:
             held += self.project.nbytes()
+        if self._scores is not None:  # C^T and the bias
+            held += sum(a.nbytes for a in self._scores)
         return int(held)
 
     # ------------------------------------------------------------------ search
@@ -903,8 +924,7 @@ class IVFScorer(RefiningScorer):
         kprime = check_int(kprime, "kprime", low=1, high=max(1, self.ntotal))
         p, keep = self._params(nprobe, allowed)
         P = self._queries(prepare_queries(self.view, Q))
-        self._probe(P, nprobe)
-        D, I = self.index.search(P, int(kprime), params=p)
+        D, I = self._scan(P, int(kprime), nprobe, p)
         del keep
         return D, I
 
@@ -933,17 +953,108 @@ class IVFScorer(RefiningScorer):
         Q = prepare_queries(view, Q)
         if not self.refines or (view.metric == "cosine" and norms2 is None):
             p, refs = self._params(nprobe, allowed)
-            P = self._queries(Q)
-            self._probe(P, nprobe)
-            _, cand = self.index.search(P, int(kc), params=p)
+            _, cand = self._scan(self._queries(Q), int(kc), nprobe, p)
             del refs
             D, I = blas.rerank(view, Q, cand, keep)
             return D, I, (cand < 0).any(axis=1)
-        rp, refs = self._params(nprobe, allowed, refine=True)
-        D, I, short = self._search_refined(Q, kc, keep, norms2, params=rp,
-                                           before=lambda P: self._probe(P, nprobe))
+        if self._preassigns(len(Q), nprobe):  # the coarse search for the batch, the re-score from the codes
+            p, refs = self._params(nprobe, allowed)
+            scan = lambda P, k: self._rescore(P, self._scan(P, k, nprobe, p)[1])  # noqa: E731
+        else:  # faiss's coarse search and IndexRefine
+            rp, refs = self._params(nprobe, allowed, refine=True)
+            scan = lambda P, k: (self._probe(P, nprobe), self._refined().search(P, k, params=rp))[1]  # noqa: E731
+        D, I, short = self._search_refined(Q, kc, keep, norms2, scan=scan)
         del refs  # the filter's bitmap and selector, alive until faiss has searched
         return D, I, short
+
+    def _preassigns(self, n_queries: int, nprobe: int) -> bool:
+        """Whether a search of ``n_queries`` projected queries gets its coarse search from
+        :meth:`_coarse` (from :data:`PREASSIGN_MIN_NLIST` lists, batches of
+        :data:`PREASSIGN_MIN_QUERIES`, fewer lists than all)
+        rather than from faiss."""
+        return self.nlist >= PREASSIGN_MIN_NLIST and n_queries >= PREASSIGN_MIN_QUERIES and nprobe < self.nlist
+
+    def _scan(self, P: np.ndarray, k: int, nprobe: int, params) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's fast-scan ``(D, I)``, ``k`` per projected query, over its ``nprobe`` nearest
+        lists (their waiting rows filled first): found by faiss's coarse search, or for a batch
+        (:meth:`_preassigns`) by :meth:`_coarse` and handed to faiss (``search_preassigned``)."""
+        import faiss
+
+        if not self._preassigns(len(P), nprobe):
+            self._probe(P, nprobe)
+            return self.index.search(P, k, params=params)
+        Dq, Iq = self._coarse(P, nprobe)
+        if self._pending is not None:
+            self._fill_lists(np.unique(Iq[Iq >= 0]))
+        n = len(P)
+        D, I = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+        # faiss reads the scores only for codes of residuals (by_residual), which these are not
+        self.index.search_preassigned_c(n, faiss.swig_ptr(P), k, faiss.swig_ptr(Iq), faiss.swig_ptr(Dq),
+                                        faiss.swig_ptr(D), faiss.swig_ptr(I), False, params)
+        return D, I
+
+    def _coarse(self, P: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` nearest lists of each projected query, nearest first (int64), and their
+        scores (float32, the larger the nearer: ``<p, c> - ||c||^2 / 2`` for l2 and cosine,
+        ``<p, c>`` for ip): one numpy product for a chunk of queries and every centroid, then
+        faiss's heap keeps the best (``float_minheap_array_t``, as faiss's coarse search does).
+
+        faiss's own coarse search scores the centroids query by query without BLAS below
+        128,000 query coordinates (``distance_compute_blas_threshold``: 1,000 queries of 89
+        coordinates), which at 4,096 lists was most of a query: measured at 10^6 x 384, 1 b/c,
+        4,096 lists, 1,000 queries, 1 thread, faiss's coarse search 27 us a query against 8.4
+        us for a product and a selection. The product is numpy's, on one BLAS thread
+        (:class:`lplr_index._threads.shared_one_blas_thread`): faiss's own BLAS took 22 us a
+        query for it (``LinearTransform``), numpy's 6."""
+        import faiss
+
+        n = len(P)
+        Dq, Iq = np.empty((n, nprobe), np.float32), np.empty((n, nprobe), np.int64)
+        CT, bias = self._centroid_scores()
+        step = max(1, _COARSE_CHUNK_BYTES // (4 * self.nlist))
+        for s in range(0, n, step):
+            with shared_one_blas_thread():
+                S = P[s : s + step] @ CT
+            S += bias
+            heap = faiss.float_minheap_array_t()  # a min-heap: keeps the largest scores
+            heap.nh, heap.k = len(S), nprobe
+            heap.val, heap.ids = faiss.swig_ptr(Dq[s : s + step]), faiss.swig_ptr(Iq[s : s + step])
+            heap.heapify()
+            heap.addn(self.nlist, faiss.swig_ptr(S), 0, 0, len(S))
+            heap.reorder()
+        return Dq, Iq
+
+    def _centroid_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(C^T, -||c||^2 / 2)`` (float32; the bias 0 for ip): what :meth:`_coarse` scores the
+        centroids with, made once (two racing searches may both make it, alike)."""
+        got = self._scores
+        if got is None:
+            C = np.asarray(self.centroids, np.float32)
+            bias = np.zeros(self.nlist, np.float32) if self.metric == "ip" else -0.5 * np.einsum("ij,ij->i", C, C)
+            got = (np.ascontiguousarray(C.T), bias.astype(np.float32))
+            self._scores = got
+        return got
+
+    def _rescore(self, P: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What faiss's ``IndexRefine`` gives for candidates found without it: each candidate's
+        latent squared distance (l2, cosine) or inner product (ip) to its projected query, from its
+        decoded whole codes (the flat index's ``sa_decode``), best first; -1 (scored +-inf) last."""
+        nq, kc = cand.shape
+        Dr = np.empty((nq, kc), np.float32)
+        step = max(1, _COARSE_CHUNK_BYTES // (4 * kc * self.d))
+        for s in range(0, nq, step):
+            c = cand[s : s + step]
+            Z = self.exact.sa_decode(self._exact_codes(np.asarray(self.view.codes[np.maximum(c, 0).ravel()])))
+            Z = Z.reshape(len(c), kc, self.d)
+            if self.metric == "ip":
+                Dr[s : s + step] = np.einsum("ijk,ik->ij", Z, P[s : s + step])
+            else:
+                Z -= P[s : s + step, None, :]
+                Dr[s : s + step] = np.einsum("ijk,ijk->ij", Z, Z)
+        ip = self.metric == "ip"
+        Dr[cand < 0] = -np.inf if ip else np.inf
+        order = np.argsort(-Dr if ip else Dr, axis=1, kind="stable")
+        return np.take_along_axis(Dr, order, 1), np.take_along_axis(cand, order, 1)
 
 
     def search_widening(self, Q, kc: int, keep: int, *, nprobe: int, norms2: np.ndarray | None = None,
