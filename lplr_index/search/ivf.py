@@ -957,12 +957,15 @@ class IVFScorer(RefiningScorer):
             del refs
             D, I = blas.rerank(view, Q, cand, keep)
             return D, I, (cand < 0).any(axis=1)
-        if self._preassigns(len(Q), nprobe):  # the coarse search for the batch, the re-score from the codes
-            p, refs = self._params(nprobe, allowed)
-            scan = lambda P, k: self._rescore(P, self._scan(P, k, nprobe, p)[1])  # noqa: E731
-        else:  # faiss's coarse search and IndexRefine
-            rp, refs = self._params(nprobe, allowed, refine=True)
-            scan = lambda P, k: (self._probe(P, nprobe), self._refined().search(P, k, params=rp))[1]  # noqa: E731
+        batched = self._preassigns(len(Q), nprobe)
+        p, refs = self._params(nprobe, allowed, refine=not batched)
+
+        def scan(P, k):
+            if batched:  # the batch's coarse search, faiss's scan, the re-score from the codes
+                return self._rescore(P, self._scan(P, k, nprobe, p)[1])
+            self._probe(P, nprobe)  # faiss's coarse search and IndexRefine
+            return self._refined().search(P, k, params=p)
+
         D, I, short = self._search_refined(Q, kc, keep, norms2, scan=scan)
         del refs  # the filter's bitmap and selector, alive until faiss has searched
         return D, I, short
@@ -970,8 +973,7 @@ class IVFScorer(RefiningScorer):
     def _preassigns(self, n_queries: int, nprobe: int) -> bool:
         """Whether a search of ``n_queries`` projected queries gets its coarse search from
         :meth:`_coarse` (from :data:`PREASSIGN_MIN_NLIST` lists, batches of
-        :data:`PREASSIGN_MIN_QUERIES`, fewer lists than all)
-        rather than from faiss."""
+        :data:`PREASSIGN_MIN_QUERIES`, fewer lists than all) rather than from faiss."""
         return self.nlist >= PREASSIGN_MIN_NLIST and n_queries >= PREASSIGN_MIN_QUERIES and nprobe < self.nlist
 
     def _scan(self, P: np.ndarray, k: int, nprobe: int, params) -> tuple[np.ndarray, np.ndarray]:
