@@ -53,6 +53,8 @@ def probed_recall(Xh: np.ndarray, lists: np.ndarray, probes: np.ndarray, Q: np.n
     ``nprobe`` lists in ``probes``, for each ``nprobe``, and (``"all"``) among every row."""
     import faiss
 
+    from lplr_index import recall_at_k
+
     order = np.argsort(lists, kind="stable")
     off = np.concatenate([[0], np.cumsum(np.bincount(lists, minlength=nlist))])
     out = {}
@@ -63,16 +65,13 @@ def probed_recall(Xh: np.ndarray, lists: np.ndarray, probes: np.ndarray, Q: np.n
             dist = ((Xh[rows] - q) ** 2).sum(1)
             hits += len(np.intersect1d(rows[np.argsort(dist, kind="stable")[:k]], truth))
         out[str(p)] = hits / (len(Q) * k)
-    out["all"] = recall(faiss.knn(Q, Xh, k)[1], gt)
+    out["all"] = float(recall_at_k(faiss.knn(Q, Xh, k)[1], gt, k))
     return out
 
 
-def recall(I: np.ndarray, gt: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(I, gt)]) / gt.shape[1])
-
-
-def kmeans(X: np.ndarray, nlist: int, seed: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means centroids trained on ``rows`` seeded rows, and every row's nearest (by blocks)."""
+def kmeans(X: np.ndarray, nlist: int, seed: int, rows: int):
+    """faiss k-means centroids trained on ``rows`` seeded rows, the index that searches them, and
+    every row's nearest (by blocks)."""
     import faiss
 
     sample = np.sort(np.random.default_rng(seed).choice(len(X), min(len(X), rows), replace=False))
@@ -140,7 +139,7 @@ def main(argv=None) -> dict:
     import faiss
     from threadpoolctl import threadpool_limits
 
-    from lplr_index import LPLRIndex
+    from lplr_index import LPLRIndex, recall_at_k
     from lplr_index.search.ivf import default_nlist
 
     faiss.omp_set_num_threads(1)
@@ -166,7 +165,7 @@ def main(argv=None) -> dict:
         lists_a = sc.assignment()
         probes_a = sc._quantizer.search(sc._queries(Q), max(nprobes))[1]
         add("vectors", A.bits_per_coordinate, probed_recall(A.reconstruct(), lists_a, probes_a, Q, gt, nlist, k, nprobes),
-            rank=A.rank, index_search={str(q): recall(A.search(Q, k, nprobe=q)[1], gt) for q in nprobes})
+            rank=A.rank, index_search={str(q): float(recall_at_k(A.search(Q, k, nprobe=q)[1], gt, k)) for q in nprobes})
         budget, enc, codes = A.nbytes, sc.view.encoder, A.layout["codes_per_vector"]
         del A, sc
 
