@@ -111,8 +111,8 @@ _PARAMS_CACHED = 64
 #: Measured at 10^6 x 384, 1 b/c, both paths alternating in one process (median of 7), recall equal
 #: (one tie apart), nprobe 1-16: 4,096 lists, batches of 1,000 / 64 queries, 1.44-1.92x / 1.73-1.91x
 #: the q/s (1 faiss thread), 1.21-1.42x / 1.18-1.28x (2), 1.59-1.97x / 1.62-1.78x (1, another
-#: process keeping a core busy); 1,024 lists 1.02-1.33x / 1.03-1.16x. Batches of 8 lost in a first
-#: version (58.8 against 73.3 us a query)
+#: process keeping a core busy); 1,024 lists 1.02-1.33x / 1.03-1.16x. Batches of 16 gained 1.07-1.34x
+#: at 4,096 lists and lost at 1,024 (0.95-0.96x), hence 64
 PREASSIGN_MIN_NLIST = 1024
 PREASSIGN_MIN_QUERIES = 64
 #: working memory of one chunk of queries' centroid scores (:meth:`IVFScorer._coarse`) or decoded
