@@ -584,11 +584,3 @@ def test_plan_counts_the_centroid_transform_of_large_batches():
     small = (10**6, PREASSIGN_MIN_NLIST // 2, 92, 92, 46, 0)
     assert predicted_nbytes(*small, 10**4) == predicted_nbytes(*small)
 
-
-def test_exact_codes_decode_as_faiss_decodes_them(built):
-    """The re-score's numpy decoding of the flat codes is faiss's ``sa_decode``, every design."""
-    index, view, ivf = built
-    if ivf.exact is None:
-        pytest.skip("no flat codes: this factor re-ranks in numpy")
-    codes = ivf._exact_codes(np.asarray(view.codes[:500]))
-    np.testing.assert_array_equal(ivf._decode_exact(codes), ivf.exact.sa_decode(codes))

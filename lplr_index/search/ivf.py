@@ -109,10 +109,10 @@ _PARAMS_CACHED = 64
 #: its coarse search from one product and a heap (:meth:`IVFScorer._coarse`), faiss scans the lists
 #: it is given, and the candidates are re-scored from their decoded codes (:meth:`IVFScorer._rescore`).
 #: Measured at 10^6 x 384, 1 b/c, both paths alternating in one process (median of 7), recall equal
-#: (one tie apart), nprobe 1-16: 4,096 lists, batches of 1,000 / 64 queries, 1.44-1.92x / 1.73-1.91x
-#: the q/s (1 faiss thread), 1.21-1.42x / 1.18-1.28x (2), 1.59-1.97x / 1.62-1.78x (1, another
-#: process keeping a core busy); 1,024 lists 1.02-1.33x / 1.03-1.16x. Batches of 16 gained 1.07-1.34x
-#: at 4,096 lists and lost at 1,024 (0.95-0.96x), hence 64
+#: (one tie apart), nprobe 1-16: 4,096 lists, batches of 1,000 / 64 queries, 1.49-1.61x / 1.52-1.61x
+#: the q/s (1 faiss thread), 1.21-1.32x / 1.21-1.22x (2), 1.54-1.85x / 1.58-1.78x (1, another
+#: process keeping a core busy); 1,024 lists 1.08-1.15x. Batches of 16 gained 1.07-1.34x at 4,096
+#: lists and lost at 1,024 (0.95-0.96x), hence 64
 PREASSIGN_MIN_NLIST = 1024
 PREASSIGN_MIN_QUERIES = 64
 #: working memory of one chunk of queries' centroid scores (:meth:`IVFScorer._coarse`) or decoded
@@ -483,7 +483,6 @@ class IVFScorer(RefiningScorer):
         self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
         self._groups = None  # :meth:`_centroid_groups`
         self._scores = None  # :meth:`_centroid_scores`, made by the first batch that needs it
-        self._exact_table = None  # :meth:`_decode_exact`'s copy of the flat index's tables
         #: lists not filled yet (a loaded index: :meth:`_fill`), or None
         self._pending = None
         self._param_cache = {}  # :meth:`_params` without a filter, by (nprobe, refine)
@@ -1039,36 +1038,16 @@ class IVFScorer(RefiningScorer):
             self._scores = got
         return got
 
-    def _decode_exact(self, codes: np.ndarray) -> np.ndarray:
-        """Rows of :meth:`_exact_codes` decoded by the flat index's tables, as its ``sa_decode``
-        does: ``(n, d)`` float32. A table lookup in numpy: faiss decodes 4-bit codes one bit
-        field at a time (10^6 x 384, 1 b/c, 20 candidates a query: 6.7 against 3.4 us a query)."""
-        table = self._exact_table
-        if table is None:  # (M * ksub, dsub), read from faiss once
-            import faiss
-
-            pq = self.exact.pq
-            table = faiss.vector_to_array(pq.centroids).reshape(pq.M * pq.ksub, pq.dsub)
-            self._exact_table = table
-        M = self.exact.pq.M
-        ksub = len(table) // M
-        if ksub == 16:  # two codes a byte, the even sub-quantizer's in the low half
-            both = np.empty((len(codes), 2 * codes.shape[1]), np.uint8)
-            both[:, 0::2] = codes & 15
-            both[:, 1::2] = codes >> 4
-            codes = both[:, :M]
-        return table[codes + np.arange(0, M * ksub, ksub, dtype=np.intp)].reshape(len(codes), -1)
-
     def _rescore(self, P: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What faiss's ``IndexRefine`` gives for candidates found without it: each candidate's
         latent squared distance (l2, cosine) or inner product (ip) to its projected query, from its
-        decoded whole codes (:meth:`_decode_exact`), best first; -1 (scored +-inf) last."""
+        decoded whole codes (the flat index's ``sa_decode``), best first; -1 (scored +-inf) last."""
         nq, kc = cand.shape
         Dr = np.empty((nq, kc), np.float32)
         step = max(1, _COARSE_CHUNK_BYTES // (4 * kc * self.d))
         for s in range(0, nq, step):
             c = cand[s : s + step]
-            Z = self._decode_exact(self._exact_codes(np.asarray(self.view.codes[np.maximum(c, 0).ravel()])))
+            Z = self.exact.sa_decode(self._exact_codes(np.asarray(self.view.codes[np.maximum(c, 0).ravel()])))
             Z = Z.reshape(len(c), kc, self.d)
             if self.metric == "ip":
                 Dr[s : s + step] = np.einsum("ijk,ik->ij", Z, P[s : s + step])
