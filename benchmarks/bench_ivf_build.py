@@ -35,19 +35,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_ivf import _status_kib  # noqa: E402
 from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 
 
 def anon_bytes() -> int:
     """The process's anonymous resident memory (``RssAnon``), bytes; 0 where /proc has none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return 1024 * (_status_kib("RssAnon") or 0)
 
 
 def timed_build(make) -> tuple[object, float, float]:
