@@ -230,7 +230,7 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         # and the projection (R^T, dim x rank float32; rank a bound); a partitioned index's
         # centroids: 8 coordinates a code, a bound
         fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, n_codes if two else (n_codes + 1) // 2,
-                                    projection_nbytes(dim, rank, n_queries), n_queries)
+                                    projection_nbytes(dim, rank, n_queries), n_queries, two)
     else:
         search = factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -259,7 +259,7 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
         fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, M if two else (M + 1) // 2,
-                                    projection_nbytes(dim, rank, n_queries), n_queries)
+                                    projection_nbytes(dim, rank, n_queries), n_queries, two)
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -273,15 +273,15 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
 
 
 def _fastscan_nbytes(s: IndexSettings, n: int, M: int, d: int, exact_row: int, projection: int,
-                     n_queries: int) -> int:
+                     n_queries: int, two_level: bool = False) -> int:
     """:attr:`IndexPlan.fastscan_bytes` of ``n`` rows of ``M`` 4-bit fast-scan codes
     (sub-vectors ``d`` wide in all), ``exact_row`` bytes a row of flat codes for faiss's
     re-rank (0 without it) and ``projection`` bytes of query projection: fast-scan's blocks of
     32 rows, or for a partitioned index (``nlist``) its lists, after a first search of
-    ``n_queries`` (:func:`lplr_index.search.ivf.predicted_nbytes`)."""
+    ``n_queries`` (:func:`lplr_index.search.ivf.predicted_nbytes`; ``two_level`` codes)."""
     nlist = layout.nlist_for(s, n)
     if nlist is not None:
-        return ivf_search.predicted_nbytes(n, min(nlist, n), M, d, exact_row, projection, n_queries)
+        return ivf_search.predicted_nbytes(n, min(nlist, n), M, d, exact_row, projection, n_queries, two_level)
     return -(-n // 32) * 32 * ((M + 1) // 2) + n * exact_row + projection
 
 

@@ -557,7 +557,8 @@ def test_batched_search_answers_as_faiss_coarse_search_does(built, data, preassi
         if on:
             got["lazy"] = [lazy.search(Q, 40, 10, nprobe=p, norms2=n2, allowed=a) for p in (1, 3)
                            for a in (None, allowed)] + [lazy.first_stage(Q, 25, nprobe=2)]
-            assert ivf._scores is not None
+            assert ivf._scores is not None or ivf._two_level
+            assert ivf._preassigns(len(Q), 1) == (not ivf._two_level)  # two-level: faiss's path
     for other in ("batched", "lazy"):
         for want, have in zip(got["faiss"], got[other]):
             assert (want[1] == have[1]).mean() > 0.99  # ids: ties between exact scores may swap
@@ -572,15 +573,64 @@ def test_centroid_transform_is_counted(built, data, preassigning):
     fresh = IVFScorer(view, NLIST, seed=3)
     before = fresh.nbytes()
     fresh.search(data[2], 40, 10, nprobe=2, norms2=index._state.norms2() if view.metric == "cosine" else None)
-    assert fresh.nbytes() - before == 4 * NLIST * (fresh.d + 1)
+    if fresh._two_level:  # faiss's coarse search and re-rank: nothing more held
+        assert fresh._scores is None and fresh._decoder is None and fresh.nbytes() == before
+    else:
+        assert fresh.nbytes() - before == 4 * NLIST * (fresh.d + 1) + fresh._decoder.nbytes
+
+
+def _decodes_as_faiss(view: CodeView, ivf: IVFScorer) -> None:
+    from lplr_index.search.fastscan import ByteDecoder, decoder_nbytes
+
+    dec = ByteDecoder(ivf._table, ivf.M)
+    packed = np.asarray(view.codes[:500])
+    want = ivf._exact_index().sa_decode(ivf._exact_codes(packed))
+    got = dec.decode(packed)
+    assert got.shape == (500, dec.width) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[:, : ivf.d], want)  # the very values
+    assert not got[:, ivf.d :].any() and dec.width - ivf.d == (ivf.M % 2) * ivf.dsub
+    assert dec.nbytes == decoder_nbytes(ivf.M, ivf.dsub)
+
+
+def test_byte_decoder_decodes_as_faiss_sa_decode(built, preassigning):
+    """The re-score's table lookups give faiss's ``sa_decode`` of the whole codes, in every
+    one-level design (two-level codes keep faiss's path), in the bytes the plan counts."""
+    _, view, ivf = built
+    assert ivf._preassigns(10**4, 1) == (not ivf._two_level)
+    if not ivf._two_level:
+        _decodes_as_faiss(view, ivf)
+
+
+def test_byte_decoder_of_an_odd_code_count(data):
+    """An odd count of 4-bit codes: the last byte's high nibble (whatever it holds) decodes to one
+    zero sub-vector more, and the re-score pads the queries to match."""
+    X, _, Q = data
+    index = LPLRIndex(DIM, rank=15, bits_l=4, codec="scalar").build(X)
+    view = _view(index)
+    ivf = IVFScorer(view, NLIST, seed=3)
+    assert ivf.M == 15
+    _decodes_as_faiss(view, ivf)
+    P = ivf._queries(Q)
+    cand = ivf.first_stage(Q, 12, nprobe=3)[1]
+    Dr, I = ivf._rescore(P, cand)
+    Z = ivf._exact_index().sa_decode(ivf._exact_codes(np.asarray(view.codes)))
+    want = ((Z[np.maximum(cand, 0)] - P[:, None]) ** 2).sum(-1)
+    want[cand < 0] = np.inf
+    np.testing.assert_allclose(np.sort(want, 1), Dr, rtol=1e-5, atol=1e-5)
 
 
 def test_plan_counts_the_centroid_transform_of_large_batches():
+    from lplr_index.search.fastscan import decoder_nbytes
     from lplr_index.search.ivf import PREASSIGN_MIN_NLIST, PREASSIGN_MIN_QUERIES, predicted_nbytes
 
     args = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 46, 0)
-    assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*args) == 4 * PREASSIGN_MIN_NLIST * 93
+    assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*args) == (
+        4 * PREASSIGN_MIN_NLIST * 93 + decoder_nbytes(92, 1))
     assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES - 1) == predicted_nbytes(*args)
+    assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES, True) == predicted_nbytes(*args)  # two-level: faiss's path
+    no_rerank = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 0, 0)  # the transform, no decoding table
+    assert predicted_nbytes(*no_rerank, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*no_rerank) == (
+        4 * PREASSIGN_MIN_NLIST * 93)
     small = (10**6, PREASSIGN_MIN_NLIST // 2, 92, 92, 46, 0)
     assert predicted_nbytes(*small, 10**4) == predicted_nbytes(*small)
 

