@@ -135,6 +135,9 @@ class ByteDecoder:
 
     Measured (20,000 rows of 92 4-bit codes, 1 b/c at 384-d, 1 thread, median of 9): faiss's
     ``sa_decode`` 7.3 ms, its 8-bit ``sa_decode`` of the same paired table 2.3 ms, this 1.1 ms.
+    The row numbers are built as ``intp``: ``np.take`` converts narrower ones itself, which took
+    3.3 against 0.96 ms for the 920,000 lookups (20,000 random rows of 46 bytes; 0.95 ms more to
+    build them as ``intp``).
 
     Parameters
     ----------
@@ -146,8 +149,8 @@ class ByteDecoder:
     Attributes
     ----------
     table : ndarray of shape (ceil(M / 2) * 256, 2 * dsub), float32
-    offsets : ndarray of shape (ceil(M / 2),)
-        Each code byte's first row in ``table`` (uint16 up to 256 bytes, else uint32).
+    offsets : ndarray of shape (ceil(M / 2),), intp
+        Each code byte's first row in ``table``.
     width : int
         Columns of a decoded row: ``M * dsub``, one ``dsub`` more for an odd ``M``.
     """
@@ -160,14 +163,15 @@ class ByteDecoder:
         T = np.concatenate([t[0::2][:, v % KSUB], t[1::2][:, v // KSUB]], axis=2)
         n_bytes, _, w = T.shape
         self.table = np.ascontiguousarray(T.reshape(n_bytes * KSUB * KSUB, w))
-        self.offsets = (np.arange(n_bytes) * (KSUB * KSUB)).astype(np.uint16 if n_bytes <= 256 else np.uint32)
+        self.offsets = np.arange(n_bytes, dtype=np.intp) * (KSUB * KSUB)
         self.width = n_bytes * w
 
     def decode(self, packed: np.ndarray) -> np.ndarray:
         """Decoded rows ``(len(packed), width)`` float32 of packed code rows (uint8, at least
         ``ceil(M / 2)`` bytes: the rest is not read)."""
-        codes = packed[:, : len(self.offsets)]
-        return np.take(self.table, codes + self.offsets, axis=0).reshape(len(codes), self.width)
+        rows = packed[:, : len(self.offsets)].astype(np.intp)
+        rows += self.offsets
+        return np.take(self.table, rows, axis=0).reshape(len(rows), self.width)
 
     @property
     def nbytes(self) -> int:
@@ -177,7 +181,7 @@ class ByteDecoder:
 def decoder_nbytes(M: int, dsub: int) -> int:
     """:attr:`ByteDecoder.nbytes` of ``M`` codes of ``dsub`` coordinates."""
     n_bytes = (M + 1) // 2
-    return 4 * KSUB * KSUB * n_bytes * 2 * dsub + (2 if n_bytes <= 256 else 4) * n_bytes
+    return 4 * KSUB * KSUB * n_bytes * 2 * dsub + np.dtype(np.intp).itemsize * n_bytes
 
 
 def exact_codes(enc, packed: np.ndarray, M: int) -> np.ndarray:
