@@ -48,10 +48,17 @@ def one_blas_thread() -> Iterator[None]:
 
 class shared_one_blas_thread:
     """:func:`one_blas_thread` cheap enough for each search (about 13 us: one threadpoolctl
-    controller, made once) and safe across threads: the first thread in sets every loaded BLAS
-    library to one thread, the last one out restores what it found, so searches overlapping in
-    several threads never restore each other's setting of one. (Other threads' BLAS calls in
-    the meantime run on one thread too.)
+    controller, made once), set from the main thread only: there the first block in sets every
+    loaded BLAS library to one thread and the last one out restores what it found (blocks
+    nest); in other threads a block changes nothing. (Other threads' BLAS calls while the main
+    thread is inside run on one thread too.)
+
+    Why the main thread only: numpy's OpenBLAS (a pthreads build) ignores a thread count set
+    from any other thread. When blocks of several threads shared one count, the last one out
+    could be another thread, whose restore was ignored, and numpy's BLAS stayed at one thread
+    for good after overlapping searches (measured: 25 of 40 rounds of five threads each
+    entering 50 blocks left numpy's OpenBLAS at one thread). A block in another thread would
+    set nothing anyway.
 
     For a search's products of a few tens of millions of multiply-adds (the partitioned
     search's centroid scores, :meth:`lplr_index.search.ivf.IVFScorer._coarse`), right before
@@ -59,14 +66,14 @@ class shared_one_blas_thread:
     kept busy) and 0.42x (faiss on two threads) the speed of faiss's own coarse search.
     """
 
-    _lock = threading.Lock()
-    _inside = 0
+    _inside = 0  # the main thread's blocks open
     _limiter = None
     _controller = None
 
     def __enter__(self):
-        cls = type(self)
-        with cls._lock:
+        self._main = threading.current_thread() is threading.main_thread()
+        if self._main:
+            cls = type(self)
             if cls._inside == 0:
                 if cls._controller is None:
                     from threadpoolctl import ThreadpoolController
@@ -77,8 +84,8 @@ class shared_one_blas_thread:
         return self
 
     def __exit__(self, *exc):
-        cls = type(self)
-        with cls._lock:
+        if self._main:
+            cls = type(self)
             cls._inside -= 1
             if cls._inside == 0:
                 cls._limiter.restore_original_limits()
