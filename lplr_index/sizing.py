@@ -182,7 +182,7 @@ def plan(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, chosen: VQ
         search = fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
         # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the flat codes and
         # the projection (fastscan.projection_nbytes: R^T, dim x rank float32)
-        fs_bytes = _fastscan_nbytes(s, n, rank, rank, (rank + 1) // 2 if orthonormal else 0,
+        fs_bytes = _fastscan_nbytes(s, n, rank, rank, 0,
                                     projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0, n_queries)
     else:
         search = factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
@@ -229,7 +229,7 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         # codes (as many bytes again, or one byte per coarse code of two-level codes: a bound)
         # and the projection (R^T, dim x rank float32; rank a bound); a partitioned index's
         # centroids: 8 coordinates a code, a bound
-        fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, n_codes if two else (n_codes + 1) // 2,
+        fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, n_codes if two else 0,
                                     projection_nbytes(dim, rank, n_queries), n_queries, two)
     else:
         search = factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
@@ -258,7 +258,7 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
     if search_mode == "fastscan":
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
-        fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, M if two else (M + 1) // 2,
+        fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, M if two else 0,
                                     projection_nbytes(dim, rank, n_queries), n_queries, two)
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
@@ -275,8 +275,9 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
 def _fastscan_nbytes(s: IndexSettings, n: int, M: int, d: int, exact_row: int, projection: int,
                      n_queries: int, two_level: bool = False) -> int:
     """:attr:`IndexPlan.fastscan_bytes` of ``n`` rows of ``M`` 4-bit fast-scan codes
-    (sub-vectors ``d`` wide in all), ``exact_row`` bytes a row of flat codes for faiss's
-    re-rank (0 without it) and ``projection`` bytes of query projection: fast-scan's blocks of
+    (sub-vectors ``d`` wide in all), ``exact_row`` bytes a row of flat codes faiss's re-rank
+    holds itself (two-level codes' byte a group; 0 without a re-rank, or for one-level codes,
+    read where they lie: :func:`lplr_index.search.fastscan.flat_view`) and ``projection`` bytes of query projection: fast-scan's blocks of
     32 rows, or for a partitioned index (``nlist``) its lists, after a first search of
     ``n_queries`` (:func:`lplr_index.search.ivf.predicted_nbytes`; ``two_level`` codes)."""
     nlist = layout.nlist_for(s, n)

@@ -408,6 +408,33 @@ def _loaded(ivf: IVFScorer, view: CodeView) -> IVFScorer:
     return IVFScorer.from_assignment(view, ivf.centroids, ivf.assignment())
 
 
+def test_one_level_rerank_reads_the_codes_in_place(built, data):
+    """Built, loaded (lists filled as probed) or extended, a scorer of one-level codes re-ranks
+    from the view's own code rows (no flat copy, none counted); two-level codes keep their byte
+    a group, copied (filled with their lists when loaded)."""
+    index, view, ivf = built
+    one_level = not ivf._two_level
+    lazy = _loaded(ivf, view)
+    grown = ivf.extended(CodeView(view.encoder, np.concatenate([view.codes, view.codes[:50]]), view.metric))
+    for scorer in (ivf, lazy, grown):
+        assert scorer._exact_is_view() == one_level and (scorer.exact is not None) == scorer.refines
+        if one_level and scorer.refines:
+            assert int(scorer.exact.codes.c_ptr) == scorer.view.codes.ctypes.data
+            assert scorer.exact.ntotal == scorer.ntotal and scorer._exact_nbytes() == 0
+    assert ivf._exact_is_view() == one_level and ivf.exact.ntotal == N  # the original unchanged
+    # the results of a flat copy: codes faiss cannot read in place (Fortran order) are copied
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    for scorer in (ivf, lazy, grown):
+        codes = np.asarray(scorer.view.codes)
+        twin = IVFScorer.from_assignment(CodeView(view.encoder, np.asfortranarray(codes), view.metric),
+                                         scorer.centroids, scorer.assignment())
+        assert twin.exact is None or not twin._exact_is_view()
+        norms = None if n2 is None else np.concatenate([n2, n2[:50]])[: len(codes)]
+        got, want = (s.search(data[2], 40, 10, nprobe=3, norms2=norms) for s in (scorer, twin))
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+
+
 def test_loaded_lists_fill_when_first_probed(built, data, monkeypatch):
     """A loaded scorer fills only the lists a search probes (all of them once few rows wait), and
     answers every search as the scorer filled at once does: first stage and both stages."""
@@ -623,14 +650,14 @@ def test_plan_counts_the_centroid_transform_of_large_batches():
     from lplr_index.search.fastscan import decoder_nbytes
     from lplr_index.search.ivf import PREASSIGN_MIN_NLIST, PREASSIGN_MIN_QUERIES, predicted_nbytes
 
-    args = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 46, 0)
+    args = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 0, 4 * 384 * 92)  # re-ranks: a projection
     assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*args) == (
         4 * PREASSIGN_MIN_NLIST * 93 + decoder_nbytes(92, 1))
     assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES - 1) == predicted_nbytes(*args)
     assert predicted_nbytes(*args, PREASSIGN_MIN_QUERIES, True) == predicted_nbytes(*args)  # two-level: faiss's path
-    no_rerank = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 0, 0)  # the transform, no decoding table
+    no_rerank = (10**6, PREASSIGN_MIN_NLIST, 92, 92, 0, 0)  # no projection: the transform, no decoding table
     assert predicted_nbytes(*no_rerank, PREASSIGN_MIN_QUERIES) - predicted_nbytes(*no_rerank) == (
         4 * PREASSIGN_MIN_NLIST * 93)
-    small = (10**6, PREASSIGN_MIN_NLIST // 2, 92, 92, 46, 0)
+    small = (10**6, PREASSIGN_MIN_NLIST // 2, 92, 92, 0, 4 * 384 * 92)
     assert predicted_nbytes(*small, 10**4) == predicted_nbytes(*small)
 

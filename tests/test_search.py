@@ -144,13 +144,55 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
         assert not ((I != Ie) & ~tie).any()
         assert (I == Ie).mean() > 0.9  # observed 1.0
         assert D.dtype == np.float32 and I.dtype == np.int64 and not short.any()
-    # faiss's flat copy (one byte per coarse code of two-level codes, else the packed codes)
-    # and the projection R^T (float32; faiss's copy only once a batch is large:
-    # fastscan.SMALL_PRODUCT)
-    flat = enc.lq.n_coarse if layout == "two-level" else view.codes.shape[1]
+    # faiss's flat copy (one byte per coarse code of two-level codes; one-level codes are read
+    # where they lie, no copy) and the projection R^T (float32; faiss's copy only once a batch
+    # is large: fastscan.SMALL_PRODUCT)
+    flat = enc.lq.n_coarse if layout == "two-level" else 0
+    assert scorer._exact_is_view() == (layout != "two-level")
     assert scorer.project.matrix.shape == (64, enc.rank) and scorer.project.width == scorer.index.d
     assert scorer.index.implem == 0 and scorer.project._lt is None
     assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
+
+
+def test_one_level_rerank_reads_the_codes_in_place(embeddings, queries, tmp_path):
+    """faiss's re-rank of one-level codes reads the index's own code rows (no third copy): before
+    and after ``add`` (each scorer its own snapshot's rows), memory-mapped, and for an odd count
+    of codes, whose last byte's high nibble it never reads; the results are those of a flat
+    copy of the codes (the way before)."""
+    from lplr_index.search.metrics import CodeView
+
+    X, Q = embeddings[:3000], queries[:30]
+    for kw in (dict(bits_per_coordinate=1, codec="vq"), dict(rank=15, bits_l=4, codec="scalar")):
+        index = LPLRIndex(64, **kw).build(X[:2000])
+        scorer, view = index._fastscan(), index._state.view
+        assert scorer._exact_is_view() and int(scorer.exact.codes.c_ptr) == view.codes.ctypes.data
+        copy = faiss.clone_index(scorer._exact_index())
+        copy.add_sa_codes(scorer._exact_codes(np.asarray(view.codes)))
+        P = scorer.project(np.ascontiguousarray(Q - view.encoder.mean, np.float32))
+        want = faiss.IndexRefine(scorer.index, copy).search(P, 20)
+        got = scorer._refined().search(P, 20)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
+        assert scorer.nbytes() == scorer.index.codes.size() + scorer.project.nbytes()
+        before = index.search(Q, 10)
+        index.add(X[2000:])  # the next snapshot's scorer views its own rows; this one keeps its own
+        new = index._fastscan()
+        assert new is not scorer and new._exact_is_view() and new.exact.ntotal == 3000
+        assert int(new.exact.codes.c_ptr) == index._state.view.codes.ctypes.data
+        np.testing.assert_array_equal(scorer._refined().search(P, 20)[1], want[1])
+        path = tmp_path / f"{index.rank}.lplr"
+        index.save(path)
+        mapped = LPLRIndex.load(path, mmap=True)
+        assert mapped._fastscan()._exact_is_view()
+        np.testing.assert_array_equal(mapped.search(Q, 10)[1], index.search(Q, 10)[1])
+        assert (index.search(Q, 10)[1][:, 0] >= 0).all() and before[1].shape == (30, 10)
+    # an odd count: the last byte's high nibble (padding) is never read by the re-rank
+    assert scorer._args[1] == 15  # an odd count of 4-bit codes
+    odd = np.array(view.codes)
+    odd[:, -1] |= 0xF0
+    twin = fastscan.FastScanScorer(CodeView(view.encoder, odd, view.metric))
+    assert twin._exact_is_view()
+    np.testing.assert_array_equal(twin._refined().search(P, 20)[1], want[1])
 
 
 @pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar"])

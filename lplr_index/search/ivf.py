@@ -66,7 +66,7 @@ import numpy as np
 from .._threads import shared_one_blas_thread
 from .._validation import check_int
 from .fastscan import (ByteDecoder, Projection, RefiningScorer, decoder_nbytes, exact_codes, exact_index, flat_codes,
-                       in_query_chunks, pad_positions, pq_table)
+                       flat_view, in_query_chunks, pad_positions, pq_table)
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "BlockLayout", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -151,16 +151,17 @@ def predicted_nbytes(n: int, nlist: int, M: int, d: int, exact_row_bytes: int, p
     """:meth:`IVFScorer.nbytes` of ``n`` rows in ``nlist`` lists before the lists exist (for
     :meth:`lplr_index.LPLRIndex.plan`): ``M`` 4-bit fast-scan codes a row in blocks of
     :data:`BBS`, a 64-bit id a row, ``nlist x d`` float32 centroids (``d``: the padded
-    sub-vector width), ``exact_row_bytes`` a row of flat codes for faiss's re-rank (0 without
-    it), ``projection`` bytes of query projection, and after a first search of ``n_queries``
+    sub-vector width), ``exact_row_bytes`` a row of flat codes faiss's re-rank holds itself (0
+    without a re-rank or where it reads the codes in place), ``projection`` bytes of query
+    projection (0 without a re-rank), and after a first search of ``n_queries``
     that scores the centroids itself (:meth:`IVFScorer._preassigns`: not ``two_level`` codes),
-    their transform (``nlist x (d + 1)`` float32) and, where it re-ranks (``exact_row_bytes``),
-    the re-score's decoding table (:func:`fastscan.decoder_nbytes`). The padding of each list to whole blocks depends on the list sizes:
+    their transform (``nlist x (d + 1)`` float32) and, where it re-ranks (``projection``), the
+    re-score's decoding table (:func:`fastscan.decoder_nbytes`). The padding of each list to whole blocks depends on the list sizes:
     counted as half a block a list (at most ``n`` rows' worth)."""
     code = (M + 1) // 2
     padding = min(n, nlist * (BBS // 2)) * code
     batched = nlist >= PREASSIGN_MIN_NLIST and n_queries >= PREASSIGN_MIN_QUERIES and not two_level
-    scores = 4 * nlist * (d + 1) + (decoder_nbytes(M, d // M) if exact_row_bytes else 0) if batched else 0
+    scores = 4 * nlist * (d + 1) + (decoder_nbytes(M, d // M) if projection else 0) if batched else 0
     return int(n * (code + 8 + exact_row_bytes) + padding + 4 * nlist * d + projection + scores)
 
 
@@ -627,10 +628,7 @@ class IVFScorer(RefiningScorer):
             part = np.sort(order[s : s + _ADD_ROWS])  # read in file order (memory-mapped codes)
             self._add(lists[part], np.asarray(view.codes[start + part]), start + part)
         if self.refines:
-            if self.exact is None:
-                self.exact = self._exact_index()
-            for s in range(start, view.ntotal, _ADD_ROWS):
-                self.exact.add_sa_codes(self._exact_codes(np.asarray(view.codes[s : s + _ADD_ROWS])))
+            self._extend_exact(view, start)
         self.ntotal = view.ntotal
 
     def extended(self, view: CodeView, lists: np.ndarray | None = None) -> "IVFScorer":
@@ -645,8 +643,7 @@ class IVFScorer(RefiningScorer):
         new._lazy()
         new.index = faiss.clone_index(self.index)  # the clone owns a copy of the quantizer
         new._quantizer = faiss.downcast_index(new.index.quantizer)
-        if self.exact is not None:
-            new.exact = faiss.clone_index(self.exact)
+        new.exact = self._exact_copy()
         new.extend(view, lists)
         return new
 
@@ -702,8 +699,9 @@ class IVFScorer(RefiningScorer):
         (faiss's block layout of every code) made the first search after a memory-mapped load of
         10^7 rows in 16,384 lists take 7-10 s, most of it in memory first touched. Until every
         list is filled, a search also runs the coarse search once itself, to learn which lists
-        faiss will probe (:meth:`_probe`). The flat codes of the exact re-rank are filled with
-        their lists, into one array sized for every row at once."""
+        faiss will probe (:meth:`_probe`). The flat codes of the exact re-rank are the view's
+        codes where they lie (one-level codes, :func:`fastscan.flat_view`), or two-level codes'
+        bytes filled with their lists, into one array sized for every row at once."""
         if self.ntotal != 0:
             raise ValueError(f"_fill: the scorer must be empty, it holds {self.ntotal} rows")
         self.view = view
@@ -713,8 +711,9 @@ class IVFScorer(RefiningScorer):
         np.cumsum(np.bincount(lists, minlength=self.nlist), out=offsets[1:])
         if self.refines:
             self.exact = self._exact_index()
-            self.exact.codes.resize(n * int(self.exact.code_size))  # zero until its rows' lists fill
-            self.exact.ntotal = n
+            if self._two_level or not flat_view(self.exact, view.codes):  # one-level: read in place
+                self.exact.codes.resize(n * int(self.exact.code_size))  # zero until its rows' lists fill
+                self.exact.ntotal = n
         self.index.ntotal = n
         self.ntotal = n
         self._pending = _Pending(rows, offsets) if n else None
@@ -756,7 +755,7 @@ class IVFScorer(RefiningScorer):
             rows = np.concatenate([pending.rows[off[lst] : off[lst + 1]] for lst in todo.tolist()])
             lists = np.repeat(todo, sizes[todo])
             exact = None
-            if self.exact is not None:
+            if self.exact is not None and not self._exact_is_view():
                 cs = int(self.exact.code_size)
                 exact = faiss.rev_swig_ptr(self.exact.codes.data(), self.ntotal * cs).reshape(self.ntotal, cs)
             for s in range(0, len(rows), _ADD_ROWS):
@@ -850,8 +849,7 @@ class IVFScorer(RefiningScorer):
         s = self.storage()
         held = s["ids_bytes"] + s["centroid_memory_bytes"] + (self.ntotal * int(self._lists().packer.code_size)
                                                        + s["block_padding_bytes"])
-        if self.exact is not None:
-            held += int(self.exact.codes.size())
+        held += self._exact_nbytes()
         if self.refines:
             held += self.project.nbytes()
         if self._scores is not None:  # C^T and the bias
