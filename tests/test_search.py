@@ -154,6 +154,22 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
+def test_faiss_search_is_faiss_wrapped_search(embeddings, queries):
+    """The scorers' call into faiss without its Python wrapper returns what the wrapper does,
+    converts what it must, and refuses queries of another width (it would read past them)."""
+    index = LPLRIndex(64, bits_per_coordinate=1).build(embeddings[:2000])
+    scorer = index._fastscan()
+    P = scorer.project(np.ascontiguousarray(queries[:20] - scorer.view.encoder.mean, np.float32))
+    for target in (scorer.index, scorer._refined()):
+        want = target.search(P, 15)
+        for given in (P, np.asfortranarray(P), P.astype(np.float64)):
+            got = fastscan.faiss_search(target, given, 15)
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(ValueError, match=r"shape \(n, %d\)" % scorer.index.d):
+        fastscan.faiss_search(scorer.index, P[:, :-1], 5)
+
+
 def test_one_level_rerank_reads_the_codes_in_place(embeddings, queries, tmp_path):
     """faiss's re-rank of one-level codes reads the index's own code rows (no third copy): before
     and after ``add`` (each scorer its own snapshot's rows), memory-mapped, and for an odd count
@@ -261,13 +277,14 @@ def test_large_batches_are_searched_in_chunks_with_the_same_results(embeddings, 
     want = index.search(queries, 10)
     monkeypatch.setattr(fastscan, "SEARCH_CHUNK_BYTES", 16 * 10 * index.rerank_factor * 7)  # 7 queries per chunk
     calls = []
-    real = faiss.IndexRefine.search
+    real = fastscan.faiss_search
 
-    def counting(self, *a, **kw):
-        calls.append(len(a[0]))
-        return real(self, *a, **kw)
+    def counting(index, P, *a, **kw):
+        if isinstance(index, faiss.IndexRefine):
+            calls.append(len(P))
+        return real(index, P, *a, **kw)
 
-    monkeypatch.setattr(faiss.IndexRefine, "search", counting)
+    monkeypatch.setattr(fastscan, "faiss_search", counting)
     got = index.search(queries, 10)
     # the projection's product rounds by batch size: distances in their last bits
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)

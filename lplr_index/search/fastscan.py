@@ -76,6 +76,22 @@ def in_query_chunks(search, Q: np.ndarray, depth: int):
     return tuple(np.concatenate(a) for a in zip(*parts))
 
 
+def faiss_search(index, P: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(P, k, params=params)`` without faiss's Python wrapper (its checks and
+    conversions; ``P`` is float32, C-contiguous, ``(n, index.d)``, as the scorers lay the
+    queries out). Measured (10^6 x 384, 1 b/c, 1,024 lists, one query through the
+    ``IndexRefine``, 1 thread): 51-57 against 65-67 us."""
+    import faiss
+
+    P = np.ascontiguousarray(P, np.float32)  # (as given, when it is)
+    if P.ndim != 2 or P.shape[1] != index.d:
+        raise ValueError(f"queries for faiss must have shape (n, {index.d}), got {P.shape}")
+    n = len(P)
+    D, I = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    index.search_c(n, faiss.swig_ptr(P), k, faiss.swig_ptr(D), faiss.swig_ptr(I), params)
+    return D, I
+
+
 def supported(view: CodeView) -> bool:
     """Fast-scan needs 4-bit codes (scalar per column, or grouped)."""
     return view.encoder.lq.bits == 4
@@ -441,7 +457,7 @@ class RefiningScorer:
         off = query_offsets(view, Q, Qc, P)
         del Qc
         # every candidate re-scored and sorted (k = kc): the -1 past the rows found show short queries
-        Dr, cand = self._refined().search(P, int(kc)) if scan is None else scan(P, int(kc))
+        Dr, cand = faiss_search(self._refined(), P, int(kc)) if scan is None else scan(P, int(kc))
         return finish_refined(view, Q, off, Dr, cand, keep, norms2)
 
 
@@ -583,7 +599,7 @@ class FastScanScorer(RefiningScorer):
             P = prepare_queries(view, Q) @ enc.RT
         else:
             P = (prepare_queries(view, Q) - enc.mean) @ self.project.least_squares()
-        _, I = self.index.search(self.project.lay_out(P), int(kprime))
+        _, I = faiss_search(self.index, self.project.lay_out(P), int(kprime))
         return I
 
     def search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):

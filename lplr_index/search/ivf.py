@@ -65,8 +65,8 @@ import numpy as np
 
 from .._threads import shared_one_blas_thread
 from .._validation import check_int
-from .fastscan import (ByteDecoder, Projection, RefiningScorer, decoder_nbytes, exact_codes, exact_index, flat_codes,
-                       flat_view, in_query_chunks, pad_positions, pq_table)
+from .fastscan import (ByteDecoder, Projection, RefiningScorer, decoder_nbytes, exact_codes, exact_index, faiss_search,
+                       flat_codes, flat_view, in_query_chunks, pad_positions, pq_table)
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "BlockLayout", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -968,7 +968,7 @@ class IVFScorer(RefiningScorer):
             if batched:  # the batch's coarse search, faiss's scan, the re-score from the codes
                 return self._rescore(P, self._scan(P, k, nprobe, p)[1])
             self._probe(P, nprobe)  # faiss's coarse search and IndexRefine
-            return self._refined().search(P, k, params=p)
+            return faiss_search(self._refined(), P, k, p)
 
         D, I, short = self._search_refined(Q, kc, keep, norms2, scan=scan)
         del refs  # the filter's bitmap and selector, alive until faiss has searched
@@ -996,7 +996,7 @@ class IVFScorer(RefiningScorer):
 
         if not self._preassigns(len(P), nprobe):
             self._probe(P, nprobe)
-            return self.index.search(P, k, params=params)
+            return faiss_search(self.index, P, k, params)
         Dq, Iq = self._coarse(P, nprobe)
         if self._pending is not None:
             self._fill_lists(np.unique(Iq[Iq >= 0]))
