@@ -465,9 +465,10 @@ class FastScanScorer(RefiningScorer):
     """A faiss ``IndexPQFastScan`` over the codes of a :class:`CodeView`.
 
     Holds its own copy of the codes in faiss's packed block layout (the same
-    size as the codes) and, where :attr:`refines`, the flat copy the exact
-    second stage scores (:meth:`nbytes`). Rows appended to the view later are
-    added to a copy: :meth:`extended`.
+    size as the codes) and, where :attr:`refines`, the flat codes the exact
+    second stage scores: the view's own rows, read in place, or for two-level
+    codes a copy of a byte a group (:meth:`_extend_exact`, :meth:`nbytes`).
+    Rows appended to the view later are added to a copy: :meth:`extended`.
 
     Thread safety: once constructed (or returned by :meth:`extended`) a scorer is
     never changed but for what it builds lazily, under its own lock and published
@@ -501,7 +502,7 @@ class FastScanScorer(RefiningScorer):
         #: distance (product) is the exact score (cosine: with the rows' norms)
         self.refines = enc.orthonormal
         self._two_level = enc.codec == "vq" and enc.lq.two_level
-        self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
+        self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores (_extend_exact)
         self.project = Projection(enc)  # queries to the sub-vector layout
         self._lazy()
         self.view = view
@@ -540,8 +541,8 @@ class FastScanScorer(RefiningScorer):
 
     def nbytes(self) -> int:
         """Bytes faiss holds for the search: fast-scan's blocks of the codes and, where it
-        re-ranks, its flat copy of the codes and the projection ``R`` (float32, made at the
-        first search)."""
+        re-ranks, a flat copy of two-level codes (one-level codes are read in place) and the
+        projection ``R`` (float32, made at the first search)."""
         held = int(self.index.codes.size()) + self._exact_nbytes()
         return held + (self.project.nbytes() if self.refines else 0)
 

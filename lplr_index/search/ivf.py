@@ -483,7 +483,7 @@ class IVFScorer(RefiningScorer):
         index.is_trained = True
         self._quantizer = quantizer  # the IVF index holds a raw pointer to it
         self.index = index
-        self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores
+        self.exact = None  # the flat IndexPQ of the whole codes the re-rank scores (_extend_exact)
         self._groups = None  # :meth:`_centroid_groups`
         self._scores = None  # :meth:`_centroid_scores`, made by the first batch that needs it
         self._decoder = None  # :meth:`_byte_decoder`, likewise
@@ -844,8 +844,8 @@ class IVFScorer(RefiningScorer):
 
     def nbytes(self) -> int:
         """Bytes faiss holds for the search: the lists' blocks and ids, the centroids, where it
-        re-ranks the flat copy of the codes and the projection, and :meth:`_centroid_scores`
-        and :meth:`_byte_decoder` once made."""
+        re-ranks a flat copy of two-level codes (one-level codes are read in place) and the
+        projection, and :meth:`_centroid_scores` and :meth:`_byte_decoder` once made."""
         s = self.storage()
         held = s["ids_bytes"] + s["centroid_memory_bytes"] + (self.ntotal * int(self._lists().packer.code_size)
                                                        + s["block_padding_bytes"])
