@@ -153,11 +153,11 @@ def predicted_nbytes(n: int, nlist: int, M: int, d: int, exact_row_bytes: int, p
     :data:`BBS`, a 64-bit id a row, ``nlist x d`` float32 centroids (``d``: the padded
     sub-vector width), ``exact_row_bytes`` a row of flat codes faiss's re-rank holds itself (0
     without a re-rank or where it reads the codes in place), ``projection`` bytes of query
-    projection (0 without a re-rank), and after a first search of ``n_queries``
-    that scores the centroids itself (:meth:`IVFScorer._preassigns`: not ``two_level`` codes),
-    their transform (``nlist x (d + 1)`` float32) and, where it re-ranks (``projection``), the
-    re-score's decoding table (:func:`fastscan.decoder_nbytes`). The padding of each list to whole blocks depends on the list sizes:
-    counted as half a block a list (at most ``n`` rows' worth)."""
+    projection (0 without a re-rank), and after a first search of ``n_queries`` that scores the
+    centroids itself (:meth:`IVFScorer._preassigns`: not ``two_level`` codes), their transform
+    (``nlist x (d + 1)`` float32) and, where it re-ranks (``projection``), the re-score's
+    decoding table (:func:`fastscan.decoder_nbytes`). The padding of each list to whole blocks
+    depends on the list sizes: counted as half a block a list (at most ``n`` rows' worth)."""
     code = (M + 1) // 2
     padding = min(n, nlist * (BBS // 2)) * code
     batched = nlist >= PREASSIGN_MIN_NLIST and n_queries >= PREASSIGN_MIN_QUERIES and not two_level
@@ -1064,7 +1064,7 @@ class IVFScorer(RefiningScorer):
         faiss's ``sa_decode`` gives, 6x faster), best first; -1 (scored +-inf) last.
 
         Measured (10^6 x 384, 1 b/c, 1,024 lists, 1,000 queries of 20 candidates, 1 thread): the
-        re-score took 10.6 us a query with ``sa_decode``, 8.0 us of it decoding."""
+        re-score takes 3.9 us a query; it took 10.6 with ``sa_decode``, 8.0 of them decoding."""
         nq, kc = cand.shape
         dec = self._byte_decoder()
         width = dec.width
