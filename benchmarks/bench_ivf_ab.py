@@ -50,15 +50,12 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from bench_ivf import (factory_nlist, faiss_candidates, ground_truth, make_clustered, npy_split,  # noqa: E402
-                       plot)
+from bench_ivf import (FAISS_ADD_ROWS, factory_nlist, faiss_candidates, ground_truth, make_clustered,  # noqa: E402
+                       npy_split, plot)
 from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 
 from lplr_index import LPLRIndex, recall_at_k  # noqa: E402
 from lplr_index.search.ivf import default_nlist  # noqa: E402
-
-FAISS_ADD_ROWS = 1 << 20
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
