@@ -154,6 +154,20 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
+def test_a_faiss_without_views_copies_the_rerank_codes(embeddings, queries, monkeypatch):
+    """faiss before 1.10 has no ``MaybeOwnedVector``: the re-rank's flat codes are then copied, as
+    before, with the same results."""
+    index = LPLRIndex(64, bits_per_coordinate=1, codec="vq").build(embeddings[:2000])
+    viewing = index._fastscan()
+    monkeypatch.delattr(faiss, "MaybeOwnedVectorUInt8")
+    copying = fastscan.FastScanScorer(index._state.view)
+    assert viewing._exact_is_view() and not copying._exact_is_view()
+    assert copying.exact.ntotal == 2000 and copying._exact_nbytes() == index._state.view.codes.nbytes
+    Q = queries[:20]
+    for a, b in zip(viewing.search(Q, 20, 10), copying.search(Q, 20, 10)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_faiss_search_is_faiss_wrapped_search(embeddings, queries):
     """The scorers' call into faiss without its Python wrapper returns what the wrapper does,
     converts what it must, and refuses queries of another width (it would read past them)."""

@@ -206,14 +206,15 @@ def flat_view(index, codes) -> bool:
     copy: a view (faiss's ``MaybeOwnedVector``, as faiss's own memory-mapped loading makes), which
     ``codes`` must outlive and never be written through. True when it could: uint8 rows of
     exactly the index's ``code_size`` bytes, C-contiguous (memory-mapped is fine); False leaves
-    the index as it was. Nothing may be added to the index afterwards (faiss refuses to grow
-    a view)."""
+    the index as it was, as does a faiss without views (before 1.10: the flat codes are then
+    copied). Nothing may be added to the index afterwards (faiss refuses to grow a view)."""
     import faiss
 
-    if (not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2
+    view_type = getattr(faiss, "MaybeOwnedVectorUInt8", None)
+    if (view_type is None or not isinstance(codes, np.ndarray) or codes.dtype != np.uint8 or codes.ndim != 2
             or codes.shape[1] != int(index.code_size) or not codes.flags.c_contiguous):
         return False
-    held = faiss.MaybeOwnedVectorUInt8()
+    held = view_type()
     if codes.size:
         ptr = faiss.swig_ptr(codes)
         held.is_owned, held.view_data, held.view_size, held.c_ptr, held.c_size = False, ptr, codes.size, ptr, codes.size
@@ -410,7 +411,7 @@ class RefiningScorer:
 
     def _exact_is_view(self) -> bool:
         """Whether :attr:`exact` reads the view's codes where they lie (:meth:`_extend_exact`)."""
-        return self.exact is not None and not self.exact.codes.is_owned
+        return self.exact is not None and not getattr(self.exact.codes, "is_owned", True)  # (faiss < 1.10: no views)
 
     def _extend_exact(self, view: CodeView, start: int) -> None:
         """The re-rank's flat codes of ``view``'s rows, whose first ``start`` :attr:`exact`
