@@ -206,8 +206,9 @@ def flat_view(index, codes) -> bool:
     copy: a view (faiss's ``MaybeOwnedVector``, as faiss's own memory-mapped loading makes), which
     ``codes`` must outlive and never be written through. True when it could: uint8 rows of
     exactly the index's ``code_size`` bytes, C-contiguous (memory-mapped is fine); False leaves
-    the index as it was, as does a faiss without views (before 1.10: the flat codes are then
-    copied). Nothing may be added to the index afterwards (faiss refuses to grow a view)."""
+    the index as it was, as does a faiss whose Python module has no views
+    (``MaybeOwnedVectorUInt8``: faiss 1.11 on; 1.10 has none, its flat codes are copied).
+    Nothing may be added to the index afterwards (faiss refuses to grow a view)."""
     import faiss
 
     view_type = getattr(faiss, "MaybeOwnedVectorUInt8", None)
@@ -411,7 +412,7 @@ class RefiningScorer:
 
     def _exact_is_view(self) -> bool:
         """Whether :attr:`exact` reads the view's codes where they lie (:meth:`_extend_exact`)."""
-        return self.exact is not None and not getattr(self.exact.codes, "is_owned", True)  # (faiss < 1.10: no views)
+        return self.exact is not None and not getattr(self.exact.codes, "is_owned", True)  # (older faiss: no views)
 
     def _extend_exact(self, view: CodeView, start: int) -> None:
         """The re-rank's flat codes of ``view``'s rows, whose first ``start`` :attr:`exact`
