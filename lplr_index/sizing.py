@@ -180,10 +180,10 @@ def plan(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, chosen: VQ
     if search_mode == "fastscan":
         orthonormal = s.factor == "orthonormal"
         search = fastscan_search_peak(n, s.dim, rank, n_queries, k_eff, orthonormal, metric=s.metric)
-        # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the flat codes and
-        # the projection (fastscan.projection_nbytes: R^T, dim x rank float32)
-        fs_bytes = _fastscan_nbytes(s, n, rank, rank, 0,
-                                    projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0, n_queries)
+        # fast-scan's blocks, and for faiss's re-rank (an orthonormal factor) the projection
+        # (fastscan.projection_nbytes: R^T, dim x rank float32; the codes are read in place)
+        fs_bytes = _fastscan_nbytes(s, n, rank, rank, projection_nbytes(s.dim, rank, n_queries) if orthonormal else 0,
+                                    n_queries)
     else:
         search = factored_search_peak(n, dim, rank, bits_l, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -226,11 +226,11 @@ def _plan_vq(s: IndexSettings, n: int, n_queries: int, k: int, mode: str) -> Ind
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, width, n_queries, k_eff, True, depth, s.metric, two)
         # fast-scan's blocks (at most n_codes coarse codes), and for faiss's re-rank the flat
-        # codes (as many bytes again, or one byte per coarse code of two-level codes: a bound)
-        # and the projection (R^T, dim x rank float32; rank a bound); a partitioned index's
-        # centroids: 8 coordinates a code, a bound
-        fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, n_codes if two else 0,
-                                    projection_nbytes(dim, rank, n_queries), n_queries, two)
+        # codes of two-level codes (one byte per coarse code: a bound) and the projection (R^T,
+        # dim x rank float32; rank a bound); a partitioned index's centroids: 8 coordinates a
+        # code, a bound
+        fs_bytes = _fastscan_nbytes(s, n, n_codes, 8 * n_codes, projection_nbytes(dim, rank, n_queries), n_queries,
+                                    two)
     else:
         search = factored_search_peak(n, dim, width, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -258,8 +258,7 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
     if search_mode == "fastscan":
         depth = TWO_LEVEL_RERANK_FACTOR if two else DEFAULT_RERANK_FACTOR
         search = fastscan_search_peak(n, dim, rank, n_queries, k_eff, True, depth, s.metric, two)
-        fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, M if two else 0,
-                                    projection_nbytes(dim, rank, n_queries), n_queries, two)
+        fs_bytes = _fastscan_nbytes(s, n, M, M * enc.lq.dsub, projection_nbytes(dim, rank, n_queries), n_queries, two)
     else:
         search = factored_search_peak(n, dim, rank, 8, n_queries, k_eff, s.metric)
         fs_bytes = 0
@@ -272,14 +271,15 @@ def _plan_design(s: IndexSettings, n: int, n_queries: int, k: int, mode: str, en
     )
 
 
-def _fastscan_nbytes(s: IndexSettings, n: int, M: int, d: int, exact_row: int, projection: int,
-                     n_queries: int, two_level: bool = False) -> int:
+def _fastscan_nbytes(s: IndexSettings, n: int, M: int, d: int, projection: int, n_queries: int,
+                     two_level: bool = False) -> int:
     """:attr:`IndexPlan.fastscan_bytes` of ``n`` rows of ``M`` 4-bit fast-scan codes
-    (sub-vectors ``d`` wide in all), ``exact_row`` bytes a row of flat codes faiss's re-rank
-    holds itself (two-level codes' byte a group; 0 without a re-rank, or for one-level codes,
-    read where they lie: :func:`lplr_index.search.fastscan.flat_view`) and ``projection`` bytes of query projection: fast-scan's blocks of
-    32 rows, or for a partitioned index (``nlist``) its lists, after a first search of
-    ``n_queries`` (:func:`lplr_index.search.ivf.predicted_nbytes`; ``two_level`` codes)."""
+    (sub-vectors ``d`` wide in all), the flat codes faiss's re-rank holds itself (``two_level``
+    codes: a byte a group; one-level codes are read where they lie,
+    :func:`lplr_index.search.fastscan.flat_view`) and ``projection`` bytes of query projection:
+    fast-scan's blocks of 32 rows, or for a partitioned index (``nlist``) its lists, after a
+    first search of ``n_queries`` (:func:`lplr_index.search.ivf.predicted_nbytes`)."""
+    exact_row = M if two_level else 0
     nlist = layout.nlist_for(s, n)
     if nlist is not None:
         return ivf_search.predicted_nbytes(n, min(nlist, n), M, d, exact_row, projection, n_queries, two_level)

@@ -66,7 +66,7 @@ import numpy as np
 from .._threads import shared_one_blas_thread
 from .._validation import check_int
 from .fastscan import (ByteDecoder, Projection, RefiningScorer, decoder_nbytes, exact_codes, exact_index, faiss_search,
-                       flat_codes, flat_view, in_query_chunks, pad_positions, pq_table)
+                       flat_codes, in_query_chunks, pad_positions, pq_table)
 from .metrics import CodeView, prepare_queries
 
 __all__ = ["IVFScorer", "BlockLayout", "supported", "default_nlist", "BBS", "DEFAULT_NITER", "TRAIN_PER_LIST", "list_bits",
@@ -710,8 +710,9 @@ class IVFScorer(RefiningScorer):
         offsets = np.zeros(self.nlist + 1, np.int64)
         np.cumsum(np.bincount(lists, minlength=self.nlist), out=offsets[1:])
         if self.refines:
-            self.exact = self._exact_index()
-            if self._two_level or not flat_view(self.exact, view.codes):  # one-level: read in place
+            self.exact = self._viewed_exact(view)  # one-level codes: read in place
+            if self.exact is None:
+                self.exact = self._exact_index()
                 self.exact.codes.resize(n * int(self.exact.code_size))  # zero until its rows' lists fill
                 self.exact.ntotal = n
         self.index.ntotal = n
