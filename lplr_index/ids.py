@@ -155,9 +155,9 @@ def allowed_rows(st: Snapshot, allowed) -> np.ndarray | None:
     ``allowed``: None, an array or set of ids (ids not stored are ignored), a boolean mask
     over ids of length ``st.id_slots``, or a callable ``id -> bool`` called once per live id.
     """
-    live = None if st.removed is None else ~st.removed
+    live = st.live()
     if allowed is None:
-        return live
+        return live  # (read-only: the snapshot's own)
     if callable(allowed):
         ids = st.row_ids
         mask = np.zeros(st.n, bool)

@@ -156,7 +156,17 @@ class Snapshot:
 
     @property
     def n_removed(self) -> int:
-        return 0 if self.removed is None else int(np.count_nonzero(self.removed))
+        if self.removed is None:
+            return 0
+        return self.derived("n_removed", lambda: int(np.count_nonzero(self.removed)))
+
+    def live(self) -> np.ndarray | None:
+        """The stored rows not removed (bool, read-only), or None when none is removed: made once,
+        so a search of an index with removed vectors does no work in proportion to its rows to
+        learn which are live (:func:`lplr_index.ids.allowed_rows`)."""
+        if self.removed is None:
+            return None
+        return self.derived("live", lambda: ~self.removed)
 
     @property
     def n_live(self) -> int:

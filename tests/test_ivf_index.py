@@ -124,6 +124,36 @@ def test_mutations_compose(data):
     assert (I >= 0).all()
 
 
+def test_removed_rows_are_filtered_without_work_per_row_at_each_search(data, monkeypatch):
+    """An index with removed vectors hands faiss the same filter at every search of one
+    snapshot (its live rows, made once; the bitmap and its parameters made once per nprobe); a
+    new removal is a new snapshot, whose filter is its own; a caller's filter is never kept."""
+    import faiss
+
+    X, Q = data
+    index = LPLRIndex(DIM, bits_per_coordinate=1, nlist=NLIST).build(X)
+    index.remove(np.arange(0, N, 5))
+    st = index._state
+    assert st.live() is st.live() and not st.live().flags.writeable and st.n_live == N - N // 5
+    made = []
+    real = faiss.IDSelectorBitmap
+    monkeypatch.setattr(faiss, "IDSelectorBitmap", lambda *a: made.append(a[0]) or real(*a))
+    first = [index.search(q[None], 10, nprobe=2) for q in Q[:10]]
+    assert made == [N]  # one bitmap for ten single queries
+    assert index._state.ivf()._filter_params[0] is st.live()
+    for (D, I), q in zip(first, Q[:10]):  # the same as a batch
+        Db, Ib = index.search(q[None], 10, nprobe=2)
+        np.testing.assert_array_equal(Ib, I)
+    assert not np.isin(np.vstack([I for _, I in first]), np.arange(0, N, 5)).any()
+    index.remove(np.arange(1, N, 5))  # a new snapshot: its own live rows
+    _, I = index.search(Q, 10, nprobe=2)
+    assert len(made) == 2 and not np.isin(I, np.arange(0, N, 5)).any() and not np.isin(I, np.arange(1, N, 5)).any()
+    for allowed in (np.arange(2, N, 5), np.arange(3, N, 5)):  # a caller's filters: each its own bitmap
+        _, I = index.search(Q, 10, nprobe=2, allowed=allowed)
+        assert np.isin(I[I >= 0], allowed).all()
+    assert len(made) == 4 and index._state.ivf()._filter_params[0] is index._state.live()
+
+
 def test_settings_and_errors(data):
     X, Q = data
     assert IndexSettings(8, bits_per_coordinate=1, nlist="auto").nlist == "auto"

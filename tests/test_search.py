@@ -187,6 +187,26 @@ def test_faiss_search_is_faiss_wrapped_search(embeddings, queries):
         fastscan.faiss_search(scorer.index, P[:, :-1], 5)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_row_dots_without_vecdot_gives_the_same_search(built, queries, metric, monkeypatch):
+    """The queries' offsets come from numpy's ``vecdot`` where it exists (numpy >= 2.0) and from
+    ``einsum`` before: the same dot products of every row (a broadcast row too), the same results."""
+    from lplr_index.search import metrics
+
+    A = queries[:7].astype(np.float32)
+    want = (A.astype(np.float64) * A).sum(1)
+    np.testing.assert_allclose(metrics.row_dots(A, A), want, rtol=1e-5)
+    np.testing.assert_allclose(metrics.row_dots(A, A[0]), A.astype(np.float64) @ A[0], rtol=1e-5)
+    index = built[metric, 1]
+    got = index.search(queries[:50], 10)
+    monkeypatch.setattr(metrics, "_vecdot", None)
+    np.testing.assert_allclose(metrics.row_dots(A, A), want, rtol=1e-5)
+    np.testing.assert_allclose(metrics.row_dots(A, A[0]), A.astype(np.float64) @ A[0], rtol=1e-5)
+    again = index.search(queries[:50], 10)
+    np.testing.assert_array_equal(again[1], got[1])
+    np.testing.assert_allclose(again[0], got[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not VIEWS, reason="this faiss has no MaybeOwnedVector in Python (the codes are copied)")
 def test_one_level_rerank_reads_the_codes_in_place(embeddings, queries, tmp_path):
     """faiss's re-rank of one-level codes reads the index's own code rows (no third copy): before

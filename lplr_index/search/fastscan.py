@@ -55,7 +55,7 @@ from .._common import recall_at_k
 from ..packing import _unpack
 from ..vq import KSUB
 from . import blas
-from .metrics import CodeView, prepare_queries
+from .metrics import CodeView, prepare_queries, row_dots
 
 #: code rows handed to faiss per block when building (each block's copy is released before the next)
 _ADD_ROWS = 1 << 16
@@ -341,11 +341,12 @@ def query_offsets(view: CodeView, Q: np.ndarray, Qc: np.ndarray, P: np.ndarray) 
     (faiss scores ``||p - z||^2``, and ``||q - x_hat||^2 = ||q - mean||^2 - ||p||^2 +
     ||p - z||^2`` with R's rows orthonormal); cosine, ``||q||^2 - (||q - mean||^2 - ||p||^2)``
     (:func:`finish_refined`). Computed before the scan, on warm caches."""
-    if view.metric == "ip":  # einsum, not numpy's BLAS threads (see Projection)
-        return np.einsum("ij,j->i", Q, view.encoder.mean)[:, None]
-    off = np.einsum("ij,ij->i", Qc, Qc) - np.einsum("ij,ij->i", P, P)
+    if view.metric == "ip":  # row by row, not numpy's BLAS threads (see Projection)
+        return row_dots(Q, view.encoder.mean)[:, None]
+    off = row_dots(Qc, Qc)
+    off -= row_dots(P, P)
     if view.metric == "cosine":
-        off = np.einsum("ij,ij->i", Q, Q) - off
+        off = row_dots(Q, Q) - off
     return off[:, None]
 
 
@@ -367,7 +368,7 @@ def finish_refined(view: CodeView, Q: np.ndarray, off: np.ndarray, Dr: np.ndarra
         D += off
         if view.metric == "l2":
             np.maximum(D, 0, out=D)
-        if short.any():  # faiss scores the missing with -+FLT_MAX, the index with -+inf
+        if np.count_nonzero(short):  # faiss scores the missing with -+FLT_MAX, the index with -+inf
             D[I < 0] = np.inf if view.metric == "l2" else -np.inf
         return D, I, short
     # cosine: ||q - x_hat||^2 as for l2, so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2,

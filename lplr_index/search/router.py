@@ -134,7 +134,7 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
             "(use mode='factored' or 'auto')"
         )
     mask = allowed_rows(st, allowed)
-    n_ok = st.n if mask is None else int(np.count_nonzero(mask))
+    n_ok = st.n if mask is None else st.n_live if mask is st.live() else int(np.count_nonzero(mask))
     kk = min(k, n_ok)
     if kk == 0:
         return SearchResult(*pad_results(np.zeros((len(Q), 0)), np.zeros((len(Q), 0)), k, st.metric))
@@ -198,7 +198,7 @@ def search_fastscan(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe
         return search_ivf(st, Q, keep, kc, mask, n_ok, st.nprobe if nprobe is None else nprobe)
     if mask is None:
         D, I, short = st.fastscan().search(Q, kc, keep, st.norms2() if st.metric == "cosine" else None)
-        if short.any():
+        if np.count_nonzero(short):
             # fast-scan dropped rows (its 16-bit sums saturate on extreme level
             # spreads; seen on edited files): those queries get the exact scan
             D[short], I[short] = exact_scan(st, Q[short], keep, None, n_ok)
@@ -228,7 +228,7 @@ def search_ivf(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe: int
         return exact_scan(st, Q, keep, mask, n_ok)
     norms2 = st.norms2() if st.metric == "cosine" else None
     D, I, short = st.ivf().search_widening(Q, kc, keep, nprobe=nprobe, norms2=norms2, allowed=mask)
-    if short.any():
+    if np.count_nonzero(short):
         D[short], I[short] = exact_scan(st, Q[short], keep, mask, n_ok)
     return D, I
 
