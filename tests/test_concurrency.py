@@ -105,7 +105,7 @@ def reader(index: LPLRIndex, history: History, seed: int, stop: threading.Event,
         except Exception as exc:  # noqa: BLE001 - reported by the test
             errors.append(("search", mode, k, kind, repr(exc)))
             continue
-        log.append((start, len(history.snaps) - 1, Q, k, mode, allowed, got))
+        log.append((start, len(history.snaps) - 1, Q, k, mode, allowed, threads, got))
 
 
 def test_searches_during_mutations_answer_one_committed_snapshot():
@@ -132,7 +132,7 @@ def test_searches_during_mutations_answer_one_committed_snapshot():
 
     # every result is what one snapshot committed during the search answers, bit for bit
     frozen = {}
-    for start, end, Q, k, mode, allowed, got in searches:
+    for start, end, Q, k, mode, allowed, threads, got in searches:
         window = history.window(start, end)
         # no id removed before the search began: tombstoned then, or dropped by a compaction
         # before (ids are never reused: an id above the stored ones was added since)
@@ -145,7 +145,9 @@ def test_searches_during_mutations_answer_one_committed_snapshot():
         for j in window:
             if j not in frozen:
                 frozen[j] = on_snapshot(index, history.snaps[j])
-            want = frozen[j].search(Q, k, mode=mode, allowed=allowed)
+            # the same call (n_threads too: without it a single query takes the lean path, whose
+            # distances may differ from the general path's in the last bit)
+            want = frozen[j].search(Q, k, mode=mode, allowed=allowed, n_threads=threads)
             if np.array_equal(want.indices, got.indices) and np.array_equal(want.distances, got.distances):
                 break
         else:

@@ -483,3 +483,99 @@ def test_fastscan_refuses_eight_bit_codes(small_embeddings):
     index = LPLRIndex(32, rank=4, bits_l=8).build(small_embeddings)
     with pytest.raises(ValueError, match="fast-scan search needs 4-bit codes, this index has 8-bit codes"):
         fastscan.FastScanScorer(index._state.view)
+
+
+def spy_on_search_one(monkeypatch) -> list[bool]:
+    """Whether each search since took :func:`router.search_one`'s way (appended in turn)."""
+    from lplr_index.search import router
+
+    taken = []
+    real = router.search_one
+
+    def spy(*args):
+        got = real(*args)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(router, "search_one", spy)
+    return taken
+
+
+@pytest.mark.parametrize("layout", ["one-level", "two-level", "scalar", "lists", "ids"])
+@pytest.mark.parametrize("metric", ("l2", "ip"))
+def test_a_single_query_takes_the_lean_path_with_the_batchs_results(embeddings, queries, metric, layout,
+                                                                    monkeypatch):
+    """One query of an l2 or ip index re-ranked in faiss goes :func:`router.search_one`'s way (few
+    numpy calls) and gets what the same query gets in a batch (the general path): the same ids,
+    the same distances within float32 rounding, float64 queries alike."""
+    from lplr_index import vq
+
+    kw = dict(bits_per_coordinate=1, codec="vq")
+    if layout == "two-level":
+        monkeypatch.setattr(vq, "CANDIDATE_SIZES", (vq.CANDIDATE_SIZES[-1],))
+        kw = dict(bits_per_coordinate=2.03, codec="vq")
+    elif layout == "scalar":
+        kw = dict(bits_per_coordinate=1, codec="scalar")
+    elif layout == "lists":
+        kw["nlist"] = 16
+    X = embeddings[:3000]
+    index = LPLRIndex(64, metric=metric, **kw)
+    index.build(X, ids=np.arange(3000) * 7 + 5) if layout == "ids" else index.build(X)
+    taken = spy_on_search_one(monkeypatch)
+    Q = queries[:30]
+    for k in (1, 10):
+        Db, Ib = index.search(Q, k)  # the general path (a batch)
+        assert taken == [False]
+        taken.clear()
+        for i, q in enumerate(Q):
+            for given in (q[None], q[None].astype(np.float64)):
+                D, I = index.search(given, k)
+                assert taken.pop() and D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (1, k)
+                np.testing.assert_array_equal(I[0], Ib[i])
+                np.testing.assert_allclose(D[0], Db[i], rtol=1e-5, atol=1e-5 * (1 + np.abs(Db).max()))
+    if layout == "lists":
+        for nprobe in (1, 16):
+            taken.clear()
+            got = [index.search(q[None], 10, nprobe=nprobe)[1][0] for q in Q]
+            assert all(taken) and len(taken) == len(Q)
+            np.testing.assert_array_equal(np.array(got), index.search(Q, 10, nprobe=nprobe)[1])
+
+
+def test_single_queries_outside_the_lean_path_take_the_general_one(embeddings, queries, monkeypatch):
+    """The lean path declines (and the general path answers, or names the error) every case it
+    does not handle: cosine, removed vectors, k above the rows, a filter, a depth, threads,
+    a bad or non-finite query, entries past its sum-of-squares check, a bad nprobe."""
+    from lplr_index._blocks import MAX_ABS
+
+    taken = spy_on_search_one(monkeypatch)
+    X = embeddings[:2000]
+    q = queries[:1]
+    cos = LPLRIndex(64, bits_per_coordinate=1, metric="cosine").build(X)
+    np.testing.assert_array_equal(cos.search(q, 10)[1], cos.search(queries[:2], 10)[1][:1])
+    index = LPLRIndex(64, bits_per_coordinate=1).build(X)
+    assert index.search(q, 10)[1].shape == (1, 10) and taken[-2:] == [False, True]
+    for kwargs in (dict(rerank_factor=4), dict(allowed=np.arange(100)), dict(n_threads=1), dict(mode="factored")):
+        taken.clear()
+        index.search(q, 10, **kwargs)
+        assert not any(taken)
+    assert index.search(q, 2500)[1][0, -1] == -1 and taken[-1] is False  # k above the rows: padded
+    big = np.full((1, 64), 0.9 * MAX_ABS, np.float32)  # within MAX_ABS, past the lean check
+    assert index.search(big, 3)[1].shape == (1, 3) and taken[-1] is False
+    for bad, match in ((np.full((1, 64), np.nan, np.float32), "finite"), (np.full((1, 64), 2 * MAX_ABS), "magnitude"),
+                       (np.full((1, 64), np.inf), "finite"), (q[:, :10], "dimensions"), (q[0], "2-D")):
+        with pytest.raises(ValueError, match=match):
+            index.search(bad, 10)
+    with pytest.raises(ValueError, match="nprobe"):
+        index.search(q, 10, nprobe=2)
+    with pytest.raises(ValueError, match="k"):
+        index.search(q, 0)
+    lists = LPLRIndex(64, bits_per_coordinate=1, nlist=8).build(X)
+    taken.clear()  # one list holds fewer rows than 400 candidates: declined, widened by the general path
+    np.testing.assert_array_equal(lists.search(q, 200, nprobe=1)[1], lists.search(queries[:2], 200, nprobe=1)[1][:1])
+    assert taken == [False, False]
+    for nprobe in (0, 9, 2.0):
+        with pytest.raises((ValueError, TypeError), match="nprobe"):
+            lists.search(q, 10, nprobe=nprobe)
+    index.remove([0, 1])
+    taken.clear()
+    assert not np.isin(index.search(q, 10)[1], [0, 1]).any() and taken == [False]

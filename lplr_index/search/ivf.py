@@ -996,6 +996,20 @@ class IVFScorer(RefiningScorer):
         del refs  # the filter's bitmap and selector, alive until faiss has searched
         return D, I, short
 
+    def search_one(self, q: np.ndarray, kc: int, keep: int, nprobe: int):
+        """:meth:`_search_one` (one checked query, l2 or ip) over the ``nprobe`` nearest lists,
+        through faiss's coarse search and ``IndexRefine`` as :meth:`search` takes a single
+        query: ``(D, I)``, or None when the probed lists held fewer than ``kc`` rows."""
+        p, refs = self._params(nprobe, None, refine=True)
+
+        def scan(P, k):
+            self._probe(P, nprobe)
+            return faiss_search(self._refined(), P, k, p)
+
+        got = self._search_one(q, kc, keep, scan)
+        del refs
+        return got
+
     def _preassigns(self, n_queries: int, nprobe: int) -> bool:
         """Whether a search of ``n_queries`` projected queries gets its coarse search from
         :meth:`_coarse` (from :data:`PREASSIGN_MIN_NLIST` lists, batches of

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from .._blocks import check_block, open_npy
+from .._blocks import MAX_ABS, check_block, open_npy
 from .._common import _normalize_rows
 from .._threads import faiss_threads
 from .._validation import check_choice, check_int
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "RERANK_FACTORS_TRIED", "MAX_RESULT_BYTES",
            "default_rerank_factor", "index_rerank_factor", "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
-           "filtered_fastscan", "search_flat", "check_full", "rescore"]
+           "filtered_fastscan", "search_flat", "check_full", "rescore", "search_one"]
 
 
 SEARCH_MODES = ("auto", "fastscan", "factored", "reconstructed")
@@ -67,6 +67,9 @@ FILTER_OVERFETCH = 2.0
 FILTER_REFINE_FRACTION = 0.8
 #: a masked exact scan gathers the allowed rows first when at most this fraction is allowed
 _GATHER_FRACTION = 0.5
+#: :func:`search_one`'s check of a query: a sum of squares at most this puts every entry within
+#: ``MAX_ABS`` (a quarter of its square: room for float32 rounding)
+_ONE_NORM2_LIMIT = (MAX_ABS / 2) ** 2
 
 
 class SearchResult(NamedTuple):
@@ -104,6 +107,11 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
            rescore_with=None, allowed=None, n_threads: int | None = None, nprobe: int | None = None) -> SearchResult:
     """:meth:`LPLRIndex.search <lplr_index.LPLRIndex.search>` over the snapshot ``st`` of an index
     with the settings ``s`` (the arguments as documented there, checked here)."""
+    if (type(k) is int and k >= 1 and (mode == "auto" or mode == "fastscan") and rerank_factor is None
+            and rescore_with is None and allowed is None and n_threads is None):
+        got = search_one(st, s, Q, k, nprobe)  # (every argument the general path checks, checked)
+        if got is not None:
+            return got
     k = check_int(k, "k", low=1)
     mode = check_choice(mode, "mode", SEARCH_MODES)
     factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=1 << 20)
@@ -151,6 +159,62 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
     if st.ids is not None:
         I = np.where(I >= 0, st.ids[np.maximum(I, 0)], -1)
     return SearchResult(*pad_results(D, I, k, st.metric))
+
+
+def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResult | None:
+    """:func:`search` of a single query in the common case, or None for any other (which
+    :func:`search` then takes whole, checks and errors included): one row of the index's
+    dimension (a float array), an index of 4-bit codes searched with fast-scan and re-ranked in
+    faiss (orthonormal factor), l2 or ip, nothing removed, ``k`` at most the rows, no
+    ``rerank_factor``, ``rescore_with``, ``allowed`` or ``n_threads``, and faiss finding every
+    candidate. The same search with a fraction of the general path's numpy calls
+    (:meth:`lplr_index.search.fastscan.RefiningScorer._search_one`): after the previous query's
+    scan each costs 5-30 times its warm time. The same ids, in the same order; the distances
+    may differ from the general path's in the last bit (the query's squared norms are faiss's
+    sums, not numpy's; each query's offset is one constant, so the order is faiss's either way). The query's check is one faiss sum of squares:
+    at most :data:`_ONE_NORM2_LIMIT` puts every entry within :data:`MAX_ABS`; anything else
+    (non-finite, large) goes the general way, which names it.
+
+    Measured (1 thread, each query timed in turn with the general path and faiss's
+    ``PQ{M}x4fs`` at the same bits, 4 x 300 single queries): 10^4 x 384, 1 b/c, 63.8 us through
+    the general path, 38.3 us this way, PQ fast-scan 30.3 us; 10^5 x 384, 365 / 288 / 276 us.
+    """
+    import faiss
+
+    if type(Q) is not np.ndarray or Q.shape != (1, s.dim) or Q.dtype.kind != "f":
+        return None
+    lane = st.derived("search_one", lambda: _one_lane(st, s))
+    if lane is False or k > st.n:
+        return None
+    scorer, factor, nlist = lane
+    if nlist is None:
+        if nprobe is not None:
+            return None
+    elif nprobe is None:
+        nprobe = st.nprobe
+    elif type(nprobe) is not int or not 1 <= nprobe <= nlist:
+        return None
+    Q = np.ascontiguousarray(Q, np.float32)
+    if not faiss.fvec_norm_L2sqr(faiss.swig_ptr(Q), s.dim) <= _ONE_NORM2_LIMIT:
+        return None
+    kc = min(st.n, factor * k)
+    got = scorer.search_one(Q, kc, k) if nlist is None else scorer.search_one(Q, kc, k, nprobe)
+    if got is None:
+        return None
+    D, I = got
+    return SearchResult(D, I if st.ids is None else st.ids[I])
+
+
+def _one_lane(st: Snapshot, s: IndexSettings):
+    """What :func:`search_one` needs of a snapshot, once: ``(scorer, rerank factor, nlist)``, or
+    False where its searches take the general path (cosine, removed vectors, codes fast-scan
+    does not re-rank in faiss)."""
+    if st.metric == "cosine" or st.removed is not None or st.encoder.lq.bits != 4:
+        return False
+    if st.nlist is None and not fastscan_ready(st, s):
+        return False
+    scorer = st.fastscan() if st.nlist is None else st.ivf()
+    return (scorer, index_rerank_factor(st), st.nlist) if scorer.refines else False
 
 
 def exact_scan(st: Snapshot, Q, k: int, mask, n_ok: int):
