@@ -576,6 +576,25 @@ def test_single_queries_outside_the_lean_path_take_the_general_one(embeddings, q
     for nprobe in (0, 9, 2.0):
         with pytest.raises((ValueError, TypeError), match="nprobe"):
             lists.search(q, 10, nprobe=nprobe)
-    index.remove([0, 1])
+    index.remove(np.arange(1000, 2000))  # half the rows removed: the general path's own way
     taken.clear()
-    assert not np.isin(index.search(q, 10)[1], [0, 1]).any() and taken == [False]
+    assert not np.isin(index.search(q, 10)[1], np.arange(1000, 2000)).any() and taken == [False]
+
+
+@pytest.mark.parametrize("nlist", [None, 8])
+def test_single_queries_of_an_index_with_removed_vectors_take_the_lean_path(embeddings, queries, nlist, monkeypatch):
+    """Removed vectors are dropped by the lean path as by the general one (inside faiss's scan of
+    the lists; from the exhaustive search's over-fetched candidates): the batch's results."""
+    index = LPLRIndex(64, bits_per_coordinate=1, nlist=nlist).build(embeddings[:3000])
+    Q = queries[:40]
+    gone = np.unique(np.concatenate([index.search(Q, 3)[1][:, :2].ravel(), np.arange(0, 3000, 50)]))
+    index.remove(gone)  # the nearest two of every query among them
+    taken = spy_on_search_one(monkeypatch)
+    D, I = index.search(Q, 10)
+    assert taken == [False]
+    taken.clear()
+    for i, q in enumerate(Q):
+        d, j = index.search(q[None], 10)
+        np.testing.assert_array_equal(j[0], I[i])
+        np.testing.assert_allclose(d[0], D[i], rtol=1e-5, atol=1e-5 * (1 + np.abs(D).max()))
+    assert all(taken) and len(taken) == len(Q) and not np.isin(I, gone).any()

@@ -996,11 +996,12 @@ class IVFScorer(RefiningScorer):
         del refs  # the filter's bitmap and selector, alive until faiss has searched
         return D, I, short
 
-    def search_one(self, q: np.ndarray, kc: int, keep: int, nprobe: int):
+    def search_one(self, q: np.ndarray, kc: int, keep: int, nprobe: int, allowed=None):
         """:meth:`_search_one` (one checked query, l2 or ip) over the ``nprobe`` nearest lists,
         through faiss's coarse search and ``IndexRefine`` as :meth:`search` takes a single
-        query: ``(D, I)``, or None when the probed lists held fewer than ``kc`` rows."""
-        p, refs = self._params(nprobe, None, refine=True)
+        query (``allowed``: a boolean mask of the rows it may return, applied inside faiss's
+        scan): ``(D, I)``, or None when the probed lists held fewer than ``kc`` (allowed) rows."""
+        p, refs = self._params(nprobe, allowed, refine=True)
 
         def scan(P, k):
             self._probe(P, nprobe)

@@ -165,56 +165,89 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
     """:func:`search` of a single query in the common case, or None for any other (which
     :func:`search` then takes whole, checks and errors included): one row of the index's
     dimension (a float array), an index of 4-bit codes searched with fast-scan and re-ranked in
-    faiss (orthonormal factor), l2 or ip, nothing removed, ``k`` at most the rows, no
-    ``rerank_factor``, ``rescore_with``, ``allowed`` or ``n_threads``, and faiss finding every
-    candidate. The same search with a fraction of the general path's numpy calls
+    faiss (orthonormal factor), l2 or ip, ``k`` at most the live rows, no ``rerank_factor``,
+    ``rescore_with``, ``allowed`` or ``n_threads``, and faiss finding every candidate. Removed
+    vectors are dropped as the general path drops them: inside faiss's scan of the lists (the
+    snapshot's filter, :meth:`lplr_index.search.ivf.IVFScorer._params`), or from the exhaustive
+    search's ``kc / fraction live`` candidates (:func:`refined_filtered`; from
+    :data:`FILTER_REFINE_FRACTION` of the rows live).
+
+    The same search with a fraction of the general path's numpy calls
     (:meth:`lplr_index.search.fastscan.RefiningScorer._search_one`): after the previous query's
     scan each costs 5-30 times its warm time. The same ids, in the same order; the distances
     may differ from the general path's in the last bit (the query's squared norms are faiss's
-    sums, not numpy's; each query's offset is one constant, so the order is faiss's either way). The query's check is one faiss sum of squares:
-    at most :data:`_ONE_NORM2_LIMIT` puts every entry within :data:`MAX_ABS`; anything else
-    (non-finite, large) goes the general way, which names it.
+    sums, not numpy's; each query's offset is one constant, so the order is faiss's either
+    way). The query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts
+    every entry within :data:`MAX_ABS`; anything else (non-finite, large) goes the general way,
+    which names it.
 
-    Measured (1 thread, each query timed in turn with the general path and faiss's
-    ``PQ{M}x4fs`` at the same bits, 4 x 300 single queries): 10^4 x 384, 1 b/c, 63.8 us through
-    the general path, 38.3 us this way, PQ fast-scan 30.3 us; 10^5 x 384, 365 / 288 / 276 us.
+    Measured (1 thread, 4 x 300 single queries, each timed in turn with the previous code's
+    search and faiss's ``PQ{M}x4fs`` at the same bits, in one process): 10^4 x 384 at 1 b/c,
+    81.1 us before, 58.6 us now, PQ fast-scan 33.9 us; 10^5 x 384, 359 / 313 / 272 us; 10^6
+    rows in 1,024 lists, nprobe 1, 93.7 / 65.1 us.
     """
     import faiss
 
     if type(Q) is not np.ndarray or Q.shape != (1, s.dim) or Q.dtype.kind != "f":
         return None
     lane = st.derived("search_one", lambda: _one_lane(st, s))
-    if lane is False or k > st.n:
+    if lane is False or k > lane.n_live:
         return None
-    scorer, factor, nlist = lane
-    if nlist is None:
+    if lane.nlist is None:
         if nprobe is not None:
             return None
     elif nprobe is None:
         nprobe = st.nprobe
-    elif type(nprobe) is not int or not 1 <= nprobe <= nlist:
+    elif type(nprobe) is not int or not 1 <= nprobe <= lane.nlist:
         return None
     Q = np.ascontiguousarray(Q, np.float32)
     if not faiss.fvec_norm_L2sqr(faiss.swig_ptr(Q), s.dim) <= _ONE_NORM2_LIMIT:
         return None
-    kc = min(st.n, factor * k)
-    got = scorer.search_one(Q, kc, k) if nlist is None else scorer.search_one(Q, kc, k, nprobe)
+    kc = min(lane.n_live, lane.factor * k)
+    if lane.nlist is not None:
+        got = lane.scorer.search_one(Q, kc, k, nprobe, lane.live)
+    elif lane.live is None:
+        got = lane.scorer.search_one(Q, kc, k)
+    else:  # refined_filtered's candidates, the removed dropped
+        kd = int(min(st.n, max(kc, np.ceil(kc / lane.fraction))))
+        got = lane.scorer.search_one(Q, kd, kd)
+        if got is not None:
+            ok = lane.live[got[1][0]]
+            if np.count_nonzero(ok) < k:
+                return None
+            got = got[0][:, ok][:, :k], got[1][:, ok][:, :k]
     if got is None:
         return None
     D, I = got
     return SearchResult(D, I if st.ids is None else st.ids[I])
 
 
+class _Lane(NamedTuple):
+    """What :func:`search_one` needs of a snapshot, made once (:func:`_one_lane`)."""
+
+    scorer: object  # FastScanScorer or IVFScorer
+    factor: int  # the re-rank depth (index_rerank_factor)
+    nlist: int | None
+    n_live: int
+    live: np.ndarray | None  # the snapshot's live rows (Snapshot.live), None: nothing removed
+    fraction: float  # of the rows live
+
+
 def _one_lane(st: Snapshot, s: IndexSettings):
-    """What :func:`search_one` needs of a snapshot, once: ``(scorer, rerank factor, nlist)``, or
-    False where its searches take the general path (cosine, removed vectors, codes fast-scan
-    does not re-rank in faiss)."""
-    if st.metric == "cosine" or st.removed is not None or st.encoder.lq.bits != 4:
+    """:class:`_Lane` of a snapshot, or False where its single queries take the general path:
+    cosine, codes fast-scan does not re-rank in faiss, or so many rows removed that the general
+    path takes another way (:func:`search_fastscan`, :func:`search_ivf`)."""
+    if st.metric == "cosine" or st.encoder.lq.bits != 4 or st.n == 0:
         return False
     if st.nlist is None and not fastscan_ready(st, s):
         return False
+    fraction = st.n_live / st.n
+    if fraction < (FILTER_SCAN_FRACTION if st.nlist is not None else FILTER_REFINE_FRACTION):
+        return False
     scorer = st.fastscan() if st.nlist is None else st.ivf()
-    return (scorer, index_rerank_factor(st), st.nlist) if scorer.refines else False
+    if not scorer.refines:
+        return False
+    return _Lane(scorer, index_rerank_factor(st), st.nlist, st.n_live, st.live(), fraction)
 
 
 def exact_scan(st: Snapshot, Q, k: int, mask, n_ok: int):
