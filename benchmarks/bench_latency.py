@@ -108,7 +108,8 @@ def lplr_stages(index: LPLRIndex, k: int):
         "project": lambda Q, P: project(Q),
         "fastscan": lambda Q, P: scorer.index.search(P, kc),
         "refine": lambda Q, P: scorer._refined().search(P, kc),
-        "scorer": lambda Q, P: scorer.search(Q, kc, k),
+        # a single query takes the index's lean path (router.search_one), a batch the general one
+        "scorer": lambda Q, P: scorer.search_one(Q, kc, k) if len(Q) == 1 else scorer.search(Q, kc, k),
         "total": lambda Q, P: index.search(Q, k),
     }, project
 

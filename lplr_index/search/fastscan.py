@@ -468,7 +468,6 @@ class RefiningScorer:
         Dr, cand = faiss_search(self._refined(), P, int(kc)) if scan is None else scan(P, int(kc))
         return finish_refined(view, Q, off, Dr, cand, keep, norms2)
 
-
     def _search_one(self, q: np.ndarray, kc: int, keep: int, scan=None):
         """:meth:`_search_refined` of one checked query ``q`` (float32, C-contiguous, ``(1, dim)``;
         l2 or ip), with the fewest numpy ufuncs: ``(D, I)`` of its ``keep`` best rows, or None when
@@ -490,7 +489,8 @@ class RefiningScorer:
         else:
             qc = q - view.encoder.mean
             P = self.project(qc)
-            off = faiss.fvec_norm_L2sqr(faiss.swig_ptr(qc), d) - faiss.fvec_norm_L2sqr(faiss.swig_ptr(P), P.shape[1])
+            off = (faiss.fvec_norm_L2sqr(faiss.swig_ptr(qc), d)
+                   - faiss.fvec_norm_L2sqr(faiss.swig_ptr(P), P.shape[1]))
         Dr, cand = faiss_search(self._refined(), P, int(kc)) if scan is None else scan(P, int(kc))
         if cand[0, -1] < 0:
             return None

@@ -7,6 +7,8 @@ holds the current :class:`~lplr_index.snapshot.Snapshot`: it checks the argument
 backends of :mod:`lplr_index.search` and maps rows to ids. Every path reads that snapshot
 only (its codes, its derived structures), so a mutation committed meanwhile never shows:
 
+- :func:`search_one`: a single query of an l2 or ip index re-ranked in faiss, with few numpy
+  calls (it declines every other case, which the paths below take);
 - :func:`exact_scan`: exact scores of the allowed rows with BLAS (``mode="factored"``, and
   every fallback of the others);
 - :func:`search_fastscan`: fast-scan candidates re-ranked exactly, with the filtered
