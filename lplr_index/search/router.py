@@ -243,6 +243,8 @@ def _one_lane(st: Snapshot, s: IndexSettings):
         return False
     if st.nlist is None and not fastscan_ready(st, s):
         return False
+    if st.nlist is not None and st.nprobe is None:  # no default nprobe: the general path decides
+        return False
     fraction = st.n_live / st.n
     if fraction < (FILTER_SCAN_FRACTION if st.nlist is not None else FILTER_REFINE_FRACTION):
         return False
