@@ -485,7 +485,8 @@ class RefiningScorer:
         d = q.shape[1]
         if view.metric == "ip":
             P = self.project(q)
-            off = faiss.fvec_inner_product(faiss.swig_ptr(q), faiss.swig_ptr(self._mean()), d)
+            mean = np.ascontiguousarray(view.encoder.mean, np.float32)  # (as stored, when it is)
+            off = faiss.fvec_inner_product(faiss.swig_ptr(q), faiss.swig_ptr(mean), d)
         else:
             qc = q - view.encoder.mean
             P = self.project(qc)
@@ -500,16 +501,6 @@ class RefiningScorer:
             np.maximum(D, 0, out=D)
         return D, I
 
-    def _mean(self) -> np.ndarray:
-        """The encoder's mean as float32, contiguous (what faiss's dot product of :meth:`_search_one` reads)."""
-        got = getattr(self, "_mean32", None)
-        if got is None:
-            got = self._mean32 = np.ascontiguousarray(self.view.encoder.mean, np.float32)
-        return got
-
-    def search_one(self, q: np.ndarray, kc: int, keep: int):
-        """:meth:`_search_one` over every row."""
-        return self._search_one(q, kc, keep)
 
 
 class FastScanScorer(RefiningScorer):
@@ -664,6 +655,10 @@ class FastScanScorer(RefiningScorer):
         faiss needs (without them cosine re-ranks in numpy).
         """
         return in_query_chunks(lambda q: self._search(q, kc, keep, norms2), Q, kc)
+
+    def search_one(self, q: np.ndarray, kc: int, keep: int):
+        """:meth:`_search_one` over every row: one checked query (l2 or ip, re-ranked in faiss)."""
+        return self._search_one(q, kc, keep)
 
     def _search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None):
         """:meth:`search` of one chunk of queries."""

@@ -989,8 +989,7 @@ class IVFScorer(RefiningScorer):
         def scan(P, k):
             if batched:  # the batch's coarse search, faiss's scan, the re-score from the codes
                 return self._rescore(P, self._scan(P, k, nprobe, p)[1])
-            self._probe(P, nprobe)  # faiss's coarse search and IndexRefine
-            return faiss_search(self._refined(), P, k, p)
+            return self._refined_scan(P, k, nprobe, p)
 
         D, I, short = self._search_refined(Q, kc, keep, norms2, scan=scan)
         del refs  # the filter's bitmap and selector, alive until faiss has searched
@@ -1002,14 +1001,16 @@ class IVFScorer(RefiningScorer):
         query (``allowed``: a boolean mask of the rows it may return, applied inside faiss's
         scan): ``(D, I)``, or None when the probed lists held fewer than ``kc`` (allowed) rows."""
         p, refs = self._params(nprobe, allowed, refine=True)
-
-        def scan(P, k):
-            self._probe(P, nprobe)
-            return faiss_search(self._refined(), P, k, p)
-
-        got = self._search_one(q, kc, keep, scan)
+        got = self._search_one(q, kc, keep, lambda P, k: self._refined_scan(P, k, nprobe, p))
         del refs
         return got
+
+    def _refined_scan(self, P: np.ndarray, k: int, nprobe: int, params) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's coarse search and ``IndexRefine`` of projected queries ``P`` (``params``: from
+        :meth:`_params` with ``refine``), the lists they probe filled first: ``k`` candidates a
+        query re-scored exactly, sorted."""
+        self._probe(P, nprobe)
+        return faiss_search(self._refined(), P, k, params)
 
     def _preassigns(self, n_queries: int, nprobe: int) -> bool:
         """Whether a search of ``n_queries`` projected queries gets its coarse search from

@@ -21,6 +21,7 @@ only (its codes, its derived structures), so a mutation committed meanwhile neve
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -211,7 +212,7 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
     elif lane.live is None:
         got = lane.scorer.search_one(Q, kc, k)
     else:  # refined_filtered's candidates, the removed dropped
-        kd = int(min(st.n, max(kc, np.ceil(kc / lane.fraction))))
+        kd = refine_depth(st.n, kc, lane.fraction)
         got = lane.scorer.search_one(Q, kd, kd)
         if got is not None:
             ok = lane.live[got[1][0]]
@@ -313,7 +314,7 @@ def search_fastscan(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe
         return fastscan.in_query_chunks(lambda c: filtered_fastscan(st, c, keep, kc, kf, mask, n_ok), q, kf)
 
     if frac >= FILTER_REFINE_FRACTION and st.fastscan().refines:
-        kd = int(min(st.n, max(kc, np.ceil(kc / frac))))  # about kc of them allowed
+        kd = refine_depth(st.n, kc, frac)  # about kc of them allowed
         return fastscan.in_query_chunks(lambda q: refined_filtered(st, q, keep, kd, mask, overfetch), Q, kd)
     return overfetch(Q)
 
@@ -332,6 +333,12 @@ def search_ivf(st: Snapshot, Q, keep: int, kc: int, mask, n_ok: int, nprobe: int
     if np.count_nonzero(short):
         D[short], I[short] = exact_scan(st, Q[short], keep, mask, n_ok)
     return D, I
+
+
+def refine_depth(n: int, kc: int, fraction: float) -> int:
+    """Candidates faiss re-ranks for ``kc`` allowed ones when ``fraction`` of the ``n`` rows are
+    allowed (:func:`refined_filtered`): ``kc / fraction``, within ``[kc, n]``."""
+    return int(min(n, max(kc, math.ceil(kc / fraction))))
 
 
 def refined_filtered(st: Snapshot, Q, keep: int, kd: int, mask, overfetch):
