@@ -497,7 +497,7 @@ class RefiningScorer:
             return None
         D, I = Dr[:, :keep], cand[:, :keep]
         D += off
-        if view.metric == "l2":
+        if view.metric == "l2" and D[0, 0] < 0:  # (ascending: the first is the least)
             np.maximum(D, 0, out=D)
         return D, I
 
