@@ -140,6 +140,7 @@ README_COMMANDS = {
     "bench_ivf": ["benchmarks/bench_ivf.py", "--help"],
     "bench_ivf_index": ["benchmarks/bench_ivf_index.py", "--help"],
     "bench_ivf_ab": ["benchmarks/bench_ivf_ab.py", "--help"],
+    "bench_removed": ["benchmarks/bench_removed.py", "--help"],
     "bench_parquet": ["benchmarks/bench_parquet.py", "--help"],
 }
 
