@@ -47,6 +47,7 @@ only, when a fast-scan index is first built.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -468,10 +469,11 @@ class RefiningScorer:
         Dr, cand = faiss_search(self._refined(), P, int(kc)) if scan is None else scan(P, int(kc))
         return finish_refined(view, Q, off, Dr, cand, keep, norms2)
 
-    def _search_one(self, q: np.ndarray, kc: int, keep: int, scan=None):
-        """:meth:`_search_refined` of one checked query ``q`` (float32, C-contiguous, ``(1, dim)``;
-        l2 or ip), with the fewest numpy ufuncs: ``(D, I)`` of its ``keep`` best rows, or None when
-        faiss found fewer than ``kc`` (the caller then takes the general path, which handles it).
+    def _search_one(self, q: np.ndarray, kc: int, keep: int, scan=None, norms2: np.ndarray | None = None):
+        """:meth:`_search_refined` of one checked query ``q`` (float32, C-contiguous, ``(1, dim)``),
+        with the fewest numpy ufuncs: ``(D, I)`` of its ``keep`` best rows, or None when faiss
+        found fewer than ``kc`` (the caller then takes the general path, which handles it).
+        Cosine needs ``norms2`` (:func:`lplr_index.search.blas.row_norms2`).
 
         A query that follows another's scan finds the CPU's caches holding the scanned codes,
         not numpy's machinery: each ufunc then costs 5-30 times its warm time (measured after a
@@ -488,6 +490,10 @@ class RefiningScorer:
             mean = np.ascontiguousarray(view.encoder.mean, np.float32)  # (as stored, when it is)
             off = faiss.fvec_inner_product(faiss.swig_ptr(q), faiss.swig_ptr(mean), d)
         else:
+            if view.metric == "cosine":  # the unit query (a zero one stays zero, as prepare_queries leaves it)
+                qq = faiss.fvec_norm_L2sqr(faiss.swig_ptr(q), d)
+                if qq > 0:
+                    q = q / np.float32(math.sqrt(qq))
             qc = q - view.encoder.mean
             P = self.project(qc)
             off = (faiss.fvec_norm_L2sqr(faiss.swig_ptr(qc), d)
@@ -495,12 +501,17 @@ class RefiningScorer:
         Dr, cand = faiss_search(self._refined(), P, int(kc)) if scan is None else scan(P, int(kc))
         if cand[0, -1] < 0:
             return None
+        if view.metric == "cosine":  # as finish_refined: <q, x_hat> / ||x_hat||, the keep best
+            off = faiss.fvec_norm_L2sqr(faiss.swig_ptr(q), d) - off
+            n2 = norms2[cand[0]]
+            S = (0.5 * (off + n2 - Dr[0])) / np.sqrt(np.maximum(n2, 1e-30))
+            order = np.argsort(-S, kind="stable")[:keep]
+            return np.clip(S[order], -1.0, 1.0)[None], cand[:, order]
         D, I = Dr[:, :keep], cand[:, :keep]
         D += off
         if view.metric == "l2" and D[0, 0] < 0:  # (ascending: the first is the least)
             np.maximum(D, 0, out=D)
         return D, I
-
 
 
 class FastScanScorer(RefiningScorer):
@@ -656,9 +667,9 @@ class FastScanScorer(RefiningScorer):
         """
         return in_query_chunks(lambda q: self._search(q, kc, keep, norms2), Q, kc)
 
-    def search_one(self, q: np.ndarray, kc: int, keep: int):
-        """:meth:`_search_one` over every row: one checked query (l2 or ip, re-ranked in faiss)."""
-        return self._search_one(q, kc, keep)
+    def search_one(self, q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None = None):
+        """:meth:`_search_one` over every row: one checked query, re-ranked in faiss."""
+        return self._search_one(q, kc, keep, norms2=norms2)
 
     def _search(self, Q: np.ndarray, kc: int, keep: int, norms2: np.ndarray | None):
         """:meth:`search` of one chunk of queries."""

@@ -7,8 +7,8 @@ holds the current :class:`~lplr_index.snapshot.Snapshot`: it checks the argument
 backends of :mod:`lplr_index.search` and maps rows to ids. Every path reads that snapshot
 only (its codes, its derived structures), so a mutation committed meanwhile never shows:
 
-- :func:`search_one`: a single query of an l2 or ip index re-ranked in faiss, with few numpy
-  calls (it declines every other case, which the paths below take);
+- :func:`search_one`: a single query of an index re-ranked in faiss, with few numpy calls (it
+  declines every other case, which the paths below take);
 - :func:`exact_scan`: exact scores of the allowed rows with BLAS (``mode="factored"``, and
   every fallback of the others);
 - :func:`search_fastscan`: fast-scan candidates re-ranked exactly, with the filtered
@@ -168,7 +168,7 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
     """:func:`search` of a single query in the common case, or None for any other (which
     :func:`search` then takes whole, checks and errors included): one row of the index's
     dimension (a float array), an index of 4-bit codes searched with fast-scan and re-ranked in
-    faiss (orthonormal factor), l2 or ip, ``k`` at most the live rows, no ``rerank_factor``,
+    faiss (orthonormal factor), ``k`` at most the live rows, no ``rerank_factor``,
     ``rescore_with``, ``allowed`` or ``n_threads``, and faiss finding every candidate. Removed
     vectors are dropped as the general path drops them: inside faiss's scan of the lists (the
     snapshot's filter, :meth:`lplr_index.search.ivf.IVFScorer._params`), or from the exhaustive
@@ -177,10 +177,11 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
 
     The same search with a fraction of the general path's numpy calls
     (:meth:`lplr_index.search.fastscan.RefiningScorer._search_one`): after the previous query's
-    scan each costs 5-30 times its warm time. The same ids, in the same order; the distances
-    may differ from the general path's in the last bit (the query's squared norms are faiss's
-    sums, not numpy's; each query's offset is one constant, so the order is faiss's either
-    way). The query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts
+    scan each costs 5-30 times its warm time. l2 and ip: the same ids, in the same order; the
+    distances may differ from the general path's in the last bit (the query's squared norms are
+    faiss's sums, not numpy's; each query's offset is one constant, so the order is faiss's
+    either way). Cosine: the unit query's last bit may differ too, and each candidate's score
+    divides by its own norm, so candidates whose cosines agree to about 1e-7 may swap. The query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts
     every entry within :data:`MAX_ABS`; anything else (non-finite, large) goes the general way,
     which names it.
 
@@ -208,12 +209,12 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
         return None
     kc = min(lane.n_live, lane.factor * k)
     if lane.nlist is not None:
-        got = lane.scorer.search_one(Q, kc, k, nprobe, lane.live)
+        got = lane.scorer.search_one(Q, kc, k, nprobe, lane.live, lane.norms2)
     elif lane.live is None:
-        got = lane.scorer.search_one(Q, kc, k)
+        got = lane.scorer.search_one(Q, kc, k, lane.norms2)
     else:  # refined_filtered's candidates, the removed dropped
         kd = refine_depth(st.n, kc, lane.fraction)
-        got = lane.scorer.search_one(Q, kd, kd)
+        got = lane.scorer.search_one(Q, kd, kd, lane.norms2)
         if got is not None:
             ok = lane.live[got[1][0]]
             if np.count_nonzero(ok) < k:
@@ -234,13 +235,14 @@ class _Lane(NamedTuple):
     n_live: int
     live: np.ndarray | None  # the snapshot's live rows (Snapshot.live), None: nothing removed
     fraction: float  # of the rows live
+    norms2: np.ndarray | None  # cosine: the rows' squared norms (Snapshot.norms2)
 
 
 def _one_lane(st: Snapshot, s: IndexSettings):
     """:class:`_Lane` of a snapshot, or False where its single queries take the general path:
-    cosine, codes fast-scan does not re-rank in faiss, or so many rows removed that the general
-    path takes another way (:func:`search_fastscan`, :func:`search_ivf`)."""
-    if st.metric == "cosine" or st.encoder.lq.bits != 4 or st.n == 0:
+    codes fast-scan does not re-rank in faiss, or so many rows removed that the general path
+    takes another way (:func:`search_fastscan`, :func:`search_ivf`)."""
+    if st.encoder.lq.bits != 4 or st.n == 0:
         return False
     if st.nlist is None and not fastscan_ready(st, s):
         return False
@@ -252,7 +254,8 @@ def _one_lane(st: Snapshot, s: IndexSettings):
     scorer = st.fastscan() if st.nlist is None else st.ivf()
     if not scorer.refines:
         return False
-    return _Lane(scorer, index_rerank_factor(st), st.nlist, st.n_live, st.live(), fraction)
+    norms2 = st.norms2() if st.metric == "cosine" else None
+    return _Lane(scorer, index_rerank_factor(st), st.nlist, st.n_live, st.live(), fraction, norms2)
 
 
 def exact_scan(st: Snapshot, Q, k: int, mask, n_ok: int):
