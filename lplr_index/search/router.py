@@ -181,9 +181,10 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
     distances may differ from the general path's in the last bit (the query's squared norms are
     faiss's sums, not numpy's; each query's offset is one constant, so the order is faiss's
     either way). Cosine: the unit query's last bit may differ too, and each candidate's score
-    divides by its own norm, so candidates whose cosines agree to about 1e-7 may swap. The query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts
-    every entry within :data:`MAX_ABS`; anything else (non-finite, large) goes the general way,
-    which names it.
+    divides by its own norm, so candidates whose cosines agree to about 1e-7 may swap. The
+    query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts every entry
+    within :data:`MAX_ABS`; anything else (non-finite, large) goes the general way, which names
+    it.
 
     Measured (1 thread, 4 x 300 single queries, each timed in turn with the previous code's
     search and faiss's ``PQ{M}x4fs`` at the same bits, in one process): 10^4 x 384 at 1 b/c,
