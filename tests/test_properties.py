@@ -171,3 +171,58 @@ def check_contract(knn_checker, stored, Q, D, I, k, n, metric):
     scale = float(np.abs(stored).max() + np.abs(Q).max() + 1.0)
     tol = 16 * d * EPS32 * scale**2
     knn_checker(stored, Q, D[:, :real], I[:, :real], metric, tol=tol)
+
+
+# ------------------------------------------------- a single query: the lean path and the general one
+@st.composite
+def single_query_cases(draw):
+    d = draw(st.integers(2, 12))
+    n = draw(st.integers(d + 8, 60))
+    return dict(
+        n=n, d=d, rank=draw(st.integers(1, d)),
+        metric=draw(st.sampled_from(["l2", "ip", "cosine"])),
+        nlist=draw(st.sampled_from([None, 2, 4])),
+        removed=draw(st.sampled_from([0.0, 0.05, 0.3])),
+        k=draw(st.integers(1, n + 3)),
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+@settings(PROPERTY, max_examples=40)
+@given(single_query_cases())
+def test_single_queries_keep_the_search_contract_and_the_batchs_answer(case):
+    """Each query alone (the lean path wherever it applies: 4-bit codes re-ranked in faiss, few
+    removed rows, k at most the live ones) answers what it answers in a batch (the general
+    path), and keeps the search contract: removed rows never returned, padding past the live
+    rows, each distance the exact one of its row's stored vector (fast-scan's candidates are
+    approximate: the rows themselves need not be the exact k nearest)."""
+    rng = np.random.default_rng(case["seed"])
+    n, d, k, metric = case["n"], case["d"], case["k"], case["metric"]
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    index = LPLRIndex(d, rank=case["rank"], bits_l=4, metric=metric, nlist=case["nlist"]).build(X)
+    gone = np.arange(0, n, max(1, round(1 / case["removed"]))) if case["removed"] else np.zeros(0, np.int64)
+    if len(gone):
+        index.remove(gone)
+    Q = rng.standard_normal((3, d)).astype(np.float32)
+    Db, Ib = index.search(Q, k)
+    live = np.setdiff1d(np.arange(n), gone)
+    stored = index.reconstruct()
+    for i, q in enumerate(Q):
+        D, I = index.search(q[None], k)
+        real = min(k, len(live))
+        assert D.shape == I.shape == (1, k) and (I[0, real:] == -1).all() and not np.isin(I, gone).any()
+        if metric == "cosine":  # ties within float rounding may swap; the distances agree
+            np.testing.assert_allclose(D[0, :real], Db[i, :real], rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(I[0], Ib[i])
+            np.testing.assert_allclose(D[0], Db[i], rtol=1e-5, atol=1e-5 * (1 + np.abs(Db[np.isfinite(Db)]).max()))
+        X_hat = stored[I[0, :real]].astype(np.float64)
+        q64 = q.astype(np.float64)
+        if metric == "l2":
+            exact = ((X_hat - q64) ** 2).sum(1)
+        elif metric == "ip":
+            exact = X_hat @ q64
+        else:
+            exact = X_hat @ q64 / np.maximum(np.linalg.norm(X_hat, axis=1) * np.linalg.norm(q64), 1e-30)
+        scale = float(np.abs(stored).max() + np.abs(q).max() + 1.0)
+        np.testing.assert_allclose(D[0, :real], exact, atol=16 * d * EPS32 * scale**2)

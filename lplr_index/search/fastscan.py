@@ -375,8 +375,8 @@ def finish_refined(view: CodeView, Q: np.ndarray, off: np.ndarray, Dr: np.ndarra
     # cosine: ||q - x_hat||^2 as for l2, so <q, x_hat> = (||q||^2 + ||x_hat||^2 - ||q - x_hat||^2) / 2,
     # over ||x_hat||; every candidate scored, the keep best kept (faiss sorted them by distance)
     n2 = np.asarray(norms2)[np.maximum(cand, 0)]
-    qx = 0.5 * (off + n2 - Dr)
-    S = np.where(cand >= 0, qx / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
+    with np.errstate(over="ignore"):  # a missing candidate's FLT_MAX may overflow: scored -inf below
+        S = np.where(cand >= 0, 0.5 * (off + n2 - Dr) / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
     D, I = blas.select(view, Q, S, cand, keep)
     return D, I, short
 
