@@ -376,9 +376,16 @@ def finish_refined(view: CodeView, Q: np.ndarray, off: np.ndarray, Dr: np.ndarra
     # over ||x_hat||; every candidate scored, the keep best kept (faiss sorted them by distance)
     n2 = np.asarray(norms2)[np.maximum(cand, 0)]
     with np.errstate(over="ignore"):  # a missing candidate's FLT_MAX may overflow: scored -inf below
-        S = np.where(cand >= 0, 0.5 * (off + n2 - Dr) / np.sqrt(np.maximum(n2, 1e-30)), -np.inf)
+        S = np.where(cand >= 0, cosines(off, n2, Dr), -np.inf)
     D, I = blas.select(view, Q, S, cand, keep)
     return D, I, short
+
+
+def cosines(off, n2, Dr):
+    """Each candidate's cosine with its query from faiss's latent distance ``Dr``, the row's squared
+    norm ``n2`` and the query's cosine offset ``off`` (:func:`query_offsets`):
+    ``<q, x_hat> / ||x_hat||``, ``<q, x_hat> = (off + ||x_hat||^2 - Dr) / 2``."""
+    return 0.5 * (off + n2 - Dr) / np.sqrt(np.maximum(n2, 1e-30))
 
 
 class RefiningScorer:
@@ -503,8 +510,7 @@ class RefiningScorer:
             return None
         if view.metric == "cosine":  # as finish_refined: <q, x_hat> / ||x_hat||, the keep best
             off = faiss.fvec_norm_L2sqr(faiss.swig_ptr(q), d) - off
-            n2 = norms2[cand[0]]
-            S = (0.5 * (off + n2 - Dr[0])) / np.sqrt(np.maximum(n2, 1e-30))
+            S = cosines(off, norms2[cand[0]], Dr[0])
             order = np.argsort(-S, kind="stable")[:keep]
             return np.clip(S[order], -1.0, 1.0)[None], cand[:, order]
         D, I = Dr[:, :keep], cand[:, :keep]
