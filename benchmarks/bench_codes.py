@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import lplr_index  # noqa: F401 (first: it loads faiss with this CPU's BLAS kernels)
 import faiss
 import numpy as np
 

@@ -69,6 +69,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
+import lplr_index  # noqa: F401, E402 (first: it loads faiss with this CPU's BLAS kernels)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402

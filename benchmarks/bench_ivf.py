@@ -93,6 +93,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import lplr_index  # noqa: F401, E402 (first: it loads faiss with this CPU's BLAS kernels)
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402

@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import lplr_index  # noqa: F401 (first: it loads faiss with this CPU's BLAS kernels)
 import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits

@@ -55,6 +55,7 @@ def machine() -> dict:
         "numpy": np.__version__,
         "faiss": faiss.__version__,
         "faiss_threads": faiss.omp_get_max_threads(),
+        "faiss_blas": _faiss_blas(),
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
     try:
@@ -68,6 +69,14 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+def _faiss_blas() -> str | None:
+    """faiss's own BLAS and the kernels it runs (lplr_index._faiss), e.g. "openblas 0.3.15 SkylakeX"."""
+    from lplr_index._faiss import faiss_blas
+
+    lib = faiss_blas()
+    return None if lib is None else f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture')}"
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:

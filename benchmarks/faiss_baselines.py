@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import lplr_index  # noqa: F401 (first: it loads faiss with this CPU's BLAS kernels)
 import faiss
 import numpy as np
 from numpy.typing import NDArray

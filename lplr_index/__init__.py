@@ -3,12 +3,16 @@
 LPLR (Saha, Srivastava & Pilanci, NeurIPS 2023) factors a matrix A ~ L R with
 a Gaussian sketch, low-bit codes for L and a low-bit shared factor R.
 
-``import lplr_index`` loads numpy only: faiss is imported on the first search or
-exact k-NN, and scikit-learn on first use of :class:`LPLRKNeighborsClassifier`
-(resolved lazily by the module's ``__getattr__``), ``accuracy`` or ``weighted_f1``.
+``import lplr_index`` loads numpy and faiss (with its OpenBLAS's kernels chosen for this
+CPU: :mod:`lplr_index._faiss`); scikit-learn on first use of
+:class:`LPLRKNeighborsClassifier` (resolved lazily by the module's ``__getattr__``),
+``accuracy`` or ``weighted_f1``.
 """
 
 from ._version import __version__
+from . import _faiss
+
+_faiss.load()  # before anything else imports faiss: OpenBLAS picks its kernels when loaded
 
 from .evaluation import (
     accuracy,

@@ -15,8 +15,8 @@ leaves large products (the passes over the data) to the caller's settings.
 calling thread only.
 
 :func:`limit_threads` is the command line's ``--threads``: it sets the BLAS libraries
-already loaded (numpy's), the environment read by those loaded later (faiss's own
-OpenBLAS and OpenMP runtime), and faiss's OpenMP threads if faiss is loaded.
+already loaded (numpy's, faiss's own OpenBLAS: faiss is loaded with the package), faiss's
+OpenMP threads, and the environment read by libraries loaded later.
 """
 
 from __future__ import annotations
@@ -177,10 +177,10 @@ def limit_threads(n: int) -> Iterator[None]:
     """Use ``n`` threads for BLAS and OpenMP inside the block; everything restored afterwards.
 
     For a program's entry point (the command line's ``--threads``), not for library code:
-    it changes process-wide settings. It sets the BLAS libraries already loaded (numpy's),
-    faiss's OpenMP threads if faiss is loaded, and the environment variables that
-    libraries loaded inside the block read (faiss's own OpenBLAS and OpenMP runtime; such a
-    library keeps ``n`` afterwards: it had no earlier setting to go back to).
+    it changes process-wide settings. It sets the BLAS libraries already loaded (numpy's and
+    faiss's own OpenBLAS), faiss's OpenMP threads, and the environment variables that
+    libraries loaded inside the block read (such a library keeps ``n`` afterwards: it had no
+    earlier setting to go back to).
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
