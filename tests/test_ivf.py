@@ -445,6 +445,7 @@ def test_loaded_lists_fill_when_first_probed(built, data, monkeypatch):
     index, view, ivf = built
     Q = data[2]
     monkeypatch.setattr(ivf_module, "_FILL_REST_FRACTION", 0.0)
+    monkeypatch.setattr(ivf_module, "_clock", lambda: 0.0)  # coarse searches free: no rent-or-buy fill
     lazy = _loaded(ivf, view)
     assert lazy._pending is not None and lazy._pending.unfilled.all() == (np.bincount(
         ivf.assignment(), minlength=NLIST) > 0).all()
@@ -480,6 +481,35 @@ def test_loaded_lists_fill_the_rest_when_few_rows_wait(built, data):
     lazy = _loaded(ivf, view)
     lazy._fill_lists(small[-2:])
     assert lazy._pending is not None and lazy._pending.unfilled.sum() == NLIST - 2
+
+
+def test_loaded_lists_fill_the_rest_once_second_coarse_searches_cost_as_much(built, data, monkeypatch):
+    """Queries that keep probing the same few lists: each search runs a second coarse search
+    while lists wait (_probe); once those, summed, cost what filling the rest is estimated to
+    (the rows waiting at the rate measured so far), the rest is filled, and the results never
+    change. A clock that ticks once a call makes each coarse search and each fill cost 1."""
+    from lplr_index.search import ivf as ivf_module
+
+    index, view, ivf = built
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(ivf_module, "_clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(ivf_module, "_FILL_REST_FRACTION", 0.0)
+    lazy = _loaded(ivf, view)
+    n2 = index._state.norms2() if view.metric == "cosine" else None
+    q = data[2][:1]
+    want = ivf.search(q, 40, 10, nprobe=1, norms2=n2)
+    got = lazy.search(q, 40, 10, nprobe=1, norms2=n2)
+    pending = lazy._pending
+    assert pending is not None and pending.filled > 0 and pending.probe_s == 1.0 and pending.fill_s == 1.0
+    # the rest: its rows at 1 / (rows filled) each, filled at the search whose coarse searches
+    # (1 each) reach that; the first search, with no rate measured yet, never does
+    last = max(2, int(np.ceil(pending.waiting / pending.filled)))
+    for _ in range(2, last + 1):
+        assert lazy._pending is not None
+        got = lazy.search(q, 40, 10, nprobe=1, norms2=n2)
+        for x, y in zip(got, want):
+            np.testing.assert_array_equal(x, y)
+    assert lazy._pending is None and lazy.codes_match()
 
 
 def test_loaded_scorer_reads_and_grows_like_a_filled_one(built, data):

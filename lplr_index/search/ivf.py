@@ -60,6 +60,7 @@ scorer is built.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -121,6 +122,8 @@ _COARSE_CHUNK_BYTES = 1 << 26
 #: a loaded scorer fills all of its lists once those still waiting hold at most this share of
 #: the rows (:meth:`IVFScorer._fill_lists`)
 _FILL_REST_FRACTION = 1 / 16
+#: the clock of a loaded scorer's second coarse searches and list fills (:meth:`IVFScorer._probe`)
+_clock = time.perf_counter
 
 
 def supported(view: CodeView) -> bool:
@@ -700,7 +703,8 @@ class IVFScorer(RefiningScorer):
         (faiss's block layout of every code) made the first search after a memory-mapped load of
         10^7 rows in 16,384 lists take 7-10 s, most of it in memory first touched. Until every
         list is filled, a search also runs the coarse search once itself, to learn which lists
-        faiss will probe (:meth:`_probe`). The flat codes of the exact re-rank are the view's
+        faiss will probe (:meth:`_probe`, which fills the rest once those searches have cost
+        what filling it would). The flat codes of the exact re-rank are the view's
         codes where they lie (one-level codes, :func:`fastscan.flat_view`), or two-level codes'
         bytes filled with their lists, into one array sized for every row at once."""
         if self.ntotal != 0:
@@ -722,13 +726,25 @@ class IVFScorer(RefiningScorer):
 
     def _probe(self, P: np.ndarray, nprobe: int) -> None:
         """Fill the lists faiss will probe for the projected queries ``P`` (its coarse search,
-        run here first), while some list is not filled yet."""
-        if self._pending is None:
+        run here first), while some list is not filled yet.
+
+        Queries that never reach some lists (a part of the space nobody asks about) would keep
+        paying this second coarse search for good. So once these searches' time, summed, reaches
+        what filling every waiting list is estimated to take (their rows at the rate measured
+        filling lists so far), the rest is filled at once: the rent-or-buy rule, which spends
+        at most twice what knowing the queries in advance would have."""
+        pending = self._pending
+        if pending is None:
             return
         if nprobe >= self.nlist:
             self._fill_all()
             return
+        t0 = _clock()
         _, near = self._quantizer.search(np.ascontiguousarray(P, np.float32), int(nprobe))
+        pending.probe_s += _clock() - t0
+        if pending.filled and pending.probe_s >= pending.waiting * (pending.fill_s / pending.filled):
+            self._fill_all()
+            return
         self._fill_lists(np.unique(near[near >= 0]))
 
     def _fill_all(self) -> None:
@@ -754,6 +770,7 @@ class IVFScorer(RefiningScorer):
             off, sizes = pending.offsets, pending.sizes
             if sizes[pending.unfilled].sum() - sizes[todo].sum() <= self.ntotal * _FILL_REST_FRACTION:
                 todo = np.flatnonzero(pending.unfilled)  # the last few: no more coarse searches twice
+            t0 = _clock()
             rows = np.concatenate([pending.rows[off[lst] : off[lst + 1]] for lst in todo.tolist()])
             lists = np.repeat(todo, sizes[todo])
             exact = None
@@ -767,6 +784,9 @@ class IVFScorer(RefiningScorer):
                 if exact is not None:
                     exact[part] = self._exact_codes(packed)
             pending.unfilled[todo] = False
+            pending.fill_s += _clock() - t0
+            pending.filled += len(rows)
+            pending.waiting -= len(rows)
             if not pending.unfilled.any():
                 self._pending = None
 
@@ -1059,7 +1079,8 @@ class IVFScorer(RefiningScorer):
         4,096 lists, 1,000 queries, 1 thread, faiss's coarse search 27 us a query against 8.4
         us for a product and a selection. The product is numpy's, on one BLAS thread
         (:class:`lplr_index._threads.shared_one_blas_thread`): faiss's own BLAS took 22 us a
-        query for it (``LinearTransform``), numpy's 6."""
+        query for it (``LinearTransform``, measured on its generic kernels, before
+        :mod:`lplr_index._faiss` chose this CPU's), numpy's 6."""
         import faiss
 
         n = len(P)
@@ -1151,13 +1172,18 @@ class IVFScorer(RefiningScorer):
 class _Pending:
     """The lists of a loaded scorer not filled yet (:meth:`IVFScorer._fill`): every row in list
     order (``rows[offsets[l]:offsets[l + 1]]``, ascending: list ``l``'s rows), the list sizes and
-    which lists wait."""
+    which lists wait; the rows waiting, and what :meth:`IVFScorer._probe` weighs: the seconds
+    its coarse searches took, and the rows filled so far and their seconds."""
 
     def __init__(self, rows: np.ndarray, offsets: np.ndarray):
         self.rows = rows
         self.offsets = offsets
         self.sizes = np.diff(offsets)
         self.unfilled = self.sizes > 0
+        self.waiting = len(rows)
+        self.probe_s = 0.0
+        self.filled = 0
+        self.fill_s = 0.0
 
 
 # ------------------------------------------------------------ what an index file stores
