@@ -157,6 +157,34 @@ def test_faiss_rerank_gives_the_numpy_rerankers_results(embeddings, queries, met
     assert scorer.nbytes() == scorer.index.codes.size() + 3000 * flat + 4 * enc.rank * 64
 
 
+@pytest.mark.parametrize("M, dsub, paired", [(6, 1, True), (92, 1, True), (5, 1, False), (6, 2, False)])
+def test_one_coordinate_codes_rerank_through_paired_eight_bit_tables(M, dsub, paired):
+    # an even count of one-coordinate codes: M / 2 sub-quantizers of 256 paired entries, the
+    # same bytes decoding to the same values as the 4-bit table (and scoring the same distances)
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(M + dsub)
+    table = rng.standard_normal((M, 16, dsub)).astype(np.float32)
+    enc = SimpleNamespace(codec="scalar", lq=SimpleNamespace(two_level=False))
+    d = M * dsub
+    got = fastscan.exact_index(enc, table.ravel(), M, d, faiss.METRIC_L2)
+    want = faiss.IndexPQ(d, M, 4)
+    faiss.copy_array_to_vector(table.ravel(), want.pq.centroids)
+    want.is_trained = True
+    assert (got.pq.M, got.pq.nbits) == ((M // 2, 8) if paired else (M, 4))
+    assert got.code_size == want.code_size == (M + 1) // 2
+    codes = rng.integers(0, 256, (50, (M + 1) // 2), dtype=np.uint8)
+    codes[:, -1] &= 0x0F if M % 2 else 0xFF  # (an odd count's padding nibble is zero)
+    np.testing.assert_array_equal(got.sa_decode(codes), want.sa_decode(codes))
+    got.add_sa_codes(codes)
+    want.add_sa_codes(codes)
+    q = rng.standard_normal((3, d)).astype(np.float32)
+    Dg, Ig = got.search(q, 10)
+    Dw, Iw = want.search(q, 10)
+    np.testing.assert_array_equal(Ig, Iw)
+    np.testing.assert_allclose(Dg, Dw, rtol=1e-5)
+
+
 def test_a_faiss_without_views_copies_the_rerank_codes(embeddings, queries, monkeypatch):
     """faiss before 1.10 has no ``MaybeOwnedVector``: the re-rank's flat codes are then copied, as
     before, with the same results."""
