@@ -284,7 +284,8 @@ class Projection:
     projected by numpy, on one BLAS thread: faiss's ``LinearTransform`` costs more per call
     from Python (measured, 1 thread, faiss's OpenBLAS on this CPU's kernels,
     :mod:`lplr_index._faiss`: 1 x 384 -> 88, 5.8 against 3.1 us; 8 queries 19.3 against 7.3;
-    64 queries 46 against 38; on its generic kernels, 64 queries took 177 against 50). Larger batches are projected by faiss, on faiss's OpenMP threads: numpy's BLAS
+    64 queries 46 against 38; on its generic kernels, 64 queries took 177 against 50). Larger
+    batches are projected by faiss, on faiss's OpenMP threads: numpy's BLAS
     threads, still spinning after its product while faiss's threads scan, made 2-thread
     searches slower than 1-thread ones on this 2-core machine (fortunes, 0.5 b/c, 1,000
     queries, numpy BLAS and faiss at 2 threads: 27.0 ms with numpy's projection, 14.1 ms with
