@@ -10,9 +10,13 @@ medians over ``--rounds``:
 
 - each index's recall 10@10 and q/s at each nprobe;
 - **along faiss's recall**: at each recall faiss reaches, LPLR's q/s there, read off its own
-  curve (time per query interpolated linearly between the two nprobe values around that
-  recall; where LPLR's smallest nprobe already reaches more recall, its q/s there, a bound in
-  faiss's favour), and the ratio LPLR / faiss; the same per round gives the ratio's range.
+  curve (time per query interpolated linearly between the two points around that recall;
+  where LPLR's fastest point already reaches more recall, its q/s there, a bound in faiss's
+  favour), and the ratio LPLR / faiss; the same per round gives the ratio's range. LPLR's
+  curve is the upper envelope of its points over every nprobe and every re-rank depth timed:
+  its measured default (``rerank_factor`` None) and ``--lplr-depths`` (default 1: the
+  fast-scan's own top k, re-scored exactly and re-sorted, a search-time setting as ``nprobe``
+  is). faiss's IVF fast-scan has no re-rank; its one setting is ``nprobe``.
 
 LPLR is ``LPLRIndex(dim, bits_per_coordinate=b, nlist=nlist)``; faiss is ``--faiss-factory``
 (default ``PCAR{M},IVF{nlist},PQ{M}x4fs``, the best faiss design at 10^6 and 10^7 in
@@ -76,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, nargs="+", default=[1, 2, 4, 8, 16],
                    help="values above nlist are skipped")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--lplr-depths", type=int, nargs="*", default=[1],
+                   help="re-rank depths (rerank_factor) LPLR is also timed at beside its measured default; "
+                        "its curve is the upper envelope of all its points")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--latency-queries", type=int, default=100)
     p.add_argument("--faiss-factory", default="PCAR{M},IVF{nlist},PQ{M}x4fs")
@@ -90,7 +97,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--data npy needs --npy FILE")
     if args.rounds < 1 or args.latency_queries < 1:
         p.error(f"--rounds and --latency-queries must be at least 1, got {args.rounds} and {args.latency_queries}")
+    if any(f < 1 for f in args.lplr_depths):
+        p.error(f"--lplr-depths must be at least 1, got {args.lplr_depths}")
     return args
+
+
+def envelope(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (recall, seconds a query) no other point beats on both (as much recall or more
+    in as little time or less), by recall: LPLR's curve over every nprobe and re-rank depth."""
+    best, kept = float("inf"), []
+    for r, t in sorted(points, key=lambda rt: (-rt[0], rt[1])):
+        if t < best:
+            kept.append((r, t))
+            best = t
+    return kept[::-1]
 
 
 def lplr_qps_at(points: list[tuple[float, float]], recall: float) -> float | None:
@@ -178,14 +198,16 @@ def main(argv=None) -> dict:
             raise SystemExit(f"bench_ivf_ab: no M of {args.faiss_factory} fits {args.bits:g} b/c")
         ivf = faiss.extract_index_ivf(fx)
 
-        def lplr_search(q, p):
-            return lplr.search(q, k, nprobe=p)
+        def lplr_search(depth):
+            return lambda q, p: lplr.search(q, k, nprobe=p, rerank_factor=depth)
 
         def faiss_search(q, p):
             ivf.nprobe = p  # (a pre-transform rejects IVF search parameters)
             return fx.search(q, k)
 
-        searches = {"lplr": lplr_search, "faiss": faiss_search}
+        # LPLR at its measured depth (rerank_factor None), and at each other depth asked for
+        depths = {"lplr": None} | {f"lplr@{f}": f for f in sorted(set(args.lplr_depths) - {lplr.rerank_factor})}
+        searches = {name: lplr_search(f) for name, f in depths.items()} | {"faiss": faiss_search}
         recall = {(s, p): recall_at_k(np.asarray(f(Q, p)[1]), gt, k) for s, f in searches.items() for p in nprobes}
         singles = [Q[i : i + 1] for i in range(min(args.latency_queries, len(Q)))]
         batch = {key_: [] for key_ in recall}
@@ -219,28 +241,31 @@ def main(argv=None) -> dict:
                 spinner.join()
     nq = len(Q)
     rows = []
-    for s, label_s, bits in (("lplr", f"lplr ivf{nlist}", lplr.bits_per_coordinate), ("faiss", f"faiss {fname}", faiss_bits)):
+    methods = [(name, f"lplr ivf{nlist}" + ("" if f is None else f", depth {f}"), lplr.bits_per_coordinate,
+                lplr.rerank_factor if f is None else f) for name, f in depths.items()]
+    for s, label_s, bits, depth in methods + [("faiss", f"faiss {fname}", faiss_bits, None)]:
         for p in nprobes:
             b = batch[s, p]
             star = "*" if s == "lplr" and p == lplr.nprobe else ""
-            rows.append({"method": label_s, "kind": s, "nprobe": p, "nprobe_label": f"{p}{star}", "bits_per_coord": bits,
+            rows.append({"method": label_s, "kind": "lplr" if s in depths else s, "nprobe": p, "depth": depth,
+                         "nprobe_label": f"{p}{star}", "bits_per_coord": bits,
                          "recall": recall[s, p], "qps": nq / statistics.median(b), "qps_min": nq / max(b),
                          "qps_max": nq / min(b), "latency_ms": 1e3 * statistics.median(single[s, p])})
 
-    def curve(times):
-        return [(recall["lplr", p], times[p]) for p in nprobes]
+    def curve(seconds):  # LPLR's envelope over every nprobe and depth, ``seconds(name, nprobe)`` a query
+        return envelope([(recall[name, q], seconds(name, q)) for name in depths for q in nprobes])
 
     along = []
     for p in nprobes:
         want = recall["faiss", p]
         f_qps = nq / statistics.median(batch["faiss", p])
-        got = lplr_qps_at(curve({q: statistics.median(batch["lplr", q]) / nq for q in nprobes}), want)
+        got = lplr_qps_at(curve(lambda name, q: statistics.median(batch[name, q]) / nq), want)
         per_round = []
         for r in range(args.rounds):
-            g = lplr_qps_at(curve({q: batch["lplr", q][r] / nq for q in nprobes}), want)
+            g = lplr_qps_at(curve(lambda name, q: batch[name, q][r] / nq), want)
             if g is not None:
                 per_round.append(g / (nq / batch["faiss", p][r]))
-        lat = lplr_qps_at(curve({q: statistics.median(single["lplr", q]) for q in nprobes}), want)
+        lat = lplr_qps_at(curve(lambda name, q: statistics.median(single[name, q])), want)
         along.append({"faiss_nprobe": p, "faiss_recall": want, "faiss_qps": f_qps, "lplr_qps": got,
                       "ratio": None if got is None else got / f_qps,
                       "ratio_rounds": [min(per_round), max(per_round)] if per_round else None,
@@ -249,7 +274,10 @@ def main(argv=None) -> dict:
     for a in along:
         a["ratio_rounds_text"] = "-" if a["ratio_rounds"] is None else "{:.2f}-{:.2f}".format(*a["ratio_rounds"])
         a["latency_ratio"] = None if a["lplr_latency_ms"] is None else a["lplr_latency_ms"] / a["faiss_latency_ms"]
-    t1 = markdown_table(rows, [("method", "index", "s"), ("nprobe_label", "nprobe", "s"), ("bits_per_coord", "b/c", ".3f"),
+    for r in rows:
+        r["depth_text"] = "-" if r["depth"] is None else str(r["depth"])
+    t1 = markdown_table(rows, [("method", "index", "s"), ("nprobe_label", "nprobe", "s"),
+                               ("depth_text", "re-rank depth", "s"), ("bits_per_coord", "b/c", ".3f"),
                                ("recall", "recall 10@10", ".3f"), ("qps", "q/s (median)", ",.0f"),
                                ("qps_min", "q/s min", ",.0f"), ("qps_max", "q/s max", ",.0f"),
                                ("latency_ms", "1-query ms", ".3f")])
@@ -264,9 +292,11 @@ def main(argv=None) -> dict:
     table = (f"{label}, {n:,} x {d}, {nq} queries, k={k}, nlist={nlist}, 1 thread"
              f"{', the other core kept busy' if args.busy else ''}; {args.rounds} rounds alternating the two "
              f"indexes nprobe by nprobe (q/s: median batch of all queries; min / max over the rounds; 1-query: "
-             f"median of the rounds' medians of {len(singles)}). LPLR's default nprobe is marked *.\n\n{t1}\n\n"
-             f"Along faiss's recall (LPLR's time a query interpolated on its own curve; where its nprobe "
-             f"{nprobes[0]} already reaches more recall, its q/s there):\n\n{t2}")
+             f"median of the rounds' medians of {len(singles)}). LPLR's default nprobe is marked *; re-rank "
+             f"depth: candidates a result (``rerank_factor``; LPLR's measured default first, then each "
+             f"other depth asked for).\n\n{t1}\n\n"
+             f"Along faiss's recall (LPLR's time a query interpolated on its curve, the upper envelope of "
+             f"all its points; where its fastest point already reaches more recall, its q/s there):\n\n{t2}")
     payload = {"benchmark": "bench_ivf_ab", "n": n, "dim": d, "nlist": nlist, "args": {
         k_: (str(v) if isinstance(v, Path) else v) for k_, v in vars(args).items()}, "machine": info,
         "rows": rows, "along_faiss": along, "batch_s": {f"{s}/{p}": v for (s, p), v in batch.items()},

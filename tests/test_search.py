@@ -561,6 +561,13 @@ def test_a_single_query_takes_the_lean_path_with_the_batchs_results(embeddings, 
                 assert taken.pop() and D.dtype == np.float32 and I.dtype == np.int64 and D.shape == I.shape == (1, k)
                 np.testing.assert_array_equal(I[0], Ib[i])
                 np.testing.assert_allclose(D[0], Db[i], rtol=1e-5, atol=1e-5 * (1 + np.abs(Db).max()))
+    for depth in (1, 3):  # a depth the caller names: the lean path too, the batch's results
+        taken.clear()
+        Db, Ib = index.search(Q, 10, rerank_factor=depth)
+        got = [index.search(q[None], 10, rerank_factor=depth) for q in Q]
+        assert taken == [False] + [True] * len(Q)
+        np.testing.assert_array_equal(np.vstack([I for _, I in got]), Ib)
+        np.testing.assert_allclose(np.vstack([D for D, _ in got]), Db, rtol=1e-5, atol=1e-5 * (1 + np.abs(Db).max()))
     if layout == "lists":
         for nprobe in (1, 16):
             taken.clear()
@@ -571,8 +578,8 @@ def test_a_single_query_takes_the_lean_path_with_the_batchs_results(embeddings, 
 
 def test_single_queries_outside_the_lean_path_take_the_general_one(embeddings, queries, monkeypatch):
     """The lean path declines (and the general path answers, or names the error) every case it
-    does not handle: many removed vectors, k above the rows, a filter, a depth, threads, a bad
-    or non-finite query, entries past its sum-of-squares check, a bad nprobe."""
+    does not handle: many removed vectors, k above the rows, a filter, threads, a bad depth, a
+    bad or non-finite query, entries past its sum-of-squares check, a bad nprobe."""
     from lplr_index._blocks import MAX_ABS
 
     taken = spy_on_search_one(monkeypatch)
@@ -580,9 +587,14 @@ def test_single_queries_outside_the_lean_path_take_the_general_one(embeddings, q
     q = queries[:1]
     index = LPLRIndex(64, bits_per_coordinate=1).build(X)
     assert index.search(q, 10)[1].shape == (1, 10) and taken == [True]
-    for kwargs in (dict(rerank_factor=4), dict(allowed=np.arange(100)), dict(n_threads=1), dict(mode="factored")):
+    for kwargs in (dict(allowed=np.arange(100)), dict(n_threads=1), dict(mode="factored")):
         taken.clear()
         index.search(q, 10, **kwargs)
+        assert not any(taken)
+    for depth in (0, 2.0, True, 1 << 21, "2"):  # the general path names it
+        taken.clear()
+        with pytest.raises((ValueError, TypeError), match="rerank_factor"):
+            index.search(q, 10, rerank_factor=depth)
         assert not any(taken)
     assert index.search(q, 2500)[1][0, -1] == -1 and taken[-1] is False  # k above the rows: padded
     big = np.full((1, 64), 0.9 * MAX_ABS, np.float32)  # within MAX_ABS, past the lean check

@@ -73,6 +73,8 @@ _GATHER_FRACTION = 0.5
 #: :func:`search_one`'s check of a query: a sum of squares at most this puts every entry within
 #: ``MAX_ABS`` (a quarter of its square: room for float32 rounding)
 _ONE_NORM2_LIMIT = (MAX_ABS / 2) ** 2
+#: the deepest ``rerank_factor`` a search takes
+_MAX_FACTOR = 1 << 20
 
 
 class SearchResult(NamedTuple):
@@ -110,14 +112,15 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
            rescore_with=None, allowed=None, n_threads: int | None = None, nprobe: int | None = None) -> SearchResult:
     """:meth:`LPLRIndex.search <lplr_index.LPLRIndex.search>` over the snapshot ``st`` of an index
     with the settings ``s`` (the arguments as documented there, checked here)."""
-    if (type(k) is int and k >= 1 and (mode == "auto" or mode == "fastscan") and rerank_factor is None
-            and rescore_with is None and allowed is None and n_threads is None):
-        got = search_one(st, s, Q, k, nprobe)  # (every argument the general path checks, checked)
+    if (type(k) is int and k >= 1 and (mode == "auto" or mode == "fastscan") and rescore_with is None
+            and allowed is None and n_threads is None
+            and (rerank_factor is None or type(rerank_factor) is int and 1 <= rerank_factor <= _MAX_FACTOR)):
+        got = search_one(st, s, Q, k, nprobe, rerank_factor)  # (every argument the general path checks, checked)
         if got is not None:
             return got
     k = check_int(k, "k", low=1)
     mode = check_choice(mode, "mode", SEARCH_MODES)
-    factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=1 << 20)
+    factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=_MAX_FACTOR)
     if n_threads is not None:
         n_threads = check_int(n_threads, "n_threads", low=1, high=4096)
     if nprobe is not None:
@@ -164,12 +167,14 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
     return SearchResult(*pad_results(D, I, k, st.metric))
 
 
-def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResult | None:
+def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe, rerank_factor: int | None = None
+               ) -> SearchResult | None:
     """:func:`search` of a single query in the common case, or None for any other (which
     :func:`search` then takes whole, checks and errors included): one row of the index's
     dimension (a float array), an index of 4-bit codes searched with fast-scan and re-ranked in
-    faiss (orthonormal factor), ``k`` at most the live rows, no ``rerank_factor``,
-    ``rescore_with``, ``allowed`` or ``n_threads``, and faiss finding every candidate. Removed
+    faiss (orthonormal factor), ``k`` at most the live rows, no ``rescore_with``, ``allowed`` or
+    ``n_threads``, and faiss finding every candidate; ``rerank_factor`` (checked by the caller)
+    or the index's measured depth. Removed
     vectors are dropped as the general path drops them: inside faiss's scan of the lists (the
     snapshot's filter, :meth:`lplr_index.search.ivf.IVFScorer._params`), or from the exhaustive
     search's ``kc / fraction live`` candidates (:func:`refined_filtered`; from
@@ -208,7 +213,7 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe) -> SearchResul
     Q = np.ascontiguousarray(Q, np.float32)
     if not faiss.fvec_norm_L2sqr(faiss.swig_ptr(Q), s.dim) <= _ONE_NORM2_LIMIT:
         return None
-    kc = min(lane.n_live, lane.factor * k)
+    kc = min(lane.n_live, (lane.factor if rerank_factor is None else rerank_factor) * k)
     if lane.nlist is not None:
         got = lane.scorer.search_one(Q, kc, k, nprobe, lane.live, lane.norms2)
     elif lane.live is None:
