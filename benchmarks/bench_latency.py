@@ -48,6 +48,7 @@ from common import ROOT, machine, markdown_table, write_results  # noqa: E402
 from faiss_baselines import serialized_nbytes  # noqa: E402
 
 from lplr_index import LPLRIndex  # noqa: E402
+from lplr_index.search import router  # noqa: E402
 
 #: the profile's stages, in the order they run
 STAGES = ("project", "fastscan", "rerank", "scorer_glue", "index_glue")
@@ -101,6 +102,7 @@ def lplr_stages(index: LPLRIndex, k: int):
         return None
     kc = min(index.ntotal, index.rerank_factor * k)  # the depth the build measured
     mean = scorer.view.encoder.mean if index.metric != "ip" else 0
+    one = scorer.one(router._ONE_NORM2_LIMIT)  # the single-query function the index's search runs
 
     def project(Q):
         return scorer.project(np.ascontiguousarray(Q - mean, np.float32))
@@ -110,7 +112,7 @@ def lplr_stages(index: LPLRIndex, k: int):
         "fastscan": lambda Q, P: scorer.index.search(P, kc),
         "refine": lambda Q, P: scorer._refined().search(P, kc),
         # a single query takes the index's lean path (router.search_one), a batch the general one
-        "scorer": lambda Q, P: scorer.search_one(Q, kc, k) if len(Q) == 1 else scorer.search(Q, kc, k),
+        "scorer": lambda Q, P: one(np.ascontiguousarray(Q, np.float32), kc, k) if len(Q) == 1 else scorer.search(Q, kc, k),
         "total": lambda Q, P: index.search(Q, k),
     }, project
 

@@ -1015,18 +1015,6 @@ class IVFScorer(RefiningScorer):
         del refs  # the filter's bitmap and selector, alive until faiss has searched
         return D, I, short
 
-    def search_one(self, q: np.ndarray, kc: int, keep: int, nprobe: int, allowed=None,
-                   norms2: np.ndarray | None = None):
-        """:meth:`_search_one` (one checked query; cosine with ``norms2``) over the ``nprobe``
-        nearest lists, through faiss's coarse search and ``IndexRefine`` as :meth:`search` takes
-        a single query (``allowed``: a boolean mask of the rows it may return, applied inside
-        faiss's scan): ``(D, I)``, or None when the probed lists held fewer than ``kc``
-        (allowed) rows."""
-        p, refs = self._params(nprobe, allowed, refine=True)
-        got = self._search_one(q, kc, keep, lambda P, k: self._refined_scan(P, k, nprobe, p), norms2)
-        del refs
-        return got
-
     def _refined_scan(self, P: np.ndarray, k: int, nprobe: int, params) -> tuple[np.ndarray, np.ndarray]:
         """faiss's coarse search and ``IndexRefine`` of projected queries ``P`` (``params``: from
         :meth:`_params` with ``refine``), the lists they probe filled first: ``k`` candidates a

@@ -180,24 +180,22 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe, rerank_factor:
     search's ``kc / fraction live`` candidates (:func:`refined_filtered`; from
     :data:`FILTER_REFINE_FRACTION` of the rows live).
 
-    The same search with a fraction of the general path's numpy calls
-    (:meth:`lplr_index.search.fastscan.RefiningScorer._search_one`): after the previous query's
-    scan each costs 5-30 times its warm time. l2 and ip: the same ids, in the same order; the
+    The same search with a fraction of the general path's numpy calls, its names bound once a
+    snapshot (:meth:`lplr_index.search.fastscan.RefiningScorer.one`): after the previous query's
+    scan each call costs 5-30 times its warm time. l2 and ip: the same ids, in the same order; the
     distances may differ from the general path's in the last bit (the query's squared norms are
     faiss's sums, not numpy's; each query's offset is one constant, so the order is faiss's
     either way). Cosine: the unit query's last bit may differ too, and each candidate's score
     divides by its own norm, so candidates whose cosines agree to about 1e-7 may swap. The
-    query's check is one faiss sum of squares: at most :data:`_ONE_NORM2_LIMIT` puts every entry
-    within :data:`MAX_ABS`; anything else (non-finite, large) goes the general way, which names
-    it.
+    query's check is one faiss sum of squares (l2: of the centred query): within
+    :data:`_ONE_NORM2_LIMIT` every entry is within :data:`MAX_ABS`; anything else (non-finite,
+    large) goes the general way, which names it.
 
     Measured (1 thread, 4 x 300 single queries, each timed in turn with the previous code's
     search and faiss's ``PQ{M}x4fs`` at the same bits, in one process): 10^4 x 384 at 1 b/c,
     81.1 us before, 58.6 us now, PQ fast-scan 33.9 us; 10^5 x 384, 359 / 313 / 272 us; 10^6
     rows in 1,024 lists, nprobe 1, 93.7 / 65.1 us.
     """
-    import faiss
-
     if type(Q) is not np.ndarray or Q.shape != (1, s.dim) or Q.dtype.kind != "f":
         return None
     lane = st.derived("search_one", lambda: _one_lane(st, s))
@@ -211,16 +209,16 @@ def search_one(st: Snapshot, s: IndexSettings, Q, k: int, nprobe, rerank_factor:
     elif type(nprobe) is not int or not 1 <= nprobe <= lane.nlist:
         return None
     Q = np.ascontiguousarray(Q, np.float32)
-    if not faiss.fvec_norm_L2sqr(faiss.swig_ptr(Q), s.dim) <= _ONE_NORM2_LIMIT:
-        return None
     kc = min(lane.n_live, (lane.factor if rerank_factor is None else rerank_factor) * k)
-    if lane.nlist is not None:
-        got = lane.scorer.search_one(Q, kc, k, nprobe, lane.live, lane.norms2)
+    if lane.nlist is not None:  # the snapshot's filter inside faiss's scan of the lists
+        params, refs = lane.scorer._params(nprobe, lane.live, refine=True)
+        got = lane.run(Q, kc, k, params, nprobe)
+        del refs  # the filter's bitmap and selector, alive until faiss has searched
     elif lane.live is None:
-        got = lane.scorer.search_one(Q, kc, k, lane.norms2)
+        got = lane.run(Q, kc, k)
     else:  # refined_filtered's candidates, the removed dropped
         kd = refine_depth(st.n, kc, lane.fraction)
-        got = lane.scorer.search_one(Q, kd, kd, lane.norms2)
+        got = lane.run(Q, kd, kd)
         if got is not None:
             ok = lane.live[got[1][0]]
             if np.count_nonzero(ok) < k:
@@ -241,7 +239,7 @@ class _Lane(NamedTuple):
     n_live: int
     live: np.ndarray | None  # the snapshot's live rows (Snapshot.live), None: nothing removed
     fraction: float  # of the rows live
-    norms2: np.ndarray | None  # cosine: the rows' squared norms (Snapshot.norms2)
+    run: object  # the scorer's single-query function (RefiningScorer.one)
 
 
 def _one_lane(st: Snapshot, s: IndexSettings):
@@ -261,7 +259,8 @@ def _one_lane(st: Snapshot, s: IndexSettings):
     if not scorer.refines:
         return False
     norms2 = st.norms2() if st.metric == "cosine" else None
-    return _Lane(scorer, index_rerank_factor(st), st.nlist, st.n_live, st.live(), fraction, norms2)
+    return _Lane(scorer, index_rerank_factor(st), st.nlist, st.n_live, st.live(), fraction,
+                 scorer.one(_ONE_NORM2_LIMIT, norms2))
 
 
 def exact_scan(st: Snapshot, Q, k: int, mask, n_ok: int):
