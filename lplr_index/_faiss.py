@@ -30,7 +30,7 @@ import platform
 import sys
 import warnings
 
-__all__ = ["load", "coretype"]
+__all__ = ["load", "coretype", "cpu_features", "faiss_blas"]
 
 #: OpenBLAS's name for the generic kernels its detection falls back to
 _GENERIC = "Prescott"

@@ -768,7 +768,7 @@ class IVFScorer(RefiningScorer):
             if not len(todo):
                 return
             off, sizes = pending.offsets, pending.sizes
-            if sizes[pending.unfilled].sum() - sizes[todo].sum() <= self.ntotal * _FILL_REST_FRACTION:
+            if pending.waiting - sizes[todo].sum() <= self.ntotal * _FILL_REST_FRACTION:
                 todo = np.flatnonzero(pending.unfilled)  # the last few: no more coarse searches twice
             t0 = _clock()
             rows = np.concatenate([pending.rows[off[lst] : off[lst + 1]] for lst in todo.tolist()])
