@@ -21,6 +21,12 @@ work around them (results from faiss's distances), and the index's own (argument
 snapshot, filters, ids, padding). It reads the index's private scorer (a profiler, not an
 API).
 
+``--same-codes`` also times ``PCAR{M},PQ{M}x4fs`` with ``M`` the 4-bit codes a vector LPLRIndex's
+fast-scan scores (a reference beside the rivals, whatever its bits: on few rows its d x d PCA
+matrix takes it over the budget). Both
+scan the same number of codes a vector, so its ratios show what LPLRIndex's search costs beyond
+faiss's (projection, re-rank, Python), apart from the code count its design chose.
+
     python benchmarks/bench_latency.py --synthetic --n 10000 --dim 384
     python benchmarks/bench_latency.py --synthetic --n 100000 --dim 384
     python benchmarks/bench_latency.py --synthetic --n 1000000 --dim 384 --max-train 50000 --rounds 4
@@ -80,13 +86,26 @@ def build_pcar(budget: float, xb: np.ndarray, xtrain: np.ndarray) -> tuple[faiss
 
     m = max((m for m in range(2, d + 1, 2) if predicted(m) <= limit), default=None)
     while m:
-        index = faiss.index_factory(d, f"PCAR{m},PQ{m}x4fs")
-        index.train(xtrain)
-        index.add(xb)
+        index, name = build_pcar_m(m, xb, xtrain)
         if serialized_nbytes(index) <= limit:
-            return index, f"PCAR{m},PQ{m}x4fs"
+            return index, name
         m -= 2
     return None
+
+
+def build_pcar_m(m: int, xb: np.ndarray, xtrain: np.ndarray) -> tuple[faiss.Index, str]:
+    """``PCAR{m},PQ{m}x4fs``: ``m`` 4-bit codes a vector, one per PCA direction."""
+    name = f"PCAR{m},PQ{m}x4fs"
+    index = faiss.index_factory(xb.shape[1], name)
+    index.train(xtrain)
+    index.add(xb)
+    return index, name
+
+
+def fastscan_codes(index: LPLRIndex) -> int:
+    """The 4-bit codes a vector LPLRIndex's fast-scan scores (its sub-quantizers; for two-level
+    groups the coarse codes), at most the dimension."""
+    return int(index._fastscan().index.M)
 
 
 def recall(I: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -140,6 +159,10 @@ def measure(budget: float, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, ar
         row["pcar_name"] = pcar[1]
         row["pcar_bits"] = faiss_bits(pcar[0], n, d)
         searches["pcar"] = lambda Q: pcar[0].search(Q, args.k)
+    if args.same_codes:  # a reference beside the rivals, whatever its bits
+        same, row["same_name"] = build_pcar_m(min(d, fastscan_codes(lplr)), xb, xtrain)
+        row["same_bits"] = faiss_bits(same, n, d)
+        searches["same"] = lambda Q: same.search(Q, args.k)
     Qb = np.ascontiguousarray(xq[: args.batch])
     single: dict[str, list[float]] = {name: [] for name in searches}
     batch: dict[str, list[float]] = {name: [] for name in searches}
@@ -177,6 +200,9 @@ def measure(budget: float, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, ar
                  [min(batch[r][i] for r in rivals) / batch["lplr"][i] for i in range(args.rounds)]]
     row["latency_ratio_rounds"] = [min(per_round[0]), max(per_round[0])]
     row["qps_ratio_rounds"] = [min(per_round[1]), max(per_round[1])]
+    if "same" in searches:
+        row["same_latency_ratio"] = row["lplr_ms"] / row["same_ms"]
+        row["same_qps_ratio"] = row["lplr_qps"] / row["same_qps"]
     if got:
         for mode in ("single", "batch"):
             med = {s: statistics.median(v) for s, v in stages[mode].items()}
@@ -221,6 +247,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--max-train", type=int, default=30000, help="faiss training rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--same-codes", action="store_true",
+                   help="also time PCAR{M},PQ{M}x4fs with M = LPLRIndex's fast-scan codes a vector (a reference "
+                        "beside the rivals: where the gap is the code count rather than the search)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "reference" / "bench_latency")
     args = p.parse_args(argv)
     check_source_args(p, args)
@@ -249,6 +278,10 @@ def main(argv=None) -> dict:
               f"{row['qps_ratio']:.2f}x; recall {row['lplr_recall']:.3f} / {row['pq_recall']:.3f} / "
               f"{row.get('pcar_recall', float('nan')):.3f}; one query's us: "
               + ", ".join(f"{s} {v:.0f}" for s, v in prof.items()), flush=True)
+        if "same_name" in row:
+            print(f"  {row['same_name']} ({row['same_bits']:.3f} b/c, LPLRIndex's code count): one query "
+                  f"{row['same_ms']:.3f} ms ({row['same_latency_ratio']:.2f}x), batch {row['same_qps']:.0f} q/s "
+                  f"({row['same_qps_ratio']:.2f}x), recall {row['same_recall']:.3f}", flush=True)
         rows.append(row)
     for r in rows:
         for mode in ("single", "batch"):
@@ -266,6 +299,15 @@ def main(argv=None) -> dict:
     table = (f"{table}\n\nLatency ratio: LPLRIndex's single-query median over the quicker rival's; q/s ratio: "
              f"LPLRIndex's batch q/s over the faster rival's.\n\nWhere LPLRIndex's time goes (us per query; "
              f"stages timed alone in the same rounds):\n\n{profile}")
+    if args.same_codes:
+        same = markdown_table(rows, [
+            ("budget", "b/c", "g"), ("same_name", "faiss, LPLR's code count", ""), ("same_bits", "its bits", ".3f"),
+            ("same_recall", "its recall", ".3f"), ("same_ms", "its ms", ".3f"),
+            ("same_latency_ratio", "LPLR latency / its", ".2f"), ("same_qps", "its q/s", ".0f"),
+            ("same_qps_ratio", "LPLR q/s / its", ".2f")])
+        table += (f"\n\nThe same number of 4-bit codes a vector as LPLRIndex's fast-scan scores, in faiss (a "
+                  f"reference beside the rivals, whatever its bits: on few rows its d x d PCA takes it over the "
+                  f"budget), timed in the same rounds:\n\n{same}")
     info = machine()  # timed at one thread, built at faiss's (and BLAS's) default
     info["build_threads"], info["faiss_threads"] = info["faiss_threads"], 1
     payload = {"benchmark": "bench_latency", "dataset": name, "n": int(len(data.xb)), "dim": int(data.xb.shape[1]),

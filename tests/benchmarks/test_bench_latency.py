@@ -36,6 +36,24 @@ def test_interleaved_rounds_time_every_index_and_profile_the_stages(tmp_path):
             assert parts["fastscan"] > 0 and sum(parts.values()) == pytest.approx(r[f"profile_{mode}_total_us"])
     assert "q/s ratio" in (tmp_path / "synthetic-4000x32.md").read_text()
     assert (tmp_path / "synthetic-4000x32.png").stat().st_size > 0
+    assert "same_name" not in result["rows"][0]  # the same-codes reference only when asked for
+
+
+def test_same_codes_reference_scores_lplr_code_count_beside_the_rivals(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--synthetic", "--n", "3000", "--dim", "32", "--bits", "1",
+                           "--queries", "5", "--batch", "40", "--rounds", "2", "--max-train", "3000", "--same-codes",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (r,) = json.loads((tmp_path / "synthetic-3000x32.json").read_text())["rows"]
+    codes = int(r["same_name"].split(",")[0][len("PCAR"):])
+    assert r["same_name"] == f"PCAR{codes},PQ{codes}x4fs"
+    # LPLR's fast-scan codes a vector: its layout's groups (the coarse code of each), here one level
+    assert codes == sum(count for _, count, _ in json.loads(r["lplr_layout"]))
+    assert r["same_latency_ratio"] == pytest.approx(r["lplr_ms"] / r["same_ms"])
+    assert r["same_qps_ratio"] == pytest.approx(r["lplr_qps"] / r["same_qps"])
+    # a reference, not a rival: the ratios against the rivals leave it out
+    assert r["qps_ratio"] == pytest.approx(r["lplr_qps"] / max(r["pq_qps"], r["pcar_qps"]))
+    assert "LPLR's code count" in (tmp_path / "synthetic-3000x32.md").read_text()
 
 
 @pytest.mark.parametrize("argv, match", [(["--queries", "0"], "--queries must be >= 1"),
