@@ -23,9 +23,9 @@ API).
 
 ``--same-codes`` also times ``PCAR{M},PQ{M}x4fs`` with ``M`` the 4-bit codes a vector LPLRIndex's
 fast-scan scores (a reference beside the rivals, whatever its bits: on few rows its d x d PCA
-matrix takes it over the budget). Both
-scan the same number of codes a vector, so its ratios show what LPLRIndex's search costs beyond
-faiss's (projection, re-rank, Python), apart from the code count its design chose.
+matrix takes it over the budget). Both scan the same number of codes a vector, so its ratios
+show what LPLRIndex's search costs beyond faiss's (projection, re-rank, Python), apart from the
+code count its design chose.
 
     python benchmarks/bench_latency.py --synthetic --n 10000 --dim 384
     python benchmarks/bench_latency.py --synthetic --n 100000 --dim 384
@@ -103,8 +103,8 @@ def build_pcar_m(m: int, xb: np.ndarray, xtrain: np.ndarray) -> tuple[faiss.Inde
 
 
 def fastscan_codes(index: LPLRIndex) -> int:
-    """The 4-bit codes a vector LPLRIndex's fast-scan scores (its sub-quantizers; for two-level
-    groups the coarse codes), at most the dimension."""
+    """The 4-bit codes a vector LPLRIndex's fast-scan scores: its sub-quantizers (for two-level
+    groups, the coarse codes)."""
     return int(index._fastscan().index.M)
 
 
