@@ -115,7 +115,9 @@ def recall(I: np.ndarray, truth: np.ndarray, k: int) -> float:
 def lplr_stages(index: LPLRIndex, k: int):
     """Callables ``(Q, P)`` running each cumulative part of LPLRIndex's default search (l2, ip)
     on queries ``Q`` projected to ``P``, and the projection; None where the search does not
-    re-rank in faiss."""
+    re-rank in faiss, or does not use fast-scan at all (8-bit codes)."""
+    if not index.fastscan_ready:
+        return None
     scorer = index._fastscan()
     if not scorer.refines:
         return None
@@ -159,7 +161,7 @@ def measure(budget: float, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray, ar
         row["pcar_name"] = pcar[1]
         row["pcar_bits"] = faiss_bits(pcar[0], n, d)
         searches["pcar"] = lambda Q: pcar[0].search(Q, args.k)
-    if args.same_codes:  # a reference beside the rivals, whatever its bits
+    if args.same_codes and lplr.fastscan_ready:  # a reference beside the rivals, whatever its bits
         same, row["same_name"] = build_pcar_m(min(d, fastscan_codes(lplr)), xb, xtrain)
         row["same_bits"] = faiss_bits(same, n, d)
         searches["same"] = lambda Q: same.search(Q, args.k)
