@@ -74,10 +74,11 @@ from ._validation import check_choice, check_int
 from .index import LPLRIndex, SearchResult, default_rerank_factor
 from .search import blas, fastscan
 from .search import ivf as ivf_search
+from .search.router import MAX_RERANK_FACTOR
 from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
-from .layout import IVF_LAYOUT_VERSION, MAX_RERANK_FACTOR, read_partition
+from .layout import IVF_LAYOUT_VERSION, read_partition
 from .snapshot import DerivedCache
 from .packing import packed_nbytes
 from .quantize import Quantizer
@@ -1210,7 +1211,7 @@ class ShardedIndex:
         k = check_int(k, "k", low=1)
         mode = check_choice(mode, "mode", ("auto", "fastscan", "factored"))
         factor = None if rerank_factor is None else check_int(
-            rerank_factor, "rerank_factor", low=1, high=1 << 20)
+            rerank_factor, "rerank_factor", low=1, high=MAX_RERANK_FACTOR)
         if nprobe is not None:
             if self.nlist is None:
                 raise ValueError(f"nprobe={nprobe!r}: these shards have no partition (an index built with "

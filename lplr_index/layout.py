@@ -31,7 +31,7 @@ from .search import ivf as ivf_search
 from .settings import MAX_NLIST, IndexSettings
 from .snapshot import LAYOUT_VERSION, Snapshot, _frozen
 from .train import Encoder
-from .search.router import DEFAULT_RERANK_FACTOR
+from .search.router import DEFAULT_RERANK_FACTOR, MAX_RERANK_FACTOR
 from .vq import TWO_LEVEL_RERANK_FACTOR, GroupedQuantizer, VQEncoder, _as_groups, book_size, check_groups, groups_from_file
 
 __all__ = ["IVF_LAYOUT_VERSION", "RERANK_LAYOUT_VERSION", "AUTO_NLIST_MIN_ROWS", "fresh_version", "nlist_for",
@@ -42,8 +42,6 @@ __all__ = ["IVF_LAYOUT_VERSION", "RERANK_LAYOUT_VERSION", "AUTO_NLIST_MIN_ROWS",
 IVF_LAYOUT_VERSION = 5
 #: the version every build writes: the header holds the ``rerank_factor`` the build measured
 RERANK_LAYOUT_VERSION = 6
-#: the largest ``rerank_factor`` a file may hold (a search's own bound)
-MAX_RERANK_FACTOR = 1 << 20
 #: ``nlist="auto"``: no partition below this many rows, :func:`lplr_index.search.ivf.default_nlist`
 #: from it on (measured in the README's "Partitioned search", 1 b/c: the lists lost on 35,892
 #: MiniLM text embeddings, 0.038 recall at 0.88x the q/s, and paid on 60,000 image features,

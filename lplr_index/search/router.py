@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ..settings import IndexSettings
     from ..snapshot import Snapshot
 
-__all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "RERANK_FACTORS_TRIED", "MAX_RESULT_BYTES",
+__all__ = ["SearchResult", "SEARCH_MODES", "DEFAULT_RERANK_FACTOR", "RERANK_FACTORS_TRIED", "MAX_RERANK_FACTOR", "MAX_RESULT_BYTES",
            "default_rerank_factor", "index_rerank_factor", "fastscan_ready", "search", "exact_scan", "search_fastscan", "search_ivf", "refined_filtered",
            "filtered_fastscan", "search_flat", "check_full", "rescore", "search_one"]
 
@@ -73,8 +73,8 @@ _GATHER_FRACTION = 0.5
 #: :func:`search_one`'s check of a query: a sum of squares at most this puts every entry within
 #: ``MAX_ABS`` (a quarter of its square: room for float32 rounding)
 _ONE_NORM2_LIMIT = (MAX_ABS / 2) ** 2
-#: the deepest ``rerank_factor`` a search takes
-_MAX_FACTOR = 1 << 20
+#: the deepest ``rerank_factor`` a search takes (and a file may hold)
+MAX_RERANK_FACTOR = 1 << 20
 
 
 class SearchResult(NamedTuple):
@@ -114,13 +114,13 @@ def search(st: Snapshot, s: IndexSettings, Q, k: int, *, mode: str = "auto", rer
     with the settings ``s`` (the arguments as documented there, checked here)."""
     if (type(k) is int and k >= 1 and (mode == "auto" or mode == "fastscan") and rescore_with is None
             and allowed is None and n_threads is None
-            and (rerank_factor is None or type(rerank_factor) is int and 1 <= rerank_factor <= _MAX_FACTOR)):
+            and (rerank_factor is None or type(rerank_factor) is int and 1 <= rerank_factor <= MAX_RERANK_FACTOR)):
         got = search_one(st, s, Q, k, nprobe, rerank_factor)  # (every argument the general path checks, checked)
         if got is not None:
             return got
     k = check_int(k, "k", low=1)
     mode = check_choice(mode, "mode", SEARCH_MODES)
-    factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=_MAX_FACTOR)
+    factor = None if rerank_factor is None else check_int(rerank_factor, "rerank_factor", low=1, high=MAX_RERANK_FACTOR)
     if n_threads is not None:
         n_threads = check_int(n_threads, "n_threads", low=1, high=4096)
     if nprobe is not None:
