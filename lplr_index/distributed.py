@@ -79,6 +79,7 @@ from .search.metrics import CodeView, pad_results
 from .search.topk import merge_results
 from .fileformat import IndexFileError, read_container, write_container
 from .layout import IVF_LAYOUT_VERSION, read_partition
+from .settings import MAX_NLIST
 from .snapshot import DerivedCache
 from .packing import packed_nbytes
 from .quantize import Quantizer
@@ -861,7 +862,7 @@ def _stored_partition(h: dict, a, rows: int):
     index file's (:func:`lplr_index.layout.read_partition`)."""
     if "nlist" not in h and "ivf_centroids" not in a and "ivf_lists" not in a:
         return None, None, None
-    nlist = check_int(h["nlist"], "nlist", low=1, high=1 << 20)
+    nlist = check_int(h["nlist"], "nlist", low=1, high=MAX_NLIST)
     return (*read_partition(a["ivf_centroids"], a["ivf_lists"], nlist, rows), h["nprobe"])
 
 
@@ -1132,7 +1133,7 @@ class ShardedIndex:
             meta = (m["fingerprint"], int(m["dim"]), m["metric"], int(m["bits_l"]), bool(m["fastscan_ready"]))
             nlist, nprobe = m.get("nlist"), m.get("nprobe")  # manifests written before partitioned shards: none
             if nlist is not None:
-                nlist = check_int(nlist, "nlist", low=1, high=1 << 20)
+                nlist = check_int(nlist, "nlist", low=1, high=MAX_NLIST)
                 nprobe = check_int(nprobe, "nprobe", low=1, high=nlist)
             elif nprobe is not None:
                 raise ValueError(f"nprobe={nprobe!r} without nlist")

@@ -66,6 +66,7 @@ import numpy as np
 
 from .._threads import shared_one_blas_thread
 from .._validation import check_int
+from ..settings import MAX_NLIST
 from .fastscan import (ByteDecoder, Projection, RefiningScorer, decoder_nbytes, exact_codes, exact_index, faiss_search,
                        flat_codes, in_query_chunks, pad_positions, pq_table)
 from .metrics import CodeView, prepare_queries
@@ -444,7 +445,7 @@ class IVFScorer(RefiningScorer):
         if not supported(view):
             raise ValueError(
                 f"IVF fast-scan needs 4-bit codes, this view has {view.encoder.lq.bits}-bit codes")
-        nlist = check_int(nlist, "nlist", low=1, high=1 << 20)
+        nlist = check_int(nlist, "nlist", low=1, high=MAX_NLIST)
         enc = view.encoder
         table = pq_table(enc)
         self.M, _, self.dsub = table.shape
